@@ -1,0 +1,44 @@
+# Two commands: `make run` (set up, then materialize the asset graph on the embedded sample)
+# and `make test` (set up, then run the test suite). Both create .venv when it is missing.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+DAGSTER := $(VENV)/bin/dagster
+MODULE := -m unirec_dagster.definitions
+
+.PHONY: setup run test bench dev clean
+
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: here it takes the local CPU build, elsewhere the default (CUDA) build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# Materialize the whole graph: the daily partitions of the dataset in one single-run backfill,
+# then the assets downstream of them.
+run: setup
+	$(DAGSTER) asset materialize $(MODULE) --select raw_events \
+		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
+	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users'
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) bench/ingest_year.py
+
+dev: setup
+	$(DAGSTER) dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal

@@ -1,0 +1,63 @@
+"""Benchmark: backfill the whole Online Retail year into raw.events in one Dagster run.
+
+Runs the real CLI (`dagster asset materialize --partition-range`) on a fresh warehouse, and, as
+a baseline in the same run, a bare DuckDB read_csv of the same files (no contract, no quarantine).
+
+    .venv/bin/python bench/ingest_year.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from unirec_dagster.datasets import load_spec
+from unirec_dagster.warehouse import connect, rows
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_PATH = ROOT / "data" / "datasets" / "online-retail.yaml"
+
+
+def main() -> None:
+    spec = load_spec(SPEC_PATH)
+    files = sorted(spec.events_file_for(spec.events.start_date).parent.glob("*.csv"))
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        home = Path(tmp) / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+        env = {**os.environ, "UNIREC_DATASET": str(SPEC_PATH), "UNIREC_DUCKDB_PATH": str(db), "DAGSTER_HOME": str(home)}
+        command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "unirec_dagster.definitions",
+                   "--select", "raw_events", "--partition-range", f"{spec.events.start_date}...{spec.events.end_date}"]
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True, cwd=ROOT)
+        wall = time.perf_counter() - started
+        conn = connect(db, read_only=True)
+        events, rejected = rows(conn, "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.rejected_events)")[0]
+        conn.close()
+
+        started = time.perf_counter()
+        baseline = duckdb.connect()
+        plain = baseline.execute(
+            "SELECT count(*) FROM read_csv(?, header = true, all_varchar = true)", [[str(f) for f in files]]
+        ).fetchall()[0][0]
+        baseline_wall = time.perf_counter() - started
+
+    lines = events + rejected
+    print(f"| method | lines | wall s | lines/s |")
+    print(f"|---|---|---|---|")
+    print(f"| unirec raw_events backfill, {len(files)} files, one Dagster run (CLI start-up included) | {lines:,} | {wall:.1f} | {lines / wall:,.0f} |")
+    print(f"| baseline: bare DuckDB read_csv, no contract or quarantine | {plain:,} | {baseline_wall:.1f} | {plain / baseline_wall:,.0f} |")
+    print(f"accepted {events:,} + rejected {rejected:,} = {lines:,} (expected 541,909)")
+    if lines != 541_909:
+        raise SystemExit("line count does not match the Online Retail year")
+
+
+if __name__ == "__main__":
+    main()

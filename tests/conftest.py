@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unirec_dagster.datasets import load_spec
+from unirec_dagster.warehouse import connect
+
+
+def write_spec(directory: Path, events: dict, **extra) -> Path:
+    """Write a dataset spec with sensible defaults for the keys a test does not care about."""
+    base = {
+        "path": "{date}.csv",
+        "start_date": "2024-01-01",
+        "user_id": "user",
+        "item_id": "item",
+        "timestamp": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S"},
+        "event_type": "purchase",
+        "positive_event_type": "purchase",
+    }
+    spec = {"name": "test", "events": {**base, **events}, **extra}
+    path = directory / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+@pytest.fixture
+def conn(tmp_path):
+    connection = connect(tmp_path / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def load(tmp_path):
+    def _load(events: dict, **extra):
+        return load_spec(write_spec(tmp_path, events, **extra))
+
+    return _load

@@ -1,0 +1,213 @@
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unirec_dagster.datasets import SpecError
+from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.warehouse import rows, scalar
+from tests.conftest import write_text
+
+DAY1, DAY2, DAY3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+
+
+def table_counts(conn):
+    return rows(conn, "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.rejected_events)")[0]
+
+
+def reasons(conn):
+    return dict(rows(conn, "SELECT reason, count(*) FROM raw.rejected_events GROUP BY 1"))
+
+
+@pytest.fixture
+def retail_like(tmp_path, load):
+    """Two days of CSV in the Online Retail shape, with every kind of dirt in day 1."""
+    write_text(tmp_path / "2024-01-01.csv", """
+        invoice,item,qty,ts,price,user,country
+        1,A,2,2024-01-01 10:00:00,1.5,17850.0,UK
+        1,B,1,2024-01-01 10:00:00,2.0,17850.0,UK
+        1,B,1,2024-01-01 10:00:00,2.0,17850.0,UK
+        2,A,1,2024-01-01 11:00:00,1.5,,UK
+        3,,1,2024-01-01 11:00:00,1.5,42,FR
+        4,C,1,yesterday,1.5,42,FR
+        5,C,1,2024-01-01 12:00:00,1.5,42,FR,extra
+        C6,A,-2,2024-01-01 13:00:00,1.5,17850.0,UK
+        7,D,-1,2024-01-01 13:00:00,1.5,42,FR
+        8,D,many,2024-01-01 13:00:00,1.5,42,FR
+        9,E,1,2024-01-02 09:00:00,1.5,42,FR
+        """)
+    write_text(tmp_path / "2024-01-02.csv", """
+        invoice,item,qty,ts,price,user,country
+        10,A,1,2024-01-02 10:00:00,1.5,42,DE
+        """)
+    return load(
+        {
+            "user_id": {"column": "user", "strip_float_suffix": True},
+            "session_id": "invoice",
+            "value": "qty",
+            "price": "price",
+            "event_type": {
+                "rules": [
+                    {"column": "invoice", "starts_with": "C", "value": "cancellation"},
+                    {"column": "qty", "less_than": 0, "value": "return"},
+                ],
+                "default": "purchase",
+            },
+        },
+        users={"attributes": {"country": "country"}},
+    )
+
+
+def test_quarantine_reasons_and_nothing_lost(conn, retail_like):
+    stats = ingest_days(conn, retail_like, [DAY1, DAY2])
+    assert [s.lines_read for s in stats] == [11, 1]
+    assert reasons(conn) == {
+        "duplicate": 1,
+        "missing_user_id": 1,
+        "missing_item_id": 1,
+        "bad_timestamp": 1,
+        "wrong_column_count": 1,
+        "bad_value": 1,
+        "outside_partition": 1,
+    }
+    events, rejected = table_counts(conn)
+    assert events + rejected == 12
+    assert rows(conn, "SELECT user_id, event_type, value FROM raw.events WHERE session_id = 'C6'") == [
+        ("17850", "cancellation", -2.0)
+    ]
+    assert rows(conn, "SELECT event_type FROM raw.events WHERE session_id = '7'") == [("return",)]
+    wrong = rows(conn, "SELECT source_line, raw_content, detail FROM raw.rejected_events WHERE reason = 'wrong_column_count'")
+    assert wrong == [(8, "5,C,1,2024-01-01 12:00:00,1.5,42,FR,extra", "expected 7 fields, found 8")]
+    dup = rows(conn, "SELECT source_line, detail FROM raw.rejected_events WHERE reason = 'duplicate'")
+    assert dup[0][0] == 4 and dup[0][1].endswith("2024-01-01.csv:3")
+    assert scalar(conn, "SELECT raw_content FROM raw.rejected_events WHERE reason = 'bad_timestamp'") == (
+        "4,C,1,yesterday,1.5,42,FR"
+    )
+
+
+def test_rerun_replaces_partitions(conn, retail_like):
+    ingest_days(conn, retail_like, [DAY1, DAY2])
+    first = table_counts(conn)
+    ingest_days(conn, retail_like, [DAY1, DAY2])
+    ingest_days(conn, retail_like, [DAY2])
+    assert table_counts(conn) == first
+    assert scalar(conn, "SELECT count(*) FROM raw.ingest_log") == 2
+
+
+def test_missing_day_is_an_empty_partition(conn, retail_like):
+    stats = ingest_days(conn, retail_like, [DAY3])
+    assert stats[0].file_found is False and stats[0].lines_read == 0
+    assert rows(conn, "SELECT file_found, lines_read FROM raw.ingest_log WHERE partition_date = ?", [DAY3]) == [(False, 0)]
+
+
+def test_failed_write_leaves_the_old_partition(conn, retail_like, monkeypatch):
+    ingest_days(conn, retail_like, [DAY1])
+    before = table_counts(conn)
+    from unirec_dagster.ingest import events as events_module
+
+    # The second statement of the partition's transaction fails: the delete before it must not stick.
+    monkeypatch.setattr(events_module, "_INSERT_REJECTS", "INSERT INTO raw.no_such_table SELECT 1")
+    with pytest.raises(Exception):
+        ingest_days(conn, retail_like, [DAY1])
+    assert table_counts(conn) == before
+
+
+def test_catalog_keeps_latest_attributes(conn, retail_like):
+    ingest_days(conn, retail_like, [DAY1, DAY2])
+    stats = build_catalog(conn, retail_like, "users")
+    assert stats.entities == 2
+    assert rows(conn, "SELECT user_id, attributes['country'], event_count FROM raw.users ORDER BY 1") == [
+        ("17850", ["UK"], 3),
+        ("42", ["DE"], 2),
+    ]
+
+
+def test_tsv_without_header_and_epoch_seconds(tmp_path, conn, load):
+    write_text(tmp_path / "2024-01-01.tsv", "u1\ti1\t1704103200\tclick\nu2\ti2\tnot-a-time\tbuy\nu3\ti3\t1704103200\twave\n")
+    spec = load({
+        "path": "{date}.tsv", "delimiter": "\\t", "header": False, "columns": ["user", "item", "ts", "action"],
+        "timestamp": {"column": "ts", "unit": "s"},
+        "event_type": {"column": "action", "mapping": {"click": "view", "buy": "purchase"}},
+    })
+    ingest_days(conn, spec, [DAY1])
+    assert rows(conn, "SELECT user_id, item_id, ts, event_type FROM raw.events") == [
+        ("u1", "i1", dt.datetime(2024, 1, 1, 10, 0), "view")
+    ]
+    assert reasons(conn) == {"bad_timestamp": 1, "unknown_event_type": 1}
+
+
+def test_jsonl_with_epoch_millis(tmp_path, conn, load):
+    lines = [
+        json.dumps({"user": 7, "item": "x", "ts": 1704103200000}),
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"user": 8, "item": "y", "ts": 1704103260000, "extra": {"a": 1}}),
+    ]
+    (tmp_path / "2024-01-01.jsonl").write_text("\n".join(lines) + "\n\n")
+    spec = load({"path": "{date}.jsonl", "format": "jsonl", "timestamp": {"column": "ts", "unit": "ms"}})
+    stats = ingest_days(conn, spec, [DAY1])
+    assert stats[0].lines_read == 4 and stats[0].blank_lines == 1
+    assert rows(conn, "SELECT user_id, ts FROM raw.events ORDER BY 1") == [
+        ("7", dt.datetime(2024, 1, 1, 10, 0)), ("8", dt.datetime(2024, 1, 1, 10, 1))
+    ]
+    assert reasons(conn) == {"malformed_record": 2}
+
+
+def test_parquet_glob_layout_places_rows_on_their_day(tmp_path, conn, load):
+    table = pa.table({
+        "user": ["a", "b", "c", "d"],
+        "item": ["i", "j", "k", "l"],
+        "ts": ["2024-01-01T08:00:00", "2024-01-02T09:30:00", "garbage", "2024-01-02T10:00:00"],
+    })
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    spec = load({"path": "part-*.parquet", "format": "parquet", "timestamp": {"column": "ts"}})
+    stats = ingest_days(conn, spec, [DAY1, DAY2])
+    assert [(s.partition_date, s.accepted) for s in stats] == [(DAY1, 1), (DAY2, 2)]
+    undated = rows(conn, "SELECT reason, partition_date FROM raw.rejected_events")
+    assert undated == [("bad_timestamp", None)]
+    ingest_days(conn, spec, [DAY1, DAY2])
+    assert table_counts(conn) == (3, 1)
+
+
+def test_attributes_from_a_file_with_multi_values_and_one_hot(tmp_path, conn, load):
+    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\nu1,m1,2024-01-01 10:00:00\nu1,m9,2024-01-01 11:00:00\n")
+    write_text(tmp_path / "items.csv", """
+        movie,title,genres,Action,Comedy
+        m1,Heat (1995),Crime| Thriller,1,0
+        m2,Toy Story,Animation,0,1
+        ,orphan,x,0,0
+        m2,broken,row
+        m1,Heat,Crime|Thriller,1,1
+        """)
+    spec = load({}, items={
+        "file": {"path": "items.csv"},
+        "id": "movie",
+        "title": "title",
+        "attributes": {"genre": {"column": "genres", "delimiter": "|"}, "flags": {"one_hot": ["Action", "Comedy"]}},
+    })
+    ingest_days(conn, spec, [DAY1])
+    stats = build_catalog(conn, spec, "items")
+    assert stats.rejected == 2  # the orphan row has no id; the broken row has 3 fields, not 5
+    found = rows(conn, "SELECT item_id, title, attributes['genre'], attributes['flags'], event_count FROM raw.items ORDER BY 1")
+    assert found == [
+        ("m1", "Heat", ["Crime", "Thriller"], ["Action", "Comedy"], 1),
+        ("m2", "Toy Story", ["Animation"], ["Comedy"], 0),
+        ("m9", None, None, None, 1),
+    ]
+
+
+def test_missing_column_is_a_clear_error(tmp_path, conn, load):
+    write_text(tmp_path / "2024-01-01.csv", "user,item,when\nu,i,2024-01-01 10:00:00\n")
+    with pytest.raises(SpecError, match=r"\['ts'\].*not in the file"):
+        ingest_days(conn, load({}), [DAY1])
+
+
+def test_undecodable_bytes_are_quarantined(tmp_path, conn, load):
+    (tmp_path / "2024-01-01.csv").write_bytes(
+        b"user,item,ts\nu1,caf\xe9,2024-01-01 10:00:00\nu2,tea,2024-01-01 10:00:00\n"
+    )
+    ingest_days(conn, load({}), [DAY1])
+    assert table_counts(conn) == (1, 1)
+    assert reasons(conn) == {"bad_encoding": 1}

@@ -1,0 +1,80 @@
+import pytest
+
+from unirec_dagster import settings
+from unirec_dagster.datasets import SpecError, load_spec
+from tests.conftest import write_spec
+
+
+def error_for(tmp_path, events=None, **extra) -> str:
+    path = write_spec(tmp_path, events or {}, **extra)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    return str(info.value)
+
+
+def test_bundled_specs_load():
+    sample = load_spec(settings.DEFAULT_DATASET)
+    assert sample.is_daily_layout
+    assert sample.events_file_for(sample.events.start_date).is_file()
+    retail = load_spec(settings.PROJECT_ROOT / "data" / "datasets" / "online-retail.yaml")
+    assert retail.events.end_date.isoformat() == "2011-12-09"
+    assert retail.events.positive_event_type == "purchase"
+
+
+def test_missing_key_names_file_and_key(tmp_path):
+    path = write_spec(tmp_path, {})
+    text = path.read_text().replace("  item_id: item\n", "")
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "events.item_id" in message and "required key is missing" in message
+
+
+def test_unknown_key_is_reported(tmp_path):
+    message = error_for(tmp_path, {"delimter": ";"})
+    assert "events.delimter" in message and "unknown key" in message
+
+
+def test_timestamp_format_and_unit_are_exclusive(tmp_path):
+    message = error_for(tmp_path, {"timestamp": {"column": "ts", "format": "%Y", "unit": "s"}})
+    assert "events.timestamp" in message and "not both" in message
+
+
+def test_positive_type_must_be_produced(tmp_path):
+    message = error_for(tmp_path, {"event_type": "view"})
+    assert "positive_event_type 'purchase'" in message
+
+
+def test_headerless_csv_needs_columns(tmp_path):
+    message = error_for(tmp_path, {"header": False})
+    assert "columns" in message
+
+
+def test_event_type_rule_needs_one_condition(tmp_path):
+    rule = {"column": "kind", "value": "view", "equals": "v", "starts_with": "x"}
+    message = error_for(tmp_path, {"event_type": {"rules": [rule], "default": "purchase"}})
+    assert "exactly one condition" in message
+
+
+def test_date_format_without_day_is_refused(tmp_path):
+    message = error_for(tmp_path, {"path": "events-{date:%Y-%m}.csv"})
+    assert "events.path" in message
+
+
+def test_attribute_file_needs_id(tmp_path):
+    message = error_for(tmp_path, items={"file": {"path": "items.csv"}})
+    assert "items" in message and "id" in message
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(SpecError, match="UNIREC_DATASET"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_date_placeholder_formats(tmp_path):
+    import datetime as dt
+
+    spec = load_spec(write_spec(tmp_path, {"path": "logs/{date:%Y%m%d}.tsv"}))
+    assert spec.events_file_for(dt.date(2024, 3, 5)) == (tmp_path / "logs" / "20240305.tsv").resolve()

@@ -1,0 +1,6 @@
+"""Dataset specs and the readers that turn source files into string records."""
+
+from unirec_dagster.datasets.readers import RawRecords, Reject, read_records
+from unirec_dagster.datasets.spec import DatasetSpec, SpecError, load_spec
+
+__all__ = ["DatasetSpec", "RawRecords", "Reject", "SpecError", "load_spec", "read_records"]

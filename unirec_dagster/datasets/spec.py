@@ -1,0 +1,290 @@
+"""Dataset specs: a YAML file that maps any event log onto the data contract (DESIGN.md).
+
+The spec is validated when it is loaded; every error names the file, the key and the fix,
+so a user plugging in a new log never meets a stack trace from deep inside ingestion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATE_PLACEHOLDER = re.compile(r"\{date(?::([^}]+))?\}")
+
+
+class SpecError(ValueError):
+    """A dataset spec that cannot be used, with a message that says where and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnRef(_Strict):
+    """A source column holding an id or a value; `CustomerID` is shorthand for `{column: CustomerID}`."""
+
+    column: str
+    strip_float_suffix: bool = Field(
+        False, description="Turn ids that were written as floats (17850.0) back into 17850."
+    )
+    lowercase: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"column": value} if isinstance(value, str) else value
+
+
+class TimestampSpec(_Strict):
+    column: str
+    format: str | None = Field(None, description="strptime format, e.g. '%Y-%m-%d %H:%M:%S'.")
+    unit: Literal["s", "ms"] | None = Field(None, description="Epoch seconds or milliseconds.")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.format and self.unit:
+            raise ValueError("give either 'format' (text timestamps) or 'unit' (epoch numbers), not both")
+        return self
+
+
+class EventTypeRule(_Strict):
+    """`value` is the event type of rows whose `column` meets the one condition given."""
+
+    column: str
+    value: str
+    equals: str | None = None
+    one_of: list[str] | None = None
+    starts_with: str | None = None
+    less_than: float | None = None
+    greater_than: float | None = None
+
+    @model_validator(mode="after")
+    def _one_condition(self):
+        given = [k for k in ("equals", "one_of", "starts_with", "less_than", "greater_than") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a rule needs exactly one condition of equals, one_of, starts_with, less_than, greater_than"
+                f" (found {given or 'none'})"
+            )
+        return self
+
+
+class EventTypeSpec(_Strict):
+    """Either a constant, or a column with a value mapping, or ordered rules; `default` catches the rest."""
+
+    constant: str | None = None
+    column: str | None = None
+    mapping: dict[str, str] | None = None
+    rules: list[EventTypeRule] = []
+    default: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"constant": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.constant is not None and (self.column or self.mapping or self.rules or self.default):
+            raise ValueError("'constant' stands alone: remove column/mapping/rules/default or the constant")
+        if self.constant is None and not (self.column or self.rules or self.default):
+            raise ValueError("give 'constant', or 'column' with 'mapping', or 'rules' with a 'default'")
+        if (self.column is None) != (self.mapping is None):
+            raise ValueError("'column' and 'mapping' go together")
+        return self
+
+    def types(self) -> set[str]:
+        found = {self.constant, self.default, *(self.mapping or {}).values(), *(r.value for r in self.rules)}
+        return {t for t in found if t}
+
+
+class SourceFile(_Strict):
+    """Where rows come from and how they are written."""
+
+    path: str = Field(description="File path: a '{date}' placeholder for one file per day, or a glob.")
+    format: Literal["csv", "parquet", "jsonl"] = "csv"
+    delimiter: str = ","
+    header: bool = True
+    columns: list[str] | None = Field(None, description="Column names in order, for files without a header.")
+    encoding: str = "utf-8"
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, value: str) -> str:
+        value = "\t" if value in ("\\t", "tab") else value
+        if len(value) != 1:
+            raise ValueError("the delimiter is one character, e.g. ',' or '\\t' or '|'")
+        return value
+
+    @model_validator(mode="after")
+    def _names_known(self):
+        if self.format == "csv" and not self.header and not self.columns:
+            raise ValueError("a CSV without a header needs 'columns: [name, ...]' in file order")
+        return self
+
+
+class AttributeSpec(_Strict):
+    """One attribute: a plain column, a delimited multi-valued column, or a set of one-hot flag columns."""
+
+    column: str | None = None
+    delimiter: str | None = None
+    one_hot: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"column": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.column is None) == (self.one_hot is None):
+            raise ValueError("give either 'column' (optionally with 'delimiter') or 'one_hot: [flag columns]'")
+        if self.one_hot is not None and self.delimiter is not None:
+            raise ValueError("'delimiter' applies to 'column', not to 'one_hot'")
+        return self
+
+    def source_columns(self) -> list[str]:
+        return list(self.one_hot) if self.one_hot is not None else [self.column]
+
+
+class EntitySpec(_Strict):
+    """Item or user attributes: from a file joined by id, or (no `file`) from columns of the event rows."""
+
+    file: SourceFile | None = None
+    id: ColumnRef | None = Field(None, description="Id column of the attribute file.")
+    title: str | None = None
+    description: str | None = None
+    price: str | None = None
+    attributes: dict[str, AttributeSpec] = {}
+
+    @model_validator(mode="after")
+    def _file_needs_id(self):
+        if self.file is not None and self.id is None:
+            raise ValueError("an attribute 'file' needs 'id: <column>' to join it to the events")
+        return self
+
+    def source_columns(self) -> list[str]:
+        cols = [c for c in (self.title, self.description, self.price) if c]
+        for attribute in self.attributes.values():
+            cols.extend(attribute.source_columns())
+        return list(dict.fromkeys(cols))
+
+
+class EventsSpec(SourceFile):
+    start_date: dt.date = Field(description="First partition date (YYYY-MM-DD).")
+    end_date: dt.date | None = Field(None, description="Last partition date, for a log that has ended.")
+    user_id: ColumnRef
+    item_id: ColumnRef
+    timestamp: TimestampSpec
+    event_type: EventTypeSpec
+    positive_event_type: str = Field(description="The target behaviour, e.g. 'purchase'.")
+    value: ColumnRef | None = None
+    session_id: ColumnRef | None = None
+    price: ColumnRef | None = None
+    context: list[str] = Field([], description="Extra columns kept with each event.")
+
+    @model_validator(mode="after")
+    def _dates_and_types(self):
+        if self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        if self.positive_event_type not in self.event_type.types():
+            raise ValueError(
+                f"positive_event_type '{self.positive_event_type}' is not one of the event types the spec"
+                f" produces: {sorted(self.event_type.types())}"
+            )
+        return self
+
+
+class DatasetSpec(_Strict):
+    name: str
+    description: str = ""
+    events: EventsSpec
+    items: EntitySpec = EntitySpec()
+    users: EntitySpec = EntitySpec()
+    max_reject_rate: float = Field(0.5, ge=0, le=1, description="Asset check threshold on rejected lines.")
+    spec_dir: Path = Field(Path("."), exclude=True)
+
+    # -- paths -------------------------------------------------------------------------------
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else self.spec_dir / p).resolve()
+
+    @property
+    def is_daily_layout(self) -> bool:
+        """True when the events path has a {date} placeholder: one file per day."""
+        return bool(DATE_PLACEHOLDER.search(self.events.path))
+
+    def events_file_for(self, day: dt.date) -> Path:
+        path = DATE_PLACEHOLDER.sub(lambda m: day.strftime(m.group(1) or "%Y-%m-%d"), self.events.path)
+        return self.resolve(path)
+
+    def events_files(self) -> list[Path]:
+        """All files of a glob layout, sorted (for the daily layout use events_file_for)."""
+        return sorted(Path(p) for p in glob.glob(str(self.resolve(self.events.path))))
+
+    # -- columns ------------------------------------------------------------------------------
+    def event_source_columns(self) -> list[str]:
+        """Every column of the event rows the spec reads, in a stable order."""
+        e = self.events
+        cols = [e.user_id.column, e.item_id.column, e.timestamp.column]
+        cols += [c.column for c in (e.value, e.session_id, e.price) if c is not None]
+        if e.event_type.column:
+            cols.append(e.event_type.column)
+        cols += [r.column for r in e.event_type.rules]
+        cols += self.context_columns()
+        return list(dict.fromkeys(cols))
+
+    def context_columns(self) -> list[str]:
+        """Columns kept in raw.events.context: declared context plus attributes read from events."""
+        cols = list(self.events.context)
+        for entity in (self.items, self.users):
+            if entity.file is None:
+                cols += entity.source_columns()
+        return list(dict.fromkeys(cols))
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid dataset spec"]
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            msg = "required key is missing: add it"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown key: remove it or check its spelling"
+        lines.append(f"  key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Load and validate a dataset spec; raises SpecError naming the file, the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: dataset spec not found. Set UNIREC_DATASET to an existing YAML spec.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a dataset spec is a YAML mapping with keys name, events, items, users")
+    try:
+        spec = DatasetSpec.model_validate({**raw, "spec_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise SpecError(_format_error(path, exc)) from None
+    _check_patterns(path, spec)
+    return spec
+
+
+def _check_patterns(path: Path, spec: DatasetSpec) -> None:
+    if spec.events.format != "csv" and (not spec.events.header or spec.events.columns):
+        raise SpecError(f"{path}: key 'events.header'/'events.columns' apply to CSV files only: remove them")
+    for match in DATE_PLACEHOLDER.finditer(spec.events.path):
+        fmt = match.group(1) or "%Y-%m-%d"
+        if "%d" not in fmt and "%j" not in fmt:
+            raise SpecError(f"{path}: key 'events.path': the date format '{fmt}' has no day (%d): one file per day needs one")

@@ -1,0 +1,245 @@
+"""Ingest event files into raw.events, one day-partition per transaction.
+
+Every input line ends in exactly one of raw.events or raw.rejected_events (with a reason), and a
+day is always replaced whole: re-running or backfilling never duplicates rows, and a crash
+leaves each day either as it was or fully rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import pyarrow as pa
+
+from unirec_dagster.datasets import DatasetSpec, RawRecords, read_records
+from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN
+from unirec_dagster.ingest import sql
+from unirec_dagster.progress import Progress
+from unirec_dagster.warehouse import ensure_schema, rows, transaction
+
+FILE_COLUMN = "_file"
+STRUCTURAL_SCHEMA = pa.schema(
+    [("source_file", pa.string()), ("source_line", pa.int64()), ("reason", pa.string()),
+     ("detail", pa.string()), ("raw_content", pa.string()), ("partition_date", pa.date32())]
+)
+
+
+@dataclass
+class PartitionStats:
+    partition_date: dt.date
+    source_file: str | None
+    file_found: bool
+    lines_read: int = 0
+    accepted: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    blank_lines: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+
+def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: list[RawRecords],
+                   partition_day: dt.date | None) -> None:
+    """Type and check the records of `batches` into temp tables staged_events / staged_structural.
+
+    `partition_day` is the file's day in a daily layout (rows of other days are rejected as
+    outside_partition); None in a glob layout, where each row's own date is its partition.
+    """
+    tables = [b.table.append_column(FILE_COLUMN, pa.array([str(b.path)] * b.table.num_rows, pa.string()))
+              for b in batches]
+    staged_raw = pa.concat_tables(tables) if tables else None
+    structural = pa.table(
+        {
+            "source_file": [str(b.path) for b in batches for _ in b.rejects],
+            "source_line": [r.line for b in batches for r in b.rejects],
+            "reason": [r.reason for b in batches for r in b.rejects],
+            "detail": [r.detail for b in batches for r in b.rejects],
+            "raw_content": [r.raw for b in batches for r in b.rejects],
+            "partition_date": [partition_day for b in batches for _ in b.rejects],
+        },
+        schema=STRUCTURAL_SCHEMA,
+    )
+    conn.register("structural_arrow", structural)
+    conn.execute("CREATE OR REPLACE TEMP TABLE staged_structural AS SELECT * FROM structural_arrow")
+    conn.unregister("structural_arrow")
+
+    e = spec.events
+    p = sql.Params()
+    value = sql.number(e.value.column) if e.value else "NULL::DOUBLE"
+    value_raw = sql.text(e.value.column) if e.value else "NULL"
+    price = sql.number(e.price.column) if e.price else "NULL::DOUBLE"
+    price_raw = sql.text(e.price.column) if e.price else "NULL"
+    session = sql.identifier(e.session_id) if e.session_id else "NULL"
+    select = f"""
+        SELECT {FILE_COLUMN} AS source_file, {LINE_COLUMN} AS source_line, {RAW_COLUMN} AS raw_content,
+               {sql.identifier(e.user_id)} AS user_id,
+               {sql.identifier(e.item_id)} AS item_id,
+               {sql.timestamp(e.timestamp, p)} AS ts,
+               {sql.text(e.timestamp.column)} AS ts_raw,
+               {sql.event_type(e.event_type, p)} AS event_type,
+               {value} AS value, {value_raw} AS value_raw,
+               {session} AS session_id,
+               {price} AS price, {price_raw} AS price_raw,
+               {sql.string_map(spec.context_columns(), p)} AS context
+        FROM staged_raw"""
+    partition = "CAST(ts AS DATE)" if partition_day is None else p.add(partition_day, "DATE")
+    query = f"""
+        CREATE OR REPLACE TEMP TABLE staged_events AS
+        WITH typed AS ({select}),
+        checked AS (
+            SELECT *, {partition} AS partition_date,
+                CASE
+                    WHEN user_id IS NULL THEN 'missing_user_id'
+                    WHEN item_id IS NULL THEN 'missing_item_id'
+                    WHEN ts IS NULL THEN 'bad_timestamp'
+                    WHEN event_type IS NULL THEN 'unknown_event_type'
+                    WHEN value IS NULL AND value_raw IS NOT NULL THEN 'bad_value'
+                    WHEN price IS NULL AND price_raw IS NOT NULL THEN 'bad_price'
+                END AS reason
+            FROM typed
+        ),
+        ranked AS (
+            SELECT *,
+                row_number() OVER same_line AS copy_number,
+                first_value(source_file || ':' || source_line) OVER same_line AS first_copy
+            FROM checked
+            WINDOW same_line AS (PARTITION BY reason IS NULL, raw_content ORDER BY source_file, source_line)
+        )
+        SELECT * REPLACE (
+            CASE
+                WHEN reason IS NOT NULL THEN reason
+                WHEN CAST(ts AS DATE) <> partition_date THEN 'outside_partition'
+                WHEN copy_number > 1 THEN 'duplicate'
+            END AS reason),
+            CASE
+                WHEN reason = 'bad_timestamp' THEN 'unreadable timestamp: ' || coalesce(ts_raw, '(empty)')
+                WHEN reason = 'unknown_event_type' THEN 'no event type mapping matches this row'
+                WHEN reason = 'bad_value' THEN 'value is not a number: ' || value_raw
+                WHEN reason = 'bad_price' THEN 'price is not a number: ' || price_raw
+                WHEN reason IS NULL AND CAST(ts AS DATE) <> partition_date
+                    THEN 'event date ' || CAST(ts AS DATE) || ' is not the file''s date ' || partition_date
+                WHEN reason IS NULL AND copy_number > 1 THEN 'same line as ' || first_copy
+            END AS detail
+        FROM ranked
+    """
+    if staged_raw is None:
+        staged_raw = pa.table({c: pa.array([], pa.string()) for c in spec.event_source_columns()}
+                              | {LINE_COLUMN: pa.array([], pa.int64()), RAW_COLUMN: pa.array([], pa.string()),
+                                 FILE_COLUMN: pa.array([], pa.string())})
+    conn.register("staged_raw", staged_raw)
+    try:
+        conn.execute(query, p)
+    finally:
+        conn.unregister("staged_raw")
+
+
+_INSERT_EVENTS = """
+    INSERT INTO raw.events
+    SELECT partition_date, user_id, item_id, ts, event_type, value, session_id, price, context,
+           source_file, source_line, ?, ?
+    FROM staged_events WHERE reason IS NULL AND partition_date IS NOT DISTINCT FROM ?
+"""
+_INSERT_REJECTS = """
+    INSERT INTO raw.rejected_events
+    SELECT partition_date, 'events', source_file, source_line, reason, detail, raw_content, ?, ?
+    FROM (
+        SELECT partition_date, source_file, source_line, reason, detail, raw_content FROM staged_events
+        WHERE reason IS NOT NULL
+        UNION ALL
+        SELECT partition_date, source_file, source_line, reason, detail, raw_content FROM staged_structural
+    ) WHERE partition_date IS NOT DISTINCT FROM ?
+"""
+
+
+def _counts(conn: duckdb.DuckDBPyConnection, day: dt.date | None) -> tuple[int, dict[str, int]]:
+    found = rows(conn, """
+        SELECT coalesce(reason, ''), count(*) FROM (
+            SELECT reason, partition_date FROM staged_events
+            UNION ALL SELECT reason, partition_date FROM staged_structural
+        ) WHERE partition_date IS NOT DISTINCT FROM ? GROUP BY 1""", [day])
+    by_reason = {reason: n for reason, n in found}
+    return by_reason.pop("", 0), dict(sorted(by_reason.items()))
+
+
+def _write_partition(conn: duckdb.DuckDBPyConnection, stats: PartitionStats, run_id: str | None) -> None:
+    """Replace one day in raw.events, raw.rejected_events and raw.ingest_log in one transaction."""
+    now = dt.datetime.now()
+    day = stats.partition_date
+    with transaction(conn):
+        conn.execute("DELETE FROM raw.events WHERE partition_date = ?", [day])
+        conn.execute("DELETE FROM raw.rejected_events WHERE source_kind = 'events' AND partition_date = ?", [day])
+        conn.execute("DELETE FROM raw.ingest_log WHERE partition_date = ?", [day])
+        if stats.lines_read:
+            conn.execute(_INSERT_EVENTS, [run_id, now, day])
+            conn.execute(_INSERT_REJECTS, [run_id, now, day])
+        conn.execute(
+            "INSERT INTO raw.ingest_log VALUES (?, ?, ?, ?, ?, ?, MAP(?::VARCHAR[], ?::BIGINT[]), ?, ?, ?, ?)",
+            [day, stats.source_file, stats.file_found, stats.lines_read, stats.accepted, stats.rejected,
+             list(stats.rejected_by_reason), list(stats.rejected_by_reason.values()), stats.blank_lines,
+             stats.seconds, run_id, now],
+        )
+
+
+def _check_accounted(stats: PartitionStats, batches: list[RawRecords]) -> None:
+    """The 'nothing lost' invariant: every line read is either accepted or rejected."""
+    read = sum(b.lines_read for b in batches)
+    if read != stats.accepted + stats.rejected:
+        raise RuntimeError(
+            f"{stats.partition_date}: read {read} lines but accounted for {stats.accepted} accepted +"
+            f" {stats.rejected} rejected; refusing to write a partition that loses rows"
+        )
+
+
+def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[dt.date],
+                run_id: str | None = None, log: Callable[[str], None] | None = None) -> list[PartitionStats]:
+    """Ingest each of `days` into raw.events / raw.rejected_events, replacing those partitions."""
+    ensure_schema(conn)
+    wanted = spec.event_source_columns()
+    progress = Progress(len(days), "days", log, label="raw_events")
+    results: list[PartitionStats] = []
+    if spec.is_daily_layout:
+        for day in days:
+            started = time.perf_counter()
+            path = spec.events_file_for(day)
+            batches = [read_records(path, spec.events, wanted)] if path.is_file() else []
+            stats = PartitionStats(day, str(path), file_found=bool(batches))
+            _stage_records(conn, spec, batches, day)
+            stats.accepted, stats.rejected_by_reason = _counts(conn, day)
+            stats.lines_read = stats.accepted + stats.rejected
+            stats.blank_lines = sum(b.blank_lines for b in batches)
+            _check_accounted(stats, batches)
+            stats.seconds = time.perf_counter() - started
+            _write_partition(conn, stats, run_id)
+            results.append(stats)
+            progress.advance(1, f"{day}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
+        return results
+
+    # Glob layout: files hold many days, so read them once and place each row on its own date.
+    started = time.perf_counter()
+    files = spec.events_files()
+    batches = [read_records(path, spec.events, wanted) for path in files]
+    _stage_records(conn, spec, batches, None)
+    for day in days:
+        stats = PartitionStats(day, spec.events.path, file_found=bool(files))
+        stats.accepted, stats.rejected_by_reason = _counts(conn, day)
+        stats.lines_read = stats.accepted + stats.rejected
+        stats.seconds = time.perf_counter() - started
+        _write_partition(conn, stats, run_id)
+        results.append(stats)
+        progress.advance(1)
+    _write_undated_rejects(conn, run_id)
+    return results
+
+
+def _write_undated_rejects(conn: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+    """Rows of a glob layout with no readable date belong to no day; they are replaced as a whole."""
+    with transaction(conn):
+        conn.execute("DELETE FROM raw.rejected_events WHERE source_kind = 'events' AND partition_date IS NULL")
+        conn.execute(_INSERT_REJECTS, [run_id, dt.datetime.now(), None])

@@ -1,0 +1,34 @@
+"""Run-time settings read from environment variables: the one place that knows their names.
+
+Defaults live under the project's `data/` folder; a relative path given in a variable is read
+from the current working directory, as any command-line tool would.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATASET = PROJECT_ROOT / "data" / "datasets" / "sample.yaml"
+DEFAULT_DUCKDB_PATH = PROJECT_ROOT / "data" / "warehouse.duckdb"
+
+DATASET_ENV = "UNIREC_DATASET"
+DUCKDB_PATH_ENV = "UNIREC_DUCKDB_PATH"
+
+
+def _resolve(value: str | None, default: Path) -> Path:
+    if not value:
+        return default
+    path = Path(value).expanduser()
+    return path.resolve()
+
+
+def dataset_spec_path() -> Path:
+    """The dataset spec selected by UNIREC_DATASET (default: the embedded sample)."""
+    return _resolve(os.environ.get(DATASET_ENV), DEFAULT_DATASET)
+
+
+def duckdb_path() -> Path:
+    """The warehouse file selected by UNIREC_DUCKDB_PATH (default: data/warehouse.duckdb)."""
+    return _resolve(os.environ.get(DUCKDB_PATH_ENV), DEFAULT_DUCKDB_PATH)

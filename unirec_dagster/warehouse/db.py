@@ -1,0 +1,56 @@
+"""Small helpers over a DuckDB connection: the one place for transactions and fetching.
+
+DuckDB 2.0 refuses a new statement while a result is still open, so results are always
+fetched completely here rather than with fetchone().
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(path), read_only=read_only)
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a column name taken from a dataset spec for use in SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_name(name: str) -> str:
+    """Validate a schema-qualified table name that is built into SQL text."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a valid table name: {name!r}")
+    return name
+
+
+def rows(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
+    return conn.execute(sql, params or []).fetchall()
+
+
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Any:
+    result = rows(conn, sql, params)
+    return result[0][0] if result else None
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """All statements inside commit together or not at all: readers never see half a partition."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,77 @@
+"""DDL of the warehouse tables. Creating them is idempotent, so every writer may call ensure_schema."""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMAS = ("raw", "kg", "features", "serving", "eval")
+
+TABLES = {
+    "raw.events": """
+        partition_date DATE NOT NULL,
+        user_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        ts TIMESTAMP NOT NULL,
+        event_type VARCHAR NOT NULL,
+        value DOUBLE,
+        session_id VARCHAR,
+        price DOUBLE,
+        context MAP(VARCHAR, VARCHAR),
+        source_file VARCHAR NOT NULL,
+        source_line BIGINT NOT NULL,
+        run_id VARCHAR,
+        ingested_at TIMESTAMP NOT NULL
+    """,
+    # partition_date is NULL for rows that cannot be placed on a day (no readable timestamp in a
+    # glob layout) and for rows of attribute files (source_kind 'items' or 'users').
+    "raw.rejected_events": """
+        partition_date DATE,
+        source_kind VARCHAR NOT NULL,
+        source_file VARCHAR NOT NULL,
+        source_line BIGINT NOT NULL,
+        reason VARCHAR NOT NULL,
+        detail VARCHAR,
+        raw_content VARCHAR,
+        run_id VARCHAR,
+        rejected_at TIMESTAMP NOT NULL
+    """,
+    "raw.ingest_log": """
+        partition_date DATE NOT NULL,
+        source_file VARCHAR,
+        file_found BOOLEAN NOT NULL,
+        lines_read BIGINT NOT NULL,
+        accepted BIGINT NOT NULL,
+        rejected BIGINT NOT NULL,
+        rejected_by_reason MAP(VARCHAR, BIGINT),
+        blank_lines BIGINT NOT NULL,
+        seconds DOUBLE NOT NULL,
+        run_id VARCHAR,
+        ingested_at TIMESTAMP NOT NULL
+    """,
+    "raw.items": """
+        item_id VARCHAR PRIMARY KEY,
+        title VARCHAR,
+        description VARCHAR,
+        price DOUBLE,
+        attributes MAP(VARCHAR, VARCHAR[]),
+        first_seen TIMESTAMP,
+        last_seen TIMESTAMP,
+        event_count BIGINT,
+        updated_at TIMESTAMP NOT NULL
+    """,
+    "raw.users": """
+        user_id VARCHAR PRIMARY KEY,
+        attributes MAP(VARCHAR, VARCHAR[]),
+        first_seen TIMESTAMP,
+        last_seen TIMESTAMP,
+        event_count BIGINT,
+        updated_at TIMESTAMP NOT NULL
+    """,
+}
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    for schema in SCHEMAS:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for table, columns in TABLES.items():
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
