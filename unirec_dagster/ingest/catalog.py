@@ -30,8 +30,12 @@ class CatalogStats:
 
 
 def _source_rows(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, entity: EntitySpec,
-                 run_id: str | None) -> int:
-    """Fill temp table entity_rows(entity_id, order_key, <source columns>); returns rows rejected."""
+                 run_id: str | None, before: dt.datetime | None) -> int:
+    """Fill temp table entity_rows(entity_id, order_key, <source columns>); returns rows rejected.
+
+    `before` keeps only events before that moment (as-of builds); it does not apply to a file,
+    which has no time. Rejects of a file are recorded only by the full build (before=None).
+    """
     columns = entity.source_columns()
     if entity.file is None:
         id_column = "item_id" if kind == "items" else "user_id"
@@ -40,7 +44,7 @@ def _source_rows(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, 
         conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE entity_rows AS
                 SELECT {id_column} AS entity_id, epoch_us(ts) AS order_key{', ' + selected if selected else ''}
-                FROM raw.events""",
+                FROM raw.events WHERE ts < {p.add(before or dt.datetime.max, 'TIMESTAMP')}""",
             p,
         )
         return 0
@@ -66,6 +70,8 @@ def _source_rows(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, 
         )
         conn.execute("CREATE OR REPLACE TEMP TABLE entity_rows AS SELECT * EXCLUDE (raw_content) "
                      "FROM entity_file_rows WHERE entity_id IS NOT NULL")
+        if before is not None:
+            return 0
         now = dt.datetime.now()
         with transaction(conn):
             conn.execute("DELETE FROM raw.rejected_events WHERE source_kind = ?", [kind])
@@ -92,14 +98,14 @@ def _clean_text(expr: str) -> str:
     return rf"NULLIF(regexp_replace(trim({expr}), '\s+', ' ', 'g'), '')"
 
 
-def build_catalog(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str,
-                  run_id: str | None = None) -> CatalogStats:
-    """Rebuild raw.items (kind='items') or raw.users (kind='users') in one transaction."""
+def _catalog_query(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, run_id: str | None,
+                   before: dt.datetime | None) -> tuple[str, sql.Params, int]:
+    """The SELECT of raw.<kind>'s columns as of `before` (None: everything), its params, rows rejected."""
     if kind not in ("items", "users"):
         raise ValueError(f"kind must be 'items' or 'users', not {kind!r}")
     ensure_schema(conn)
     entity: EntitySpec = getattr(spec, kind)
-    rejected = _source_rows(conn, spec, kind, entity, run_id)
+    rejected = _source_rows(conn, spec, kind, entity, run_id, before)
     id_column = "item_id" if kind == "items" else "user_id"
 
     p = sql.Params()
@@ -116,26 +122,42 @@ def build_catalog(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str,
         price = (f"arg_max(TRY_CAST({q(entity.price)} AS DOUBLE), order_key) "
                  f"FILTER (WHERE TRY_CAST({q(entity.price)} AS DOUBLE) > 0)") if entity.price else "NULL::DOUBLE"
         item_columns = f"{title} AS title, {description} AS description, {price} AS price,"
-        target_columns = "item_id, title, description, price, attributes"
-    else:
-        target_columns = "user_id, attributes"
+    before_sql = p.add(before or dt.datetime.max, "TIMESTAMP")
     query = f"""
-        INSERT INTO raw.{kind} ({target_columns}, first_seen, last_seen, event_count, updated_at)
         WITH attrs AS (
             SELECT entity_id, {item_columns} {attributes} AS attributes
             FROM entity_rows GROUP BY entity_id
         ),
         seen AS (
             SELECT {id_column} AS entity_id, min(ts) AS first_seen, max(ts) AS last_seen, count(*) AS event_count
-            FROM raw.events GROUP BY 1
+            FROM raw.events WHERE ts < {before_sql} GROUP BY 1
         )
-        SELECT coalesce(attrs.entity_id, seen.entity_id), attrs.* EXCLUDE (entity_id),
-               seen.first_seen, seen.last_seen, coalesce(seen.event_count, 0), {p.add(dt.datetime.now(), 'TIMESTAMP')}
+        SELECT coalesce(attrs.entity_id, seen.entity_id) AS {id_column}, attrs.* EXCLUDE (entity_id),
+               seen.first_seen, seen.last_seen, coalesce(seen.event_count, 0) AS event_count,
+               {p.add(dt.datetime.now(), 'TIMESTAMP')} AS updated_at
         FROM attrs FULL OUTER JOIN seen ON attrs.entity_id = seen.entity_id
     """
+    return query, p, rejected
+
+
+def catalog_as_of(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, before: dt.datetime) -> str:
+    """Items or users with the attributes known before `before`, in a temp table; returns its name.
+
+    Entities first seen later are left out, so an as-of build never learns of the future.
+    """
+    query, params, _ = _catalog_query(conn, spec, kind, None, before)
+    table = f"catalog_{kind}"
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({query}) WHERE first_seen IS NOT NULL", params)
+    return table
+
+
+def build_catalog(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str,
+                  run_id: str | None = None) -> CatalogStats:
+    """Rebuild raw.items (kind='items') or raw.users (kind='users') in one transaction."""
+    query, params, rejected = _catalog_query(conn, spec, kind, run_id, None)
     with transaction(conn):
         conn.execute(f"DELETE FROM raw.{kind}")
-        conn.execute(query, p)
+        conn.execute(f"INSERT INTO raw.{kind} BY NAME {query}", params)
     total, with_attributes = rows(
         conn, f"SELECT count(*), count(*) FILTER (WHERE cardinality(attributes) > 0) FROM raw.{kind}")[0]
     return CatalogStats(kind, total, with_attributes, rejected)
