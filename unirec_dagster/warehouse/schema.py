@@ -67,6 +67,42 @@ TABLES = {
         event_count BIGINT,
         updated_at TIMESTAMP NOT NULL
     """,
+    # Entity ids are given once and never change: row i of every embedding table is entity i.
+    "kg.entities": """
+        entity_id BIGINT NOT NULL,
+        entity_type VARCHAR NOT NULL,
+        natural_key VARCHAR NOT NULL,
+        display_name VARCHAR,
+        first_seen TIMESTAMP,
+        last_seen TIMESTAMP
+    """,
+    "kg.relations": """
+        relation_id INTEGER NOT NULL,
+        name VARCHAR NOT NULL,
+        head_type VARCHAR NOT NULL,
+        tail_type VARCHAR NOT NULL,
+        source VARCHAR NOT NULL
+    """,
+    # One snapshot per as-of date: built from events before the end of snapshot_date only.
+    "kg.triples": """
+        snapshot_date DATE NOT NULL,
+        head_id BIGINT NOT NULL,
+        relation_id INTEGER NOT NULL,
+        tail_id BIGINT NOT NULL,
+        weight DOUBLE NOT NULL,
+        event_count BIGINT,
+        first_seen TIMESTAMP,
+        last_seen TIMESTAMP
+    """,
+    "kg.snapshots": """
+        snapshot_date DATE NOT NULL,
+        entities BIGINT NOT NULL,
+        triples BIGINT NOT NULL,
+        seconds DOUBLE NOT NULL,
+        params VARCHAR,
+        run_id VARCHAR,
+        built_at TIMESTAMP NOT NULL
+    """,
 }
 
 
