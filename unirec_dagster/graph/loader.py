@@ -1,0 +1,76 @@
+"""Load a KG snapshot from DuckDB into PyTorch tensors, through Arrow, with no loop over rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import torch
+
+from unirec_dagster.warehouse import rows
+
+
+@dataclass
+class KnowledgeGraph:
+    """Entity ids are global and stable, so entities of one type are not contiguous: instead of
+    type offsets, `entity_type[i]` is the type of entity i and `nodes_of_type` lists a type's ids."""
+
+    snapshot_date: dt.date
+    num_entities: int
+    entity_type: torch.Tensor           # (num_entities,) index into type_names; -1 for ids not in use
+    type_names: list[str]
+    relation_names: list[str]           # index = relation_id
+    relation_types: list[tuple[str, str]]  # (head type, tail type) per relation_id
+    edge_index: dict[str, torch.Tensor]    # relation name -> (2, E) long: head ids, tail ids
+    edge_weight: dict[str, torch.Tensor]   # relation name -> (E,) float
+
+    def nodes_of_type(self, name: str) -> torch.Tensor:
+        return torch.nonzero(self.entity_type == self.type_names.index(name), as_tuple=True)[0]
+
+    def to(self, device: torch.device | str) -> "KnowledgeGraph":
+        return KnowledgeGraph(
+            self.snapshot_date, self.num_entities, self.entity_type.to(device), self.type_names,
+            self.relation_names, self.relation_types,
+            {k: v.to(device) for k, v in self.edge_index.items()},
+            {k: v.to(device) for k, v in self.edge_weight.items()},
+        )
+
+
+def latest_snapshot(conn: duckdb.DuckDBPyConnection) -> dt.date | None:
+    return rows(conn, "SELECT max(snapshot_date) FROM kg.snapshots")[0][0]
+
+
+def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = None) -> KnowledgeGraph:
+    snapshot_date = snapshot_date or latest_snapshot(conn)
+    if snapshot_date is None:
+        raise LookupError("no KG snapshot in the warehouse: materialize the knowledge_graph asset first")
+    entities = conn.sql("SELECT entity_id, entity_type FROM kg.entities ORDER BY entity_id").to_arrow_table()
+    ids = entities.column("entity_id").to_numpy().astype(np.int64)
+    type_names, type_codes = np.unique(entities.column("entity_type").to_numpy(zero_copy_only=False).astype(str),
+                                       return_inverse=True)
+    num_entities = int(ids.max()) + 1 if len(ids) else 0
+    entity_type = torch.full((num_entities,), -1, dtype=torch.long)
+    entity_type[torch.from_numpy(ids)] = torch.from_numpy(type_codes.astype(np.int64))
+
+    relations = rows(conn, "SELECT relation_id, name, head_type, tail_type FROM kg.relations ORDER BY relation_id")
+    relation_names = [name for _, name, _, _ in relations]
+    relation_types = [(head, tail) for _, _, head, tail in relations]
+
+    triples = conn.sql(
+        "SELECT relation_id, head_id, tail_id, weight FROM kg.triples WHERE snapshot_date = $d ORDER BY relation_id",
+        params={"d": snapshot_date},
+    ).to_arrow_table()
+    relation = triples.column("relation_id").to_numpy().astype(np.int64)
+    heads = torch.from_numpy(triples.column("head_id").to_numpy().astype(np.int64))
+    tails = torch.from_numpy(triples.column("tail_id").to_numpy().astype(np.int64))
+    weights = torch.from_numpy(triples.column("weight").to_numpy().astype(np.float32))
+    bounds = np.searchsorted(relation, np.arange(len(relation_names) + 1))
+    edge_index, edge_weight = {}, {}
+    for rid, name in enumerate(relation_names):
+        lo, hi = int(bounds[rid]), int(bounds[rid + 1])
+        edge_index[name] = torch.stack([heads[lo:hi], tails[lo:hi]])
+        edge_weight[name] = weights[lo:hi]
+    return KnowledgeGraph(snapshot_date, num_entities, entity_type, [str(t) for t in type_names], relation_names,
+                          relation_types, edge_index, edge_weight)
