@@ -30,6 +30,8 @@ run: setup
 	$(DAGSTER) asset materialize $(MODULE) --select raw_events \
 		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
 	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users'
+	$(DAGSTER) asset materialize $(MODULE) --select knowledge_graph \
+		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
 
 test: setup
 	$(PY) -m pytest tests

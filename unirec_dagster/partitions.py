@@ -1,20 +1,22 @@
-"""Print the partition range of the selected dataset, e.g. `2010-12-01...2011-01-15`.
+"""Print the partition range of the selected dataset, e.g. `2010-12-01...2011-01-15` (or, with
+--last, its last partition).
 
 Used by `make run` to backfill every day of a finished dataset; for a live log (no end_date)
 the range ends yesterday.
 """
 
 import datetime as dt
+import sys
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import load_spec
 
 
-def partition_range() -> str:
+def partition_range() -> tuple[dt.date, dt.date]:
     spec = load_spec(settings.dataset_spec_path())
-    end = spec.events.end_date or (dt.date.today() - dt.timedelta(days=1))
-    return f"{spec.events.start_date.isoformat()}...{end.isoformat()}"
+    return spec.events.start_date, spec.events.end_date or (dt.date.today() - dt.timedelta(days=1))
 
 
 if __name__ == "__main__":
-    print(partition_range())
+    first, last = partition_range()
+    print(last.isoformat() if "--last" in sys.argv[1:] else f"{first.isoformat()}...{last.isoformat()}")

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import yaml
 
 ADJECTIVES = np.array("red blue green vintage classic mini large small retro floral striped wooden glass silver golden "
@@ -58,7 +59,7 @@ def generate(n_events: int, n_days: int = 60, n_users: int | None = None, n_item
     activity = 1.0 / (np.arange(n_users) + 10.0) ** 0.8
     activity /= activity.sum()
 
-    basket_size = np.minimum(rng.geometric(0.25, n_events // 4 + 1), 40)
+    basket_size = np.minimum(rng.geometric(0.25, n_events // 2 + 10), 40)  # mean ~4: enough lines
     basket_size = basket_size[: np.searchsorted(np.cumsum(basket_size), n_events) + 1]
     n_baskets = len(basket_size)
     basket_user = rng.choice(n_users, n_baskets, p=activity)
@@ -95,21 +96,36 @@ def generate(n_events: int, n_days: int = 60, n_users: int | None = None, n_item
     return SyntheticLog(table, start, n_days)
 
 
-def write_dataset(log: SyntheticLog, out: Path) -> Path:
-    """Write one CSV per day under out/by-day and a dataset spec out/synthetic.yaml; returns the spec."""
+def write_dataset(log: SyntheticLog, out: Path, layout: str = "csv-days") -> Path:
+    """Write the log and a dataset spec out/synthetic.yaml for it; returns the spec's path.
+
+    layout "csv-days": one CSV per day under out/by-day (the Online Retail layout);
+    "parquet": one file out/events.parquet, read as a glob layout (fast for large logs).
+    """
     out = Path(out)
-    (out / "by-day").mkdir(parents=True, exist_ok=True)
-    day = pc.cast(pc.strptime(log.events["InvoiceDate"], "%Y-%m-%d %H:%M:%S", "s"), pa.date32())
-    for offset in range(log.days):
-        date = log.start + dt.timedelta(days=offset)
-        rows = log.events.filter(pc.equal(day, pa.scalar(date, pa.date32())))
-        if rows.num_rows:
-            pacsv.write_csv(rows, out / "by-day" / f"{date.isoformat()}.csv")
+    if layout == "parquet":
+        out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(log.events, out / "events.parquet")
+        path = "events.parquet"
+    elif layout == "csv-days":
+        (out / "by-day").mkdir(parents=True, exist_ok=True)
+        day = pc.cast(pc.strptime(log.events["InvoiceDate"], "%Y-%m-%d %H:%M:%S", "s"), pa.date32())
+        for offset in range(log.days):
+            date = log.start + dt.timedelta(days=offset)
+            rows = log.events.filter(pc.equal(day, pa.scalar(date, pa.date32())))
+            if rows.num_rows:
+                pacsv.write_csv(rows, out / "by-day" / f"{date.isoformat()}.csv")
+        path = "by-day/{date}.csv"
+    else:
+        raise ValueError(f"layout must be 'csv-days' or 'parquet', not {layout!r}")
     spec_path = out / "synthetic.yaml"
     retail = yaml.safe_load((Path(__file__).resolve().parent.parent / "data" / "datasets" / "online-retail.yaml").read_text())
     retail["name"] = "synthetic"
     retail["description"] = "Synthetic log in the Online Retail format (unirec_dagster.synthetic)."
-    retail["events"].update(path="by-day/{date}.csv", start_date=log.start.isoformat(),
+    if layout == "parquet":
+        retail["events"] = {k: v for k, v in retail["events"].items() if k not in ("delimiter", "header")}
+        retail["events"]["format"] = "parquet"
+    retail["events"].update(path=path, start_date=log.start.isoformat(),
                             end_date=(log.start + dt.timedelta(days=log.days - 1)).isoformat())
     retail["items"]["attributes"] = {"category": "Category", "brand": "Brand"}
     retail["max_reject_rate"] = 0.05
@@ -122,9 +138,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=["csv-days", "parquet"], default="csv-days")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    spec = write_dataset(generate(args.events, n_days=args.days, seed=args.seed), args.out)
+    spec = write_dataset(generate(args.events, n_days=args.days, seed=args.seed), args.out, args.layout)
     print(f"wrote {args.events:,} events over {args.days} days; spec: {spec}")
 
 

@@ -1,4 +1,4 @@
-"""The ingestion assets materialized for real by Dagster on the embedded sample."""
+"""The ingestion and KG assets materialized for real by Dagster on the embedded sample."""
 
 import csv
 import datetime as dt
@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from unirec_dagster.definitions import defs
 from unirec_dagster.defs.dataset import SPEC
+from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
 from unirec_dagster.warehouse import connect, rows
 
@@ -20,7 +21,7 @@ def sample_lines(day: str) -> int:
 def test_definitions_load():
     loaded = defs()
     keys = {key.to_user_string() for key in loaded.resolve_all_asset_keys()}
-    assert {"raw_events", "raw_items", "raw_users"} <= keys
+    assert {"raw_events", "raw_items", "raw_users", "knowledge_graph"} <= keys
     assert loaded.get_assets_def("raw_events").partitions_def.get_first_partition_key() == "2010-12-01"
 
 
@@ -43,7 +44,14 @@ def test_materialize_partition_range_and_catalog(tmp_path):
     assert again.asset_materializations_for_node("raw_events")[0].metadata["lines_read"].value == sample_lines("2010-12-02")
 
     assert dg.materialize([raw_items, raw_users], resources=resources).success
+    kg = dg.materialize([knowledge_graph], resources=resources, partition_key="2010-12-03",
+                        run_config={"ops": {"knowledge_graph": {"config": {"cooccurrence_top_n": 5}}}})
+    assert kg.success
+    assert all(check.passed for check in kg.get_asset_check_evaluations())
     conn = connect(db, read_only=True)
+    assert rows(conn, "SELECT max(last_seen) < DATE '2010-12-04' FROM kg.triples")[0][0]
+    assert rows(conn, "SELECT max(n) <= 5 FROM (SELECT count(*) n FROM kg.triples JOIN kg.relations USING (relation_id)"
+                      " WHERE name = 'item_co_occurs' GROUP BY head_id)")[0][0]
     events, rejected, days = rows(conn, """SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.rejected_events),
                                               (SELECT count(DISTINCT partition_date) FROM raw.events)""")[0]
     assert events + rejected == expected and days == 3
