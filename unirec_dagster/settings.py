@@ -15,6 +15,9 @@ DEFAULT_DUCKDB_PATH = PROJECT_ROOT / "data" / "warehouse.duckdb"
 
 DATASET_ENV = "UNIREC_DATASET"
 DUCKDB_PATH_ENV = "UNIREC_DUCKDB_PATH"
+DUCKDB_MEMORY_LIMIT_ENV = "UNIREC_DUCKDB_MEMORY_LIMIT"
+# DuckDB would otherwise take 80% of RAM; beyond this it spills to disk next to the database.
+DEFAULT_DUCKDB_MEMORY_LIMIT = "3GB"
 
 
 def _resolve(value: str | None, default: Path) -> Path:
@@ -32,3 +35,8 @@ def dataset_spec_path() -> Path:
 def duckdb_path() -> Path:
     """The warehouse file selected by UNIREC_DUCKDB_PATH (default: data/warehouse.duckdb)."""
     return _resolve(os.environ.get(DUCKDB_PATH_ENV), DEFAULT_DUCKDB_PATH)
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's memory_limit (UNIREC_DUCKDB_MEMORY_LIMIT, default 3GB), e.g. '3GB' or '512MB'."""
+    return os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT

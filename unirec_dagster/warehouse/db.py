@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import duckdb
 
+from unirec_dagster import settings
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -20,7 +22,12 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(str(path), read_only=read_only)
+    return duckdb.connect(str(path), read_only=read_only, config=connection_config())
+
+
+def connection_config() -> dict[str, str]:
+    """Settings for every warehouse connection, the Dagster resource's included."""
+    return {"memory_limit": settings.duckdb_memory_limit()}
 
 
 def quote_identifier(name: str) -> str:
