@@ -123,10 +123,6 @@ def _stage_inputs(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, before: dt
     """, p)
 
 
-def _attribute_names(spec: DatasetSpec, kind: str) -> list[str]:
-    return list(getattr(spec, kind).attributes)
-
-
 def _stage_candidates(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
     """kg_candidate_entities(entity_type, natural_key, display_name, first_seen, last_seen) and
     kg_candidate_triples(head_type, head_key, relation, tail_type, tail_key, weight, event_count, first_seen, last_seen)."""
