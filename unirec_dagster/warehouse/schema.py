@@ -103,6 +103,58 @@ TABLES = {
         run_id VARCHAR,
         built_at TIMESTAMP NOT NULL
     """,
+    # One vector per distinct item text and encoder; items point at their current text's hash.
+    "features.text_embeddings": """
+        text_hash VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        embedding FLOAT[] NOT NULL,
+        encoded_at TIMESTAMP NOT NULL
+    """,
+    "features.item_texts": """
+        item_id VARCHAR NOT NULL,
+        text_hash VARCHAR NOT NULL,
+        updated_at TIMESTAMP NOT NULL
+    """,
+    # One partition per run date, replaced as a whole.
+    "serving.recommendations": """
+        partition_date DATE NOT NULL,
+        user_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        rank INTEGER NOT NULL,
+        score DOUBLE NOT NULL,
+        reason VARCHAR,
+        model_version VARCHAR NOT NULL,
+        run_id VARCHAR,
+        generated_at TIMESTAMP NOT NULL
+    """,
+    "serving.similar_items": """
+        item_id VARCHAR NOT NULL,
+        similar_item_id VARCHAR NOT NULL,
+        rank INTEGER NOT NULL,
+        score DOUBLE NOT NULL,
+        model_version VARCHAR NOT NULL,
+        run_date DATE NOT NULL,
+        generated_at TIMESTAMP NOT NULL
+    """,
+    # split: "validation" (the window before the cutoff, used for choices) or "test" (after it, report only).
+    "eval.metrics": """
+        model VARCHAR NOT NULL,
+        cutoff DATE NOT NULL,
+        split VARCHAR NOT NULL,
+        slice VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        k INTEGER,
+        value DOUBLE NOT NULL,
+        users BIGINT NOT NULL,
+        run_id VARCHAR,
+        computed_at TIMESTAMP NOT NULL
+    """,
+}
+
+VIEWS = {
+    "serving.latest_recommendations": """
+        SELECT * FROM serving.recommendations
+        WHERE partition_date = (SELECT max(partition_date) FROM serving.recommendations)""",
 }
 
 
@@ -111,3 +163,5 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table, columns in TABLES.items():
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    for view, query in VIEWS.items():
+        conn.execute(f"CREATE VIEW IF NOT EXISTS {view} AS {query}")

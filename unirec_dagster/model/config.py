@@ -1,0 +1,47 @@
+"""Model and training settings; the Dagster assets' run configs are these same models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class EncoderConfig(BaseModel):
+    dim: int = Field(64, ge=4, description="Embedding size of every entity.")
+    layers: int = Field(2, ge=0, le=6, description="Propagation layers over the KG (0: plain embeddings, i.e. MF).")
+    use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings (MF ablation).")
+    use_text: bool = Field(True, description="Fuse each item's projected text vector into its embedding (gated sum).")
+    init_std: float = Field(0.1, gt=0)
+
+
+class PretrainConfig(BaseModel):
+    encoder: EncoderConfig = EncoderConfig()
+    epochs: int = Field(20, ge=1, description="Passes over the interaction edges.")
+    batch_size: int = Field(8192, ge=16, description="Interaction edges per step (one propagation per step).")
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-6, ge=0, description="L2 on the embedding rows used in a step.")
+    link_weight: float = Field(1.0, ge=0, description="Weight of BPR link prediction on user->item edges.")
+    kg_weight: float = Field(0.5, ge=0, description="Weight of DistMult triple completion on attribute/keyword/co-occurrence edges.")
+    mask_weight: float = Field(0.5, ge=0, description="Weight of masked attribute prediction.")
+    align_weight: float = Field(0.5, ge=0, description="Weight of text-graph InfoNCE alignment.")
+    masked_relation: str | None = Field(None, description="Item relation to mask (default: the first item attribute relation).")
+    mask_share: float = Field(0.15, gt=0, lt=1, description="Share of items whose masked attribute is hidden each epoch.")
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature.")
+    holdout_days: int = Field(14, ge=0, description="Pretrain on the KG as of this many days before the run date, "
+                                                   "so that fine-tuning's validation window stays unseen.")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (UNIREC_DEVICE overrides auto).")
+
+
+class FinetuneConfig(BaseModel):
+    encoder: EncoderConfig = EncoderConfig()
+    max_epochs: int = Field(40, ge=1)
+    patience: int = Field(4, ge=1, description="Stop after this many epochs without a better validation Recall@20.")
+    batch_size: int = Field(8192, ge=16)
+    lr: float = Field(0.005, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    half_life_days: float = Field(60.0, gt=0, description="Recent purchases weigh more: weight halves every this many days.")
+    align_weight: float = Field(0.1, ge=0, description="Keep the text view aligned while fine-tuning (cold items).")
+    temperature: float = Field(0.1, gt=0)
+    validation_days: int = Field(14, ge=1, description="Validation window just before the cutoff.")
+    seed: int = 0
+    device: str = "auto"

@@ -1,0 +1,44 @@
+"""Training objectives over the encoder's output embeddings. Each takes a sampled mini-batch,
+so no dense users x items (or entities x entities) matrix is ever formed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+             weights: torch.Tensor | None = None, l2: float = 0.0) -> torch.Tensor:
+    """Bayesian personalised ranking: a user's item should outscore a sampled item."""
+    u, p, n = emb[users], emb[positives], emb[negatives]
+    losses = F.softplus(-((u * p).sum(-1) - (u * n).sum(-1)))
+    loss = (losses * weights).sum() / weights.sum() if weights is not None else losses.mean()
+    if l2:
+        loss = loss + l2 * (u.pow(2).sum(-1) + p.pow(2).sum(-1) + n.pow(2).sum(-1)).mean()
+    return loss
+
+
+def distmult_loss(emb: torch.Tensor, relation_vectors: torch.Tensor, heads: torch.Tensor, relations: torch.Tensor,
+                  tails: torch.Tensor, negative_tails: torch.Tensor) -> torch.Tensor:
+    """KG triple completion: <h, r, t> of a true triple above that of a corrupted tail."""
+    h, r = emb[heads], relation_vectors[relations]
+    positive = (h * r * emb[tails]).sum(-1)
+    negative = (h * r * emb[negative_tails]).sum(-1)
+    return F.softplus(-positive).mean() + F.softplus(negative).mean()
+
+
+def masked_attribute_loss(emb: torch.Tensor, items: torch.Tensor, values: torch.Tensor,
+                          candidates: torch.Tensor) -> torch.Tensor:
+    """Predict a hidden attribute value of each item among all values of that attribute.
+    `values` are indices into `candidates` (the entity ids of the attribute's values)."""
+    logits = emb[items] @ emb[candidates].T
+    return F.cross_entropy(logits, values)
+
+
+def info_nce(graph_view: torch.Tensor, text_view: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE with in-batch negatives: an item's graph and text embeddings pair up."""
+    g = F.normalize(graph_view, dim=-1)
+    t = F.normalize(text_view, dim=-1)
+    logits = g @ t.T / temperature
+    target = torch.arange(len(g), device=g.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
