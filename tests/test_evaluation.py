@@ -1,0 +1,100 @@
+"""Metrics against hand computation, the temporal split, the quality gate, exclusion and fallback."""
+
+import datetime as dt
+import math
+
+import pytest
+import torch
+
+from unirec_dagster.evaluation.metrics import ranking_metrics
+from unirec_dagster.evaluation.scoring import Scorer
+from unirec_dagster.evaluation.signals import Signals
+from unirec_dagster.evaluation.split import load_holdout, load_training
+from unirec_dagster.graph import build_snapshot
+from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.serving.recommend import write_recommendations
+from unirec_dagster.training.steps import GateResult
+from unirec_dagster.warehouse import rows
+from tests.conftest import write_text
+
+
+def test_metrics_match_hand_computation():
+    # User 0: positives {1, 3}, ranked [1, 2, 3] -> hits at ranks 1 and 3.
+    # User 1: positives {4, unknown item}, ranked [0, 1, 2] -> no hit.
+    top = torch.tensor([[1, 2, 3], [0, 1, 2]])
+    m = ranking_metrics(top, torch.tensor([0, 0, 1, 1]), torch.tensor([1, 3, 4, -1]), torch.tensor([2, 2]),
+                        num_items=5, ks=(1, 3))
+    assert m["recall@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@3"] == pytest.approx((2 / 2 + 0) / 2)
+    ideal = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"] == pytest.approx(((1 + 1 / math.log2(4)) / ideal + 0) / 2)
+    assert m["hitrate@3"] == pytest.approx(0.5)
+    assert m["mrr"] == pytest.approx(0.5)
+    assert m["coverage@1"] == pytest.approx(2 / 5)
+
+
+@pytest.fixture
+def shop(tmp_path, load, conn):
+    # Days 1-3 before the cutoff (day 4); day 4 is the test window.
+    lines = {
+        "2024-01-01": ["u1,A,UK", "u1,B,UK", "u2,A,FR", "u2,C,FR", "u3,B,UK", "u5,A,UK"],
+        "2024-01-02": ["u1,C,UK", "u2,B,FR", "u3,A,UK", "u3,C,UK"],
+        "2024-01-03": ["u4,D,UK", "u1,A,UK", "u2,A,FR"],
+        "2024-01-04": ["u1,D,UK", "u1,A,UK", "u2,D,FR", "u6,A,UK", "u4,A,UK"],
+    }
+    for day, entries in lines.items():
+        write_text(tmp_path / f"{day}.csv", "user,item,country,ts\n" + "".join(
+            f"{e},{day} 1{i}:00:00\n" for i, e in enumerate(entries)))
+    spec = load({}, users={"attributes": {"country": "country"}})
+    days = [dt.date(2024, 1, d) for d in range(1, 5)]
+    ingest_days(conn, spec, days)
+    for kind in ("items", "users"):
+        build_catalog(conn, spec, kind)
+    build_snapshot(conn, spec, dt.date(2024, 1, 4))
+    return spec
+
+
+def keys(conn, kind, ids):
+    names = dict(rows(conn, "SELECT entity_id, natural_key FROM kg.entities WHERE entity_type = $t", {"t": kind}))
+    return [names[int(i)] for i in ids]
+
+
+def test_split_keeps_the_test_window_out_of_training(conn, shop):
+    cutoff = dt.date(2024, 1, 4)
+    data = load_training(conn, shop, cutoff)
+    train = set(zip(keys(conn, "user", data.train_users), keys(conn, "item", data.items[data.train_items])))
+    assert ("u1", "D") not in train and ("u2", "D") not in train and ("u4", "A") not in train
+    assert ("u1", "A") in train and ("u3", "C") in train
+    assert data.popularity.sum() == 13  # positive events before the cutoff, none after
+    holdout = load_holdout(conn, shop, cutoff, cutoff + dt.timedelta(days=1))
+    # u1 bought A before (not new to u1), u6 has no history: neither counts.
+    assert keys(conn, "user", holdout.users) == ["u1", "u2", "u4"]
+    pairs = sorted(zip(keys(conn, "user", holdout.users[holdout.pair_users]),
+                       keys(conn, "item", data.items[holdout.pair_items])))
+    assert pairs == [("u1", "D"), ("u2", "D"), ("u4", "A")]
+
+
+def test_gate_blocks_a_model_worse_than_popularity():
+    gate = GateResult(passed=0.05 > max(0.06, 0.02), model_recall=0.05, recent_popular_recall=0.06, mf_recall=0.02)
+    assert not gate.passed and "does not beat" in gate.reason
+
+
+def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop):
+    run_date = dt.date(2024, 1, 3)
+    data = load_training(conn, shop, run_date + dt.timedelta(days=1))
+    scorer = Scorer(Signals(data), {"co_purchase": 0.5, "popularity": 0.5})
+    for _ in range(2):  # a re-run replaces the partition
+        stats = write_recommendations(conn, shop, run_date, scorer, "v1", "run", k=3, min_history=2)
+    recs = rows(conn, "SELECT user_id, item_id, reason FROM serving.recommendations WHERE partition_date = $d",
+                {"d": run_date})
+    assert stats.rows == len(recs)
+    bought = {("u1", "A"), ("u1", "B"), ("u1", "C"), ("u2", "A"), ("u2", "B"), ("u2", "C"), ("u3", "A"),
+              ("u3", "B"), ("u3", "C"), ("u4", "D"), ("u5", "A")}
+    assert not bought & {(u, i) for u, i, _ in recs}
+    by_user = {}
+    for user, item, reason in recs:
+        by_user.setdefault(user, []).append(reason)
+    # u4 and u5 have one purchase (< min_history 2): recently popular in their country.
+    assert all(r.startswith("popular recently") for r in by_user["u4"] + by_user["u5"])
+    assert "u6" not in by_user  # no event up to the run date: not active yet
+    assert len(recs) == len({(u, i) for u, i, _ in recs})

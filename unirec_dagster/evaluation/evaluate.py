@@ -1,0 +1,60 @@
+"""Evaluate a scorer on a holdout window: blocked top-K for the evaluated users, metrics per slice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unirec_dagster.evaluation.metrics import KS, ranking_metrics
+from unirec_dagster.evaluation.scoring import Scorer
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.serving.topk import top_k
+
+COLD_USER_POSITIVES = 3  # EVALUATION.md: cold users have fewer than 3 positive events before C
+
+
+@dataclass
+class SliceResult:
+    slice: str
+    users: int
+    metrics: dict[str, float]
+
+
+def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS), chunk: int = 2048) -> torch.Tensor:
+    """(len(users), k) candidate positions, best first, the users' past purchases excluded."""
+    exclude_rows, exclude_items = scorer.signals.exclusions(users)
+    _, top = top_k(lambda rows: scorer.scores(users[rows]), len(users), k, exclude_rows, exclude_items, chunk)
+    return top
+
+
+def evaluate(scorer: Scorer, holdout: HoldoutPairs, slices: bool = True) -> list[SliceResult]:
+    data = scorer.signals.data
+    top = rank(scorer, holdout.users)
+    results = [SliceResult("all", len(holdout.users), ranking_metrics(
+        top, holdout.pair_users, holdout.pair_items, holdout.positives_per_user, data.num_items))]
+    if not slices:
+        return results
+    history = torch.tensor([data.user_positive_events.get(int(u), 0) for u in holdout.users])
+    cold = history < COLD_USER_POSITIVES
+    for name, keep in (("cold_users", cold), ("warm_users", ~cold)):
+        results.append(_subset(name, top, holdout, keep, torch.ones_like(holdout.pair_items, dtype=torch.bool),
+                               data.num_items))
+    has_unseen = torch.zeros(len(holdout.users), dtype=torch.bool)
+    has_unseen[holdout.pair_users[holdout.unseen_item_pair]] = True
+    results.append(_subset("unseen_items", top, holdout, has_unseen, holdout.unseen_item_pair, data.num_items))
+    return results
+
+
+def _subset(name: str, top: torch.Tensor, holdout: HoldoutPairs, keep_users: torch.Tensor, keep_pairs: torch.Tensor,
+            num_items: int) -> SliceResult:
+    rows = torch.nonzero(keep_users, as_tuple=True)[0]
+    if not len(rows):
+        return SliceResult(name, 0, {})
+    new_row = torch.full((len(keep_users),), -1, dtype=torch.long)
+    new_row[rows] = torch.arange(len(rows))
+    pairs = keep_pairs & keep_users[holdout.pair_users]
+    pair_users = new_row[holdout.pair_users[pairs]]
+    counts = torch.bincount(pair_users, minlength=len(rows))
+    return SliceResult(name, len(rows), ranking_metrics(top[rows], pair_users, holdout.pair_items[pairs], counts,
+                                                        num_items))

@@ -1,0 +1,65 @@
+"""Simple strong signals at a cutoff: all-time and recent popularity, and item-item co-purchase
+(cosine on the users x items purchase matrix, top neighbours per item). They are baselines on
+their own and features of the served blend."""
+
+from __future__ import annotations
+
+import torch
+
+from unirec_dagster.evaluation.split import TrainingData
+
+
+def _sparse(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False).coalesce()
+
+
+class Signals:
+    def __init__(self, data: TrainingData, neighbours: int = 100, item_block: int = 2048):
+        self.data = data
+        self.user_ids, user_rows = torch.unique(data.train_users, return_inverse=True)
+        num_items = data.num_items
+        ones = torch.ones(len(user_rows))
+        self.history = _sparse(user_rows, data.train_items, ones, (len(self.user_ids), num_items))
+        self.similarity = self._cosine_neighbours(neighbours, item_block)
+
+    def _cosine_neighbours(self, neighbours: int, block: int) -> torch.Tensor:
+        """Item x item cosine of co-purchase, keeping each item's top `neighbours`; built in item
+        blocks so that only a (block x items) slab is dense at a time."""
+        num_items = self.data.num_items
+        by_item = self.history.t().coalesce()
+        norms = torch.zeros(num_items).index_add_(0, by_item.indices()[0], by_item.values()).sqrt().clamp(min=1)
+        history_dense_cols = self.history
+        rows, cols, vals = [], [], []
+        k = min(neighbours, max(num_items - 1, 1))
+        for start in range(0, num_items, block):
+            ids = torch.arange(start, min(start + block, num_items))
+            slab = torch.sparse.mm(by_item.index_select(0, ids), history_dense_cols).to_dense()
+            slab = slab / norms[ids].unsqueeze(1) / norms.unsqueeze(0)
+            slab[torch.arange(len(ids)), ids] = 0.0
+            top = torch.topk(slab, k, dim=1)
+            keep = top.values > 0
+            rows.append(ids.unsqueeze(1).expand(-1, k)[keep])
+            cols.append(top.indices[keep])
+            vals.append(top.values[keep])
+        if not rows:
+            return _sparse(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0),
+                           (num_items, num_items))
+        return _sparse(torch.cat(rows), torch.cat(cols), torch.cat(vals), (num_items, num_items))
+
+    def history_of(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), items) sparse purchase history; empty rows for users without one."""
+        position = torch.searchsorted(self.user_ids, users).clamp(max=max(len(self.user_ids) - 1, 0))
+        known = (self.user_ids[position] == users) if len(self.user_ids) else torch.zeros(len(users), dtype=torch.bool)
+        rows_of_known = torch.nonzero(known, as_tuple=True)[0]
+        picked = self.history.index_select(0, position[known]).coalesce()
+        r, c = picked.indices()
+        return _sparse(rows_of_known[r], c, picked.values(), (len(users), self.data.num_items))
+
+    def knn_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), items): sum of the similarities of each item to the user's purchases."""
+        return torch.sparse.mm(self.history_of(users), self.similarity).to_dense()
+
+    def exclusions(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in users, item) pairs of items each user already bought, sorted by row."""
+        r, c = self.history_of(users).indices()
+        return r, c

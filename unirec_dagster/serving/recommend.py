@@ -1,0 +1,162 @@
+"""Nightly batch recommendations and similar items, written as one replaced partition.
+
+For run date D (cutoff C = D + 1 day): every user with an event in the look-back window gets K
+items. Users with enough purchase history are scored by the served blend; the others get the
+items most bought recently within their segment (the first user attribute, e.g. country) or
+overall. `reason` names the signal that contributed most to the item's blended score.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import torch
+
+from unirec_dagster.datasets import DatasetSpec
+from unirec_dagster.evaluation.scoring import FEATURES, Scorer, standardize
+from unirec_dagster.ingest.sql import Params
+from unirec_dagster.serving.topk import top_k
+from unirec_dagster.warehouse import ensure_schema, rows, transaction
+
+REASONS = {"model": "graph model: similar shoppers and items", "co_purchase": "bought together with your past items",
+           "recent_popularity": "popular recently", "popularity": "a best seller"}
+
+
+@dataclass
+class ServingStats:
+    users: int
+    model_users: int
+    fallback_users: int
+    rows: int
+    seconds: float
+    users_per_second: float
+
+
+def _reasoned_scores(scorer: Scorer, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blended scores and, per (user, item), the index of the feature that contributed most."""
+    parts = torch.stack([w * standardize(scorer.feature(k, users)) for k, w in scorer.weights.items()], -1)
+    return parts.sum(-1), parts.argmax(-1)
+
+
+def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool,
+                chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores, candidate positions, reason index), each (len(users), k), in blocks of users."""
+    excluded = scorer.signals.exclusions(users) if exclude_purchased else (None, None)
+    reasons: list[torch.Tensor] = []
+
+    def block(rows_: slice) -> torch.Tensor:
+        scores, why = _reasoned_scores(scorer, users[rows_])
+        reasons.append(why)
+        return scores
+
+    scores, items = top_k(block, len(users), k, *excluded, chunk=chunk)
+    why = torch.cat(reasons).gather(1, items) if reasons else torch.empty_like(items)
+    return scores, items, why
+
+
+def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
+                          model_version: str, run_id: str | None, k: int = 50, lookback_days: int = 90,
+                          min_history: int = 1, exclude_purchased: bool = True) -> ServingStats:
+    started = time.perf_counter()
+    ensure_schema(conn)
+    cutoff = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time())
+    data = scorer.signals.data
+    active = conn.sql("""
+        SELECT e.entity_id, ev.user_id FROM (SELECT DISTINCT user_id FROM raw.events WHERE ts >= $from AND ts < $c) ev
+        JOIN kg.entities e ON e.entity_type = 'user' AND e.natural_key = ev.user_id ORDER BY 1""",
+                      params={"from": cutoff - dt.timedelta(days=lookback_days), "c": cutoff}).to_arrow_table()
+    user_ids = torch.from_numpy(active.column("entity_id").to_numpy().astype(np.int64))
+    history = torch.tensor([data.user_positive_events.get(int(u), 0) for u in user_ids], dtype=torch.long)
+    modelled = history >= max(min_history, 1)
+    scored_users = user_ids[modelled]
+    scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased)
+    names = list(scorer.weights)
+    reason_text = np.array([REASONS[n] for n in names] if names else ["model"], dtype=object)
+    n = len(scored_users)
+    table = pa.table({
+        "user_entity": np.repeat(scored_users.numpy(), scores.shape[1]),
+        "item_entity": data.items[positions.reshape(-1)].numpy() if n else np.empty(0, np.int64),
+        "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), n),
+        "score": scores.reshape(-1).double().numpy(),
+        "reason": reason_text[why.reshape(-1).numpy()] if n else np.empty(0, object),
+    }).filter(pa.compute.is_finite(pa.array(scores.reshape(-1).double().numpy())) if n else pa.array([], pa.bool_()))
+    fallback_users = pa.table({"user_id": active.column("user_id").filter(pa.array((~modelled).numpy()))})
+    with transaction(conn):
+        conn.execute("DELETE FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})
+        conn.register("new_recommendations", table)
+        conn.execute("""
+            INSERT INTO serving.recommendations
+            SELECT $d, u.natural_key, i.natural_key, r.rank, r.score, r.reason, $v, $run, now()
+            FROM new_recommendations r JOIN kg.entities u ON u.entity_id = r.user_entity
+            JOIN kg.entities i ON i.entity_id = r.item_entity""", {"d": run_date, "v": model_version, "run": run_id})
+        conn.unregister("new_recommendations")
+        conn.register("fallback_users", fallback_users)
+        _insert_fallback(conn, spec, run_date, cutoff, k, model_version, run_id, exclude_purchased)
+        conn.unregister("fallback_users")
+        written = rows(conn, "SELECT count(*) FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})[0][0]
+    seconds = time.perf_counter() - started
+    return ServingStats(len(user_ids), n, int((~modelled).sum()), written, seconds, len(user_ids) / max(seconds, 1e-9))
+
+
+def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, cutoff: dt.datetime,
+                     k: int, model_version: str, run_id: str | None, exclude_purchased: bool) -> None:
+    """Recently popular items within the user's segment (first user attribute) when the data has
+    one, topped up with the overall recently popular items."""
+    segment = next(iter(spec.users.attributes), None) if spec.users else None
+    p = Params()
+    seg = f"users.attributes[{p.add(segment)}][1]" if segment else "NULL"
+    conn.execute(f"""
+        INSERT INTO serving.recommendations
+        WITH recent AS (
+            SELECT ev.item_id, {seg} AS segment, count(*) AS n FROM raw.events ev
+            LEFT JOIN raw.users users ON users.user_id = ev.user_id
+            WHERE ev.ts >= {p.add(cutoff - dt.timedelta(days=30), 'TIMESTAMP')} AND ev.ts < {p.add(cutoff, 'TIMESTAMP')}
+              AND ev.event_type = {p.add(spec.events.positive_event_type)}
+            GROUP BY ALL
+        ),
+        overall AS (SELECT item_id, NULL AS segment, sum(n) AS n FROM recent GROUP BY 1),
+        candidates AS (
+            SELECT f.user_id, r.item_id, r.n + 1e9 AS score, 'popular recently among shoppers in ' || r.segment AS reason
+            FROM fallback_users f LEFT JOIN raw.users users ON users.user_id = f.user_id
+            JOIN recent r ON r.segment = {seg}
+            UNION ALL
+            SELECT f.user_id, o.item_id, o.n, 'popular recently' FROM fallback_users f, overall o
+        ),
+        allowed AS (
+            SELECT * FROM candidates c
+            WHERE NOT {p.add(exclude_purchased, 'BOOLEAN')} OR NOT EXISTS (
+                SELECT 1 FROM raw.events ev WHERE ev.user_id = c.user_id AND ev.item_id = c.item_id
+                  AND ev.ts < {p.add(cutoff, 'TIMESTAMP')} AND ev.event_type = {p.add(spec.events.positive_event_type)})
+        ),
+        best AS (SELECT user_id, item_id, arg_max(reason, score) AS reason, max(score) AS score FROM allowed GROUP BY 1, 2)
+        SELECT {p.add(run_date, 'DATE')}, user_id, item_id,
+               row_number() OVER (PARTITION BY user_id ORDER BY score DESC, item_id) AS rank,
+               CASE WHEN score >= 1e9 THEN score - 1e9 ELSE score END, reason, {p.add(model_version)}, {p.add(run_id)}, now()
+        FROM best QUALIFY rank <= {p.add(k, 'BIGINT')}""", p)
+
+
+def write_similar_items(conn: duckdb.DuckDBPyConnection, run_date: dt.date, item_ids: torch.Tensor,
+                        item_vectors: torch.Tensor, model_version: str, k: int = 20) -> int:
+    """Cosine top-k neighbours of every item (entity ids `item_ids`, rows of `item_vectors`)."""
+    vectors = torch.nn.functional.normalize(item_vectors.float(), dim=-1)
+    self_rows = torch.arange(len(item_ids))
+    scores, neighbours = top_k(lambda r: vectors[r] @ vectors.T, len(item_ids), k, self_rows, self_rows)
+    table = pa.table({"item": np.repeat(item_ids.numpy(), scores.shape[1]),
+                      "similar": item_ids[neighbours.reshape(-1)].numpy(),
+                      "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(item_ids)),
+                      "score": scores.reshape(-1).double().numpy()})
+    with transaction(conn):
+        conn.execute("DELETE FROM serving.similar_items")
+        conn.register("new_similar", table)
+        conn.execute("""
+            INSERT INTO serving.similar_items
+            SELECT a.natural_key, b.natural_key, s.rank, s.score, $v, $d, now() FROM new_similar s
+            JOIN kg.entities a ON a.entity_id = s.item JOIN kg.entities b ON b.entity_id = s.similar""",
+                     {"v": model_version, "d": run_date})
+        conn.unregister("new_similar")
+    return len(table)
