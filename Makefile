@@ -30,7 +30,9 @@ run: setup
 	$(DAGSTER) asset materialize $(MODULE) --select raw_events \
 		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
 	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users'
-	$(DAGSTER) asset materialize $(MODULE) --select knowledge_graph \
+	$(DAGSTER) asset materialize $(MODULE) --select 'item_text_embeddings'
+	$(DAGSTER) asset materialize $(MODULE) \
+		--select 'knowledge_graph,pretrained_encoder,finetuned_recommender,model_evaluation,recommendations,similar_items' \
 		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
 
 test: setup
@@ -43,4 +45,4 @@ dev: setup
 	$(DAGSTER) dev -w workspace.yaml
 
 clean:
-	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal
+	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/models

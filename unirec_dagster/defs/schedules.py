@@ -1,0 +1,52 @@
+"""Jobs, schedules and the new-file sensor."""
+
+import datetime as dt
+
+import dagster as dg
+
+from unirec_dagster.defs.dataset import SPEC, daily_partitions
+
+nightly_assets = dg.AssetSelection.assets(
+    "raw_events", "raw_items", "raw_users", "knowledge_graph", "item_text_embeddings", "finetuned_recommender",
+    "model_evaluation", "recommendations", "similar_items")
+
+ingest_day_job = dg.define_asset_job("ingest_day", selection=dg.AssetSelection.assets("raw_events"),
+                                     partitions_def=daily_partitions,
+                                     description="Ingest one day's events into raw.events.")
+nightly_recommendations_job = dg.define_asset_job(
+    "nightly_recommendations", selection=nightly_assets, partitions_def=daily_partitions,
+    description="Ingest yesterday, refresh the KG and text view, fine-tune, evaluate, write recommendations.")
+weekly_pretraining_job = dg.define_asset_job(
+    "weekly_pretraining", selection=dg.AssetSelection.assets("pretrained_encoder"), partitions_def=daily_partitions,
+    description="Multi-task pretraining of the graph encoder.")
+
+# Partitioned schedules run for the last complete day: at 02:00 the partition is yesterday.
+nightly_schedule = dg.build_schedule_from_partitioned_job(nightly_recommendations_job, hour_of_day=2, minute_of_hour=0)
+
+
+@dg.schedule(job=weekly_pretraining_job, cron_schedule="0 1 * * 0",
+             description="Sundays 01:00: pretrain for the last complete day.")
+def weekly_pretraining_schedule(context: dg.ScheduleEvaluationContext):
+    day = (context.scheduled_execution_time - dt.timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=day, partition_key=day)
+
+
+@dg.sensor(job=ingest_day_job, minimum_interval_seconds=300,
+           description="Requests a day's ingestion when its source file appears (daily file layouts).")
+def new_event_file_sensor(context: dg.SensorEvaluationContext):
+    if not SPEC.is_daily_layout:
+        return dg.SkipReason("the dataset's events are a glob layout, not one file per day")
+    seen = set(filter(None, (context.cursor or "").split(",")))
+    requests = []
+    for key in daily_partitions.get_partition_keys():
+        if key not in seen and SPEC.events_file_for(dt.date.fromisoformat(key)).exists():
+            requests.append(dg.RunRequest(run_key=key, partition_key=key))
+            seen.add(key)
+    context.update_cursor(",".join(sorted(seen)))
+    return requests or dg.SkipReason("no new event files")
+
+
+@dg.definitions
+def orchestration() -> dg.Definitions:
+    return dg.Definitions(jobs=[ingest_day_job, nightly_recommendations_job, weekly_pretraining_job],
+                          schedules=[nightly_schedule, weekly_pretraining_schedule], sensors=[new_event_file_sensor])
