@@ -66,7 +66,7 @@ def test_split_keeps_the_test_window_out_of_training(conn, shop):
     assert ("u1", "D") not in train and ("u2", "D") not in train and ("u4", "A") not in train
     assert ("u1", "A") in train and ("u3", "C") in train
     assert data.popularity.sum() == 13  # positive events before the cutoff, none after
-    holdout = load_holdout(conn, shop, cutoff, cutoff + dt.timedelta(days=1))
+    holdout = load_holdout(conn, shop, data, cutoff + dt.timedelta(days=1))
     # u1 bought A before (not new to u1), u6 has no history: neither counts.
     assert keys(conn, "user", holdout.users) == ["u1", "u2", "u4"]
     pairs = sorted(zip(keys(conn, "user", holdout.users[holdout.pair_users]),

@@ -11,8 +11,8 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.checkpoint import (CheckpointError, check_compatible, load_checkpoint, save_checkpoint,
                                              warm_start)
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
-from unirec_dagster.model.encoder import GraphEncoder, Propagation, cold_item_embedding
-from unirec_dagster.model.pretrain import TextView, pretrain
+from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView, cold_item_embedding
+from unirec_dagster.model.pretrain import pretrain
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
 
@@ -106,7 +106,7 @@ def test_text_only_item_lands_near_items_with_similar_text():
     result = pretrain(graph, text, config(link_weight=1.0, align_weight=1.0).model_copy(update={"epochs": 80}), "purchase")
     model = result.model
     with torch.no_grad():
-        emb = torch.nn.functional.normalize(model(Propagation.from_graph(graph), text.ids, text.vectors), dim=-1)
+        emb = torch.nn.functional.normalize(model(Propagation.from_graph(graph), text), dim=-1)
     for cluster in range(CLUSTERS):
         new_item_text = centres[cluster] + 0.3 * torch.randn(TEXT_DIM, generator=torch.Generator().manual_seed(9))
         cold = torch.nn.functional.normalize(cold_item_embedding(model, new_item_text.unsqueeze(0)), dim=-1)

@@ -4,7 +4,6 @@ serving.similar_items, from the newest promoted model that knows nothing after t
 import datetime as dt
 
 import dagster as dg
-import torch
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings
@@ -12,8 +11,8 @@ from unirec_dagster.defs.dataset import SPEC, daily_partitions
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.resources import WAREHOUSE_POOL
 from unirec_dagster.defs.training import finetuned_recommender, model_evaluation
-from unirec_dagster.serving.recommend import write_recommendations, write_similar_items
-from unirec_dagster.training.context import graph_loader, served_scorer, text_view
+from unirec_dagster.serving.recommend import similar_item_vectors, write_recommendations, write_similar_items
+from unirec_dagster.training.context import graph_as_of, served_scorer, text_view
 from unirec_dagster.training.steps import promoted_checkpoint
 from unirec_dagster.warehouse import rows
 
@@ -60,25 +59,9 @@ def similar_items(context: dg.AssetExecutionContext, duckdb: DuckDBResource):
     run_date = dt.date.fromisoformat(context.partition_key)
     checkpoint = promoted_checkpoint(settings.models_dir(), run_date)
     with duckdb.get_connection() as conn:
-        graph = graph_loader(conn, SPEC)(run_date)
-        text = text_view(conn)
-        scorer = served_scorer(conn, SPEC, checkpoint, run_date, text=text)
-        items = graph.nodes_of_type("item")
-        vectors = scorer.embeddings[items].clone()
+        graph = graph_as_of(conn, SPEC, run_date)
         model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
-        if text is not None and model.text_dim:
-            # Items with no interaction edge have no collaborative signal: use their text view.
-            interacted = torch.zeros(graph.num_entities, dtype=torch.bool)
-            for name, (head, tail) in zip(graph.relation_names, graph.relation_types):
-                if (head, tail) == ("user", "item"):
-                    interacted[graph.edge_index[name][1]] = True
-            position = torch.full((graph.num_entities,), -1, dtype=torch.long)
-            position[items] = torch.arange(len(items))
-            cold = text.ids[~interacted[text.ids] & (position[text.ids] >= 0)]
-            if len(cold):
-                lookup = {int(e): i for i, e in enumerate(text.ids)}
-                with torch.no_grad():
-                    vectors[position[cold]] = model.text_embedding(text.vectors[[lookup[int(e)] for e in cold]])
+        items, vectors = similar_item_vectors(model, graph, text_view(conn))
         written = write_similar_items(conn, run_date, items, vectors, checkpoint.version)
     return dg.MaterializeResult(metadata={"dagster/row_count": written, "items": len(items),
                                           "model_version": checkpoint.version})

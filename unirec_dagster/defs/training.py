@@ -10,7 +10,7 @@ from unirec_dagster.defs.dataset import SPEC, daily_partitions
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.resources import WAREHOUSE_POOL
-from unirec_dagster.model.checkpoint import load_checkpoint
+from unirec_dagster.model.checkpoint import list_checkpoints, load_checkpoint
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.training.steps import comparison_table, run_evaluation, run_finetuning, run_pretraining
 
@@ -88,8 +88,6 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
           description="eval.metrics: the fine-tuned model and every baseline on the test window after the cutoff "
                       "(when the data has it) and the validation window before it, per slice.")
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, duckdb: DuckDBResource):
-    from unirec_dagster.model.checkpoint import list_checkpoints
-
     run_date = dt.date.fromisoformat(context.partition_key)
     candidates = [m for m in list_checkpoints(settings.models_dir(), "finetuned") if m["kg_snapshot"] == run_date.isoformat()]
     if not candidates:

@@ -35,8 +35,7 @@ def evaluate(scorer: Scorer, holdout: HoldoutPairs, slices: bool = True) -> list
         top, holdout.pair_users, holdout.pair_items, holdout.positives_per_user, data.num_items))]
     if not slices:
         return results
-    history = torch.tensor([data.user_positive_events.get(int(u), 0) for u in holdout.users])
-    cold = history < COLD_USER_POSITIVES
+    cold = data.positive_events_of(holdout.users) < COLD_USER_POSITIVES
     for name, keep in (("cold_users", cold), ("warm_users", ~cold)):
         results.append(_subset(name, top, holdout, keep, torch.ones_like(holdout.pair_items, dtype=torch.bool),
                                data.num_items))

@@ -42,9 +42,17 @@ class Scorer:
         source = data.recent_popularity if name == "recent_popularity" else data.popularity
         return torch.log1p(source).unsqueeze(0).repeat(len(users), 1)
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The features this scorer can compute (the model's only with embeddings)."""
+        return [name for name in FEATURES if name != "model" or self.embeddings is not None]
+
     def features(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: standardize(self.feature(name, users)) for name in FEATURES
-                if name != "model" or self.embeddings is not None}
+        return {name: standardize(self.feature(name, users)) for name in self.feature_names}
+
+    def contributions(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), items, weighted features): each weighted, standardised signal; they sum to the blend."""
+        return torch.stack([w * standardize(self.feature(k, users)) for k, w in self.weights.items()], -1)
 
     def scores(self, users: torch.Tensor) -> torch.Tensor:
         active = {k: w for k, w in self.weights.items() if w}

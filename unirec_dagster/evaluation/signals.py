@@ -28,12 +28,11 @@ class Signals:
         num_items = self.data.num_items
         by_item = self.history.t().coalesce()
         norms = torch.zeros(num_items).index_add_(0, by_item.indices()[0], by_item.values()).sqrt().clamp(min=1)
-        history_dense_cols = self.history
         rows, cols, vals = [], [], []
         k = min(neighbours, max(num_items - 1, 1))
         for start in range(0, num_items, block):
             ids = torch.arange(start, min(start + block, num_items))
-            slab = torch.sparse.mm(by_item.index_select(0, ids), history_dense_cols).to_dense()
+            slab = torch.sparse.mm(by_item.index_select(0, ids), self.history).to_dense()
             slab = slab / norms[ids].unsqueeze(1) / norms.unsqueeze(0)
             slab[torch.arange(len(ids)), ids] = 0.0
             top = torch.topk(slab, k, dim=1)

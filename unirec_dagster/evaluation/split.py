@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import torch
 
 from unirec_dagster.datasets import DatasetSpec
@@ -39,11 +40,17 @@ class TrainingData:
     train_counts: torch.Tensor      # (P,) positive events of the pair
     popularity: torch.Tensor        # (I,) positive events per item, all history
     recent_popularity: torch.Tensor  # (I,) positive events in the last `recent_share` of the span
-    user_positive_events: dict[int, int]
 
     @property
     def num_items(self) -> int:
         return len(self.items)
+
+    def positive_events_of(self, users: torch.Tensor) -> torch.Tensor:
+        """Positive events before the cutoff of each user (entity ids); 0 for users without any."""
+        if not len(users):
+            return torch.zeros(0, dtype=torch.long)
+        size = int(torch.cat([self.train_users, users]).max()) + 1
+        return torch.zeros(size, dtype=torch.long).index_add_(0, self.train_users, self.train_counts)[users]
 
 
 @dataclass
@@ -90,17 +97,15 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     position = _column(popularity, "position")
     popular[position] = _column(popularity, "events", np.float32)
     recent[position] = _column(popularity, "recent", np.float32)
-    users = _column(pairs, "user_id")
-    counts = _column(pairs, "events")
-    per_user = torch.zeros(int(users.max()) + 1 if len(users) else 0, dtype=torch.long).index_add_(0, users, counts)
-    nonzero = torch.nonzero(per_user, as_tuple=True)[0]
-    return TrainingData(cutoff, _column(items, "entity_id"), users, _column(pairs, "item"),
-                        _column(pairs, "last_days", np.float32), counts, popular, recent,
-                        dict(zip(nonzero.tolist(), per_user[nonzero].tolist())))
+    return TrainingData(cutoff, _column(items, "entity_id"), _column(pairs, "user_id"), _column(pairs, "item"),
+                        _column(pairs, "last_days", np.float32), _column(pairs, "events"), popular, recent)
 
 
-def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date, window_end: dt.date) -> HoldoutPairs:
-    """Needs load_training(conn, spec, cutoff) first on the same connection (it reuses eval_items)."""
+def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: TrainingData,
+                 window_end: dt.date) -> HoldoutPairs:
+    """The window [data.cutoff, window_end), with items placed in `data`'s candidate list."""
+    conn.register("holdout_items", pa.table({"entity_id": data.items.numpy(),
+                                             "position": np.arange(data.num_items, dtype=np.int64)}))
     table = conn.sql(f"""
         WITH window_pairs AS (
             SELECT DISTINCT user_id, item_id FROM raw.events
@@ -117,9 +122,10 @@ def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.
                NOT EXISTS (SELECT 1 FROM before b WHERE b.positive AND b.item_id = f.item_id) AS unseen_item
         FROM fresh f {_entity_join('user', 'f.user_id')}
         LEFT JOIN kg.entities ie ON ie.entity_type = 'item' AND ie.natural_key = f.item_id
-        LEFT JOIN eval_items ei ON ei.entity_id = ie.entity_id
-        ORDER BY 1, 2""", params={"c": _as_ts(cutoff), "end": _as_ts(window_end),
+        LEFT JOIN holdout_items ei ON ei.entity_id = ie.entity_id
+        ORDER BY 1, 2""", params={"c": _as_ts(data.cutoff), "end": _as_ts(window_end),
                                    "pos": spec.events.positive_event_type}).to_arrow_table()
+    conn.unregister("holdout_items")
     pair_user_ids = _column(table, "user_id")
     users, pair_users = torch.unique(pair_user_ids, return_inverse=True)
     return HoldoutPairs(users, pair_users, _column(table, "item"),

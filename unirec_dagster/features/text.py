@@ -45,7 +45,10 @@ def refresh_text_embeddings(conn: duckdb.DuckDBPyConnection, encoder: TextEncode
         WHERE text_hash NOT IN (SELECT text_hash FROM features.text_embeddings WHERE model = $m)
         ORDER BY text_hash""", {"m": encoder.name})
     vectors = encoder.encode([text for _, text in todo], batch_size=batch_size, log=log) if todo else None
-    items = rows(conn, "SELECT count(*) FROM current_item_texts")[0][0]
+    items, reused = rows(conn, """
+        SELECT count(*), count(*) FILTER (WHERE text_hash IN (SELECT text_hash FROM features.text_embeddings
+                                                              WHERE model = $m))
+        FROM current_item_texts""", {"m": encoder.name})[0]
     with transaction(conn):
         if todo:
             new = pa.table({
@@ -58,7 +61,7 @@ def refresh_text_embeddings(conn: duckdb.DuckDBPyConnection, encoder: TextEncode
             conn.unregister("new_text_embeddings")
         conn.execute("DELETE FROM features.item_texts")
         conn.execute("INSERT INTO features.item_texts SELECT item_id, text_hash, now() FROM current_item_texts")
-    return TextEmbeddingStats(items, len(todo), items - len(todo), time.perf_counter() - started, encoder.name,
+    return TextEmbeddingStats(items, len(todo), reused, time.perf_counter() - started, encoder.name,
                               encoder.dim)
 
 

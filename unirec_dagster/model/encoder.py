@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import EncoderConfig
@@ -28,6 +27,25 @@ def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tens
     values = degree[src].rsqrt() * degree[dst].rsqrt()
     return torch.sparse_coo_tensor(torch.stack([src, dst]), values, (num_nodes, num_nodes),
                                    check_invariants=False).coalesce()
+
+
+@dataclass
+class TextView:
+    """Entity ids of items with a text vector and the vectors (rows aligned)."""
+
+    ids: torch.Tensor
+    vectors: torch.Tensor
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1]) if len(self.ids) else 0
+
+    def to(self, device: torch.device) -> "TextView":
+        return TextView(self.ids.to(device), self.vectors.to(device))
+
+    def for_model(self, model: "GraphEncoder", device: torch.device) -> "TextView | None":
+        """This view on `device` when the model has a text view and there are texts, else None."""
+        return self.to(device) if model.text_dim and len(self.ids) else None
 
 
 @dataclass
@@ -72,12 +90,11 @@ class GraphEncoder(nn.Module):
     def num_entities(self) -> int:
         return self.embedding.num_embeddings
 
-    def forward(self, propagation: Propagation | None, text_ids: torch.Tensor | None = None,
-                text_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, propagation: Propagation | None, text: TextView | None = None) -> torch.Tensor:
         """Final embeddings of all entities: (num_entities, dim)."""
         x = self.embedding.weight
-        if self.text_dim and text_ids is not None and len(text_ids):
-            x = x.index_add(0, text_ids, torch.sigmoid(self.text_gate) * self.text_in(text_vectors))
+        if self.text_dim and text is not None and len(text.ids):
+            x = x.index_add(0, text.ids, torch.sigmoid(self.text_gate) * self.text_in(text.vectors))
         if not self.config.use_graph or self.config.layers == 0 or propagation is None:
             return x
         weights = torch.softmax(self.relation_logits, 0)
@@ -103,6 +120,3 @@ def cold_item_embedding(model: GraphEncoder, text_vectors: torch.Tensor) -> torc
     with torch.no_grad():
         return model.text_embedding(text_vectors.to(next(model.parameters()).device))
 
-
-def score_normalized(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, dim=-1)

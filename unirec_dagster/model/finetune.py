@@ -15,9 +15,9 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.checkpoint import warm_start
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.device import choose_device
-from unirec_dagster.model.encoder import GraphEncoder, Propagation
-from unirec_dagster.model.objectives import bpr_loss, info_nce
-from unirec_dagster.model.pretrain import ALIGN_BATCH, TextView, TrainResult
+from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
+from unirec_dagster.model.objectives import bpr_loss
+from unirec_dagster.model.pretrain import TrainResult, alignment_loss
 from unirec_dagster.progress import Progress
 
 
@@ -42,8 +42,7 @@ def finetune(graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfi
     if initial_state is not None:
         warm_start(model, initial_state)
     model.to(device)
-    use_text = bool(model.text_dim and text is not None and len(text.ids))
-    text_args = (text.ids.to(device), text.vectors.to(device)) if use_text else ()
+    text_on_device = text.for_model(model, device) if text is not None else None
     propagation = Propagation.from_graph(graph).to(device) if config.encoder.use_graph else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     pairs = len(users)
@@ -61,16 +60,14 @@ def finetune(graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfi
         total = {"bpr": 0.0, "align": 0.0}
         for step in range(steps):
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            emb = model(propagation, *text_args)
+            emb = model(propagation, text_on_device)
             negatives = candidate_items[torch.randint(len(candidate_items), (len(batch),), generator=generator)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = bpr_loss(emb, users[batch].to(device), items[batch].to(device), negatives.to(device),
                                 weights[batch].to(device), l2=config.weight_decay)
                 total["bpr"] += loss.item() / steps
-                if use_text and config.align_weight:
-                    pick = torch.randperm(len(text.ids), generator=generator)[:ALIGN_BATCH].to(device)
-                    align = info_nce(emb[text_args[0][pick]], model.text_embedding(text_args[1][pick]),
-                                     config.temperature)
+                if text_on_device is not None and config.align_weight:
+                    align = alignment_loss(model, emb, text_on_device, config.temperature, generator)
                     total["align"] += align.item() / steps
                     loss = loss + config.align_weight * align
             optimizer.zero_grad(set_to_none=True)
@@ -81,7 +78,7 @@ def finetune(graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfi
         if validate is not None:
             model.eval()
             with torch.no_grad():
-                metric = validate(model(propagation, *text_args))
+                metric = validate(model(propagation, text_on_device))
             row["validation"] = metric
             if metric > best:
                 best, best_epoch, stale = metric, epoch, 0
@@ -105,7 +102,6 @@ def finetune(graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfi
 def embeddings(model: GraphEncoder, graph: KnowledgeGraph, text: TextView | None) -> torch.Tensor:
     """Final embeddings of all entities with a trained model (inference, on the model's device)."""
     device = next(model.parameters()).device
-    text_args = (text.ids.to(device), text.vectors.to(device)) if model.text_dim and text is not None and len(text.ids) else ()
     propagation = Propagation.from_graph(graph).to(device) if model.config.use_graph else None
     with torch.no_grad():
-        return model(propagation, *text_args)
+        return model(propagation, text.for_model(model, device) if text is not None else None)

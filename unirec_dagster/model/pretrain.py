@@ -18,26 +18,12 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import PretrainConfig
 from unirec_dagster.model.device import choose_device
-from unirec_dagster.model.encoder import GraphEncoder, Propagation
+from unirec_dagster.model.checkpoint import warm_start
+from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
 from unirec_dagster.model.objectives import bpr_loss, distmult_loss, info_nce, masked_attribute_loss
 from unirec_dagster.progress import Progress
 
 ALIGN_BATCH = 1024  # items per InfoNCE step: in-batch negatives, a 1024 x 1024 logit matrix
-
-
-@dataclass
-class TextView:
-    """Entity ids of items with a text vector and the vectors (rows aligned)."""
-
-    ids: torch.Tensor
-    vectors: torch.Tensor
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1]) if len(self.ids) else 0
-
-    def to(self, device: torch.device) -> "TextView":
-        return TextView(self.ids.to(device), self.vectors.to(device))
 
 
 @dataclass
@@ -48,6 +34,13 @@ class TrainResult:
     edges_per_second: float = 0.0
     device: str = "cpu"
     best_epoch: int = 0                                              # fine-tuning with validation
+
+
+def alignment_loss(model: GraphEncoder, emb: torch.Tensor, text: TextView, temperature: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """InfoNCE between the graph and text embeddings of a random batch of items with text."""
+    pick = torch.randperm(len(text.ids), generator=generator)[:ALIGN_BATCH].to(text.ids.device)
+    return info_nce(emb[text.ids[pick]], model.text_embedding(text.vectors[pick]), temperature)
 
 
 def interaction_relations(graph: KnowledgeGraph, positive: str | None = None) -> list[str]:
@@ -96,8 +89,6 @@ class _KgEdges:
 def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfig, positive_relation: str | None,
              initial_state: dict[str, torch.Tensor] | None = None,
              log: Callable[[str], None] | None = None) -> TrainResult:
-    from unirec_dagster.model.checkpoint import warm_start
-
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = choose_device(config.device)
@@ -106,8 +97,7 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
     if initial_state is not None:
         warm_start(model, initial_state)
     model.to(device)
-    use_text = bool(model.text_dim and text is not None and len(text.ids))
-    text_on_device = text.to(device) if use_text else None
+    text_on_device = text.for_model(model, device) if text is not None else None
 
     links = interaction_relations(graph, positive_relation)
     link_edges = torch.cat([graph.edge_index[n] for n in links], 1) if links else torch.empty((2, 0), dtype=torch.long)
@@ -124,7 +114,7 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
     weights = {"link": config.link_weight if link_edges.shape[1] and len(items) else 0.0,
                "kg": config.kg_weight if kg.count else 0.0,
                "mask": config.mask_weight if len(candidates) > 1 else 0.0,
-               "align": config.align_weight if use_text else 0.0}
+               "align": config.align_weight if text_on_device is not None else 0.0}
     active = {k: w for k, w in weights.items() if w > 0}
     if not active:
         raise ValueError("nothing to pretrain on: the KG has no interaction, attribute or text signal")
@@ -145,7 +135,7 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
         for step in range(steps):
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
             n = len(batch)
-            emb = model(propagation, *((text_on_device.ids, text_on_device.vectors) if use_text else ()))
+            emb = model(propagation, text_on_device)
             losses = {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 if "link" in active:
@@ -161,9 +151,7 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
                     losses["mask"] = masked_attribute_loss(emb, masked_items[pick].to(device),
                                                            masked_values[pick].to(device), candidates.to(device))
                 if "align" in active:
-                    pick = torch.randperm(len(text_on_device.ids), generator=generator)[:ALIGN_BATCH].to(device)
-                    losses["align"] = info_nce(emb[text_on_device.ids[pick]],
-                                               model.text_embedding(text_on_device.vectors[pick]), config.temperature)
+                    losses["align"] = alignment_loss(model, emb, text_on_device, config.temperature, generator)
             loss = sum(active[k] * v.float() for k, v in losses.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -18,7 +18,10 @@ import pyarrow as pa
 import torch
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.evaluation.scoring import FEATURES, Scorer, standardize
+from unirec_dagster.evaluation.scoring import Scorer
+from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.model.encoder import GraphEncoder, TextView, cold_item_embedding
+from unirec_dagster.model.finetune import embeddings
 from unirec_dagster.ingest.sql import Params
 from unirec_dagster.serving.topk import top_k
 from unirec_dagster.warehouse import ensure_schema, rows, transaction
@@ -37,12 +40,6 @@ class ServingStats:
     users_per_second: float
 
 
-def _reasoned_scores(scorer: Scorer, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blended scores and, per (user, item), the index of the feature that contributed most."""
-    parts = torch.stack([w * standardize(scorer.feature(k, users)) for k, w in scorer.weights.items()], -1)
-    return parts.sum(-1), parts.argmax(-1)
-
-
 def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool,
                 chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scores, candidate positions, reason index), each (len(users), k), in blocks of users."""
@@ -50,9 +47,9 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
     reasons: list[torch.Tensor] = []
 
     def block(rows_: slice) -> torch.Tensor:
-        scores, why = _reasoned_scores(scorer, users[rows_])
-        reasons.append(why)
-        return scores
+        parts = scorer.contributions(users[rows_])
+        reasons.append(parts.argmax(-1))  # the feature that contributed most to each item's score
+        return parts.sum(-1)
 
     scores, items = top_k(block, len(users), k, *excluded, chunk=chunk)
     why = torch.cat(reasons).gather(1, items) if reasons else torch.empty_like(items)
@@ -71,20 +68,20 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
         JOIN kg.entities e ON e.entity_type = 'user' AND e.natural_key = ev.user_id ORDER BY 1""",
                       params={"from": cutoff - dt.timedelta(days=lookback_days), "c": cutoff}).to_arrow_table()
     user_ids = torch.from_numpy(active.column("entity_id").to_numpy().astype(np.int64))
-    history = torch.tensor([data.user_positive_events.get(int(u), 0) for u in user_ids], dtype=torch.long)
-    modelled = history >= max(min_history, 1)
+    modelled = data.positive_events_of(user_ids) >= max(min_history, 1)
     scored_users = user_ids[modelled]
     scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased)
     names = list(scorer.weights)
     reason_text = np.array([REASONS[n] for n in names] if names else ["model"], dtype=object)
-    n = len(scored_users)
+    flat_scores = scores.reshape(-1).double().numpy()
+    keep = np.isfinite(flat_scores)  # -inf fills the list when fewer than k items are left after exclusion
     table = pa.table({
-        "user_entity": np.repeat(scored_users.numpy(), scores.shape[1]),
-        "item_entity": data.items[positions.reshape(-1)].numpy() if n else np.empty(0, np.int64),
-        "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), n),
-        "score": scores.reshape(-1).double().numpy(),
-        "reason": reason_text[why.reshape(-1).numpy()] if n else np.empty(0, object),
-    }).filter(pa.compute.is_finite(pa.array(scores.reshape(-1).double().numpy())) if n else pa.array([], pa.bool_()))
+        "user_entity": np.repeat(scored_users.numpy(), scores.shape[1])[keep],
+        "item_entity": data.items[positions.reshape(-1)].numpy()[keep],
+        "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(scored_users))[keep],
+        "score": flat_scores[keep],
+        "reason": reason_text[why.reshape(-1).numpy()][keep],
+    })
     fallback_users = pa.table({"user_id": active.column("user_id").filter(pa.array((~modelled).numpy()))})
     with transaction(conn):
         conn.execute("DELETE FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})
@@ -100,7 +97,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
         conn.unregister("fallback_users")
         written = rows(conn, "SELECT count(*) FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})[0][0]
     seconds = time.perf_counter() - started
-    return ServingStats(len(user_ids), n, int((~modelled).sum()), written, seconds, len(user_ids) / max(seconds, 1e-9))
+    return ServingStats(len(user_ids), len(scored_users), int((~modelled).sum()), written, seconds, len(user_ids) / max(seconds, 1e-9))
 
 
 def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, cutoff: dt.datetime,
@@ -138,6 +135,26 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
                row_number() OVER (PARTITION BY user_id ORDER BY score DESC, item_id) AS rank,
                CASE WHEN score >= 1e9 THEN score - 1e9 ELSE score END, reason, {p.add(model_version)}, {p.add(run_id)}, now()
         FROM best QUALIFY rank <= {p.add(k, 'BIGINT')}""", p)
+
+
+def similar_item_vectors(model: GraphEncoder, graph: KnowledgeGraph,
+                         text: TextView | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item entity ids, their vectors in the model's space). Items without any user->item edge have
+    no collaborative signal: they are placed through their aligned text view instead."""
+    items = graph.nodes_of_type("item")
+    vectors = embeddings(model, graph, text)[items].cpu()
+    if text is None or not model.text_dim or not len(text.ids):
+        return items, vectors
+    interacted = torch.zeros(graph.num_entities, dtype=torch.bool)
+    for name, kinds in zip(graph.relation_names, graph.relation_types):
+        if kinds == ("user", "item"):
+            interacted[graph.edge_index[name][1]] = True
+    position = torch.full((graph.num_entities,), -1, dtype=torch.long)
+    position[items] = torch.arange(len(items))
+    cold = ~interacted[text.ids] & (position[text.ids] >= 0)  # over the rows of the text view
+    if cold.any():
+        vectors[position[text.ids[cold]]] = cold_item_embedding(model, text.vectors[cold]).cpu()
+    return items, vectors
 
 
 def write_similar_items(conn: duckdb.DuckDBPyConnection, run_date: dt.date, item_ids: torch.Tensor,

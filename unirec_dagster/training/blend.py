@@ -24,7 +24,7 @@ def fit_blend(scorer: Scorer, holdout: HoldoutPairs, step: float = 0.05, k: int 
               seed: int = 0) -> tuple[dict[str, float], float]:
     """(weights, validation Recall@k). Users are subsampled when the catalog is large."""
     num_items = scorer.signals.data.num_items
-    names = list(scorer.features(holdout.users[:1]))
+    names = scorer.feature_names
     cap = max(1, MAX_CELLS // max(num_items * len(names), 1))
     rows = torch.arange(len(holdout.users))
     if len(rows) > cap:

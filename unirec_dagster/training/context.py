@@ -16,7 +16,7 @@ from unirec_dagster.features import load_item_text_vectors
 from unirec_dagster.graph import KGParams, KnowledgeGraph, build_snapshot, load_graph
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.finetune import embeddings
-from unirec_dagster.model.pretrain import TextView
+from unirec_dagster.model.encoder import TextView
 from unirec_dagster.warehouse import rows
 
 

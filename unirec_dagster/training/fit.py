@@ -24,9 +24,9 @@ from unirec_dagster.evaluation.signals import Signals
 from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig
-from unirec_dagster.model.encoder import GraphEncoder
+from unirec_dagster.model.encoder import GraphEncoder, TextView
 from unirec_dagster.model.finetune import embeddings, finetune, recency_weights
-from unirec_dagster.model.pretrain import TextView, TrainResult
+from unirec_dagster.model.pretrain import TrainResult
 from unirec_dagster.training.blend import fit_blend
 
 GraphAt = Callable[[dt.date], KnowledgeGraph]  # as-of day -> the KG snapshot of that day
@@ -106,4 +106,4 @@ def fit_recommender(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: 
 def validation_split(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation_cutoff: dt.date,
                      cutoff: dt.date, graph_at: GraphAt) -> tuple[CutoffData, HoldoutPairs]:
     split = cutoff_data(conn, spec, validation_cutoff, graph_at)
-    return split, load_holdout(conn, spec, validation_cutoff, cutoff)
+    return split, load_holdout(conn, spec, split.data, cutoff)

@@ -16,7 +16,8 @@ from unirec_dagster.evaluation.evaluate import evaluate
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.graph import KGParams, entity_fingerprint
-from unirec_dagster.model.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from unirec_dagster.model.checkpoint import (check_compatible, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                             save_checkpoint)
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.training.context import graph_loader, served_scorer, text_view
@@ -110,8 +111,6 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
 
 def promoted_checkpoint(models_dir: Path, run_date: dt.date):
     """The newest fine-tuned checkpoint that passed the gate and knows nothing after run_date."""
-    from unirec_dagster.model.checkpoint import list_checkpoints
-
     usable = [m for m in list_checkpoints(models_dir, FINETUNED)
               if m.get("promoted") and dt.date.fromisoformat(m["kg_snapshot"]) <= run_date]
     if not usable:
@@ -152,7 +151,7 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         out.append((checkpoint.version, validation_cutoff, "validation", "all", metric.split("@")[0], 20, val[metric],
                     val["users"]))
     served = served_scorer(conn, spec, checkpoint, run_date, graph_at, text)
-    holdout = load_holdout(conn, spec, cutoff, window_end)
+    holdout = load_holdout(conn, spec, served.signals.data, window_end)
     if len(holdout.users):
         record(checkpoint.version, "test", cutoff, evaluate(served, holdout))
         record(f"{checkpoint.version} (model only, no blend)", "test", cutoff,
@@ -167,7 +166,6 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
             for name, (variant_config, variant_text, blend) in variants.items():
                 fitted = fit_recommender(conn, spec, cutoff, variant_config, graph_at, variant_text, None, validation,
                                          blend=blend, log=log)
-                holdout = load_holdout(conn, spec, cutoff, window_end)  # eval_items of this cutoff again
                 record(name, "test", cutoff, evaluate(fitted.scorer(blend), holdout))
                 if blend:
                     record(name.replace("blended", "model only"), "test", cutoff,

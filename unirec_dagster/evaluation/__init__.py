@@ -1,0 +1,1 @@
+"""The temporal split, metrics, simple signals and scoring of EVALUATION.md."""

@@ -1,0 +1,1 @@
+"""The graph encoder, its objectives, pretraining, fine-tuning, checkpoints and the text encoder."""

@@ -1,0 +1,1 @@
+"""Blocked top-K and the serving tables."""
