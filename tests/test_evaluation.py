@@ -9,10 +9,10 @@ import torch
 from unirec_dagster.evaluation.metrics import ranking_metrics
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.signals import Signals
-from unirec_dagster.evaluation.split import load_holdout, load_training
+from unirec_dagster.evaluation.split import TrainingData, load_holdout, load_training
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
-from unirec_dagster.serving.recommend import write_recommendations
+from unirec_dagster.serving.recommend import score_users, write_recommendations
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
 from tests.conftest import write_text
@@ -98,3 +98,30 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop):
     assert all(r.startswith("popular recently") for r in by_user["u4"] + by_user["u5"])
     assert "u6" not in by_user  # no event up to the run date: not active yet
     assert len(recs) == len({(u, i) for u, i, _ in recs})
+
+
+def test_blocked_blend_ranks_as_the_full_matrix():
+    """The served path (blocks, folded model standardisation, reasons) against the plain formula."""
+    g = torch.Generator().manual_seed(0)
+    num_users, num_items = 90, 40
+    pair_users = torch.arange(num_users).repeat_interleave(5)
+    key = torch.unique(pair_users * num_items + torch.randint(0, num_items, (len(pair_users),), generator=g))
+    counts = torch.rand(num_items, generator=g) * 10
+    data = TrainingData(dt.date(2024, 1, 1), torch.arange(num_users, num_users + num_items), key // num_items,
+                        key % num_items, torch.zeros(len(key)), torch.ones(len(key), dtype=torch.long), counts, counts / 2)
+    embeddings = torch.randn(num_users + num_items, 8, generator=g)
+    weights = {"model": 0.5, "co_purchase": 0.2, "recent_popularity": 0.2, "popularity": 0.1}
+    scorer = Scorer(Signals(data), weights, embeddings)
+    users = torch.arange(num_users)
+    raw = {name: scorer.feature(name, users).expand(num_users, -1) for name in weights}
+    parts = {name: weights[name] * (f - f.mean(1, keepdim=True)) / f.std(1, keepdim=True) for name, f in raw.items()}
+    full = sum(parts.values())
+    r, c = scorer.signals.exclusions(users)
+    full[r, c] = float("-inf")
+    expected = torch.topk(full, 10, dim=1)
+    scores, items, reasons = score_users(scorer, users, 10, exclude_purchased=True, chunk=16)
+    assert torch.equal(items, expected.indices)
+    assert torch.allclose(scores, expected.values, atol=1e-4)
+    stacked = torch.stack([p.expand(num_users, -1).gather(1, items) for p in parts.values()], -1)
+    assert torch.equal(reasons, stacked.argmax(-1))
+    assert not set(zip(r.tolist(), c.tolist())) & {(u, int(i)) for u in range(num_users) for i in items[u]}

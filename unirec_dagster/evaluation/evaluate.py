@@ -9,7 +9,7 @@ import torch
 from unirec_dagster.evaluation.metrics import KS, ranking_metrics
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.split import HoldoutPairs
-from unirec_dagster.serving.topk import top_k
+from unirec_dagster.serving.topk import block_rows, top_k
 
 COLD_USER_POSITIVES = 3  # EVALUATION.md: cold users have fewer than 3 positive events before C
 
@@ -21,10 +21,11 @@ class SliceResult:
     metrics: dict[str, float]
 
 
-def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS), chunk: int = 2048) -> torch.Tensor:
+def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS)) -> torch.Tensor:
     """(len(users), k) candidate positions, best first, the users' past purchases excluded."""
     exclude_rows, exclude_items = scorer.signals.exclusions(users)
-    _, top = top_k(lambda rows: scorer.scores(users[rows]), len(users), k, exclude_rows, exclude_items, chunk)
+    _, top = top_k(lambda rows: scorer.scores(users[rows]), len(users), k, exclude_rows, exclude_items,
+                   block_rows(scorer.signals.data.num_items))
     return top
 
 

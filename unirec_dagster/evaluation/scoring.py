@@ -13,8 +13,12 @@ from unirec_dagster.evaluation.signals import Signals
 FEATURES = ("model", "co_purchase", "recent_popularity", "popularity")
 
 
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp(min=1e-6)
+def standardize_(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit (sample) deviation per row, in place. Two passes, mean then the norm of the
+    centred rows: exact, and about 20x faster on the CPU than torch.std_mean's one-pass algorithm."""
+    x.sub_(x.mean(1, keepdim=True))
+    std = torch.linalg.vector_norm(x, dim=1, keepdim=True) / max(x.shape[1] - 1, 1) ** 0.5
+    return x.div_(std.clamp_(min=1e-6))
 
 
 @dataclass
@@ -23,6 +27,8 @@ class Scorer:
     weights: dict[str, float]                       # feature -> weight; a baseline is one feature at 1
     embeddings: torch.Tensor | None = None          # (num_entities, dim) final model embeddings
     _item_vectors: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _centered_items: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _item_covariance: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         unknown = set(self.weights) - set(FEATURES)
@@ -31,31 +37,59 @@ class Scorer:
         if self.weights.get("model") and self.embeddings is None:
             raise ValueError("a blend with a model weight needs the model's embeddings")
         if self.embeddings is not None:
-            self._item_vectors = self.embeddings[self.signals.data.items.to(self.embeddings.device)]
+            self._item_vectors = self.embeddings[self.signals.data.items.to(self.embeddings.device)].float()
+            self._centered_items = self._item_vectors - self._item_vectors.mean(0, keepdim=True)
+            self._item_covariance = self._centered_items.T @ self._centered_items / max(len(self._item_vectors) - 1, 1)
 
     def feature(self, name: str, users: torch.Tensor) -> torch.Tensor:
+        """The raw signal, (len(users), items); (1, items) for popularity, which is the same for every user."""
         data = self.signals.data
         if name == "model":
             return (self.embeddings[users.to(self.embeddings.device)] @ self._item_vectors.T).float().cpu()
         if name == "co_purchase":
             return self.signals.knn_scores(users)
         source = data.recent_popularity if name == "recent_popularity" else data.popularity
-        return torch.log1p(source).unsqueeze(0).repeat(len(users), 1)
+        return torch.log1p(source).unsqueeze(0)
 
     @property
     def feature_names(self) -> list[str]:
         """The features this scorer can compute (the model's only with embeddings)."""
         return [name for name in FEATURES if name != "model" or self.embeddings is not None]
 
-    def features(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: standardize(self.feature(name, users)) for name in self.feature_names}
+    @property
+    def active_features(self) -> list[str]:
+        """The features with a non-zero weight, in the order of `parts`."""
+        return [name for name, w in self.weights.items() if w]
 
-    def contributions(self, users: torch.Tensor) -> torch.Tensor:
-        """(len(users), items, weighted features): each weighted, standardised signal; they sum to the blend."""
-        return torch.stack([w * standardize(self.feature(k, users)) for k, w in self.weights.items()], -1)
+    def features(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every standardised feature as a (len(users), items) view (for fitting the blend)."""
+        return {name: standardize_(self.feature(name, users)).expand(len(users), -1) for name in self.feature_names}
+
+    def parts(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each weighted, standardised signal, (len(users) or 1, items); they sum to the blend."""
+        return {name: self._standardized_model(users).mul_(self.weights[name]) if name == "model"
+                else standardize_(self.feature(name, users)).mul_(self.weights[name]) for name in self.active_features}
+
+    def _standardized_model(self, users: torch.Tensor) -> torch.Tensor:
+        """standardize_(feature("model")) without a pass over the score block: a user's scores e.v_i
+        over the items have mean e.mean(v) and variance e^T C e (C: the items' covariance), so the
+        standardised scores are one product (e / std) @ (v_i - mean(v))."""
+        e = self.embeddings[users.to(self.embeddings.device)].float()
+        std = ((e @ self._item_covariance) * e).sum(1, keepdim=True).clamp(min=0).sqrt().clamp(min=1e-6)
+        return ((e / std) @ self._centered_items.T).cpu()
 
     def scores(self, users: torch.Tensor) -> torch.Tensor:
-        active = {k: w for k, w in self.weights.items() if w}
+        """(len(users), items), a fresh tensor the caller may write into."""
+        active = self.active_features
         if len(active) == 1:  # one signal: its raw scores rank the same as standardised ones
-            return self.feature(next(iter(active)), users)
-        return sum(w * standardize(self.feature(k, users)) for k, w in active.items())
+            return self.feature(active[0], users).expand(len(users), -1).clone()
+        return total(self.parts(users), len(users))
+
+
+def total(parts: dict[str, torch.Tensor], num_users: int) -> torch.Tensor:
+    """Sum of broadcastable parts into one new (num_users, items) tensor."""
+    first = next(iter(parts.values()))
+    out = torch.zeros(num_users, first.shape[1], dtype=first.dtype)
+    for part in parts.values():
+        out += part
+    return out

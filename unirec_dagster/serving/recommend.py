@@ -18,12 +18,12 @@ import pyarrow as pa
 import torch
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.evaluation.scoring import Scorer
+from unirec_dagster.evaluation.scoring import Scorer, total
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.encoder import GraphEncoder, TextView, cold_item_embedding
 from unirec_dagster.model.finetune import embeddings
 from unirec_dagster.ingest.sql import Params
-from unirec_dagster.serving.topk import top_k
+from unirec_dagster.serving.topk import block_rows, top_k, top_k_blocks
 from unirec_dagster.warehouse import ensure_schema, rows, transaction
 
 REASONS = {"model": "graph model: similar shoppers and items", "co_purchase": "bought together with your past items",
@@ -41,19 +41,29 @@ class ServingStats:
 
 
 def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool,
-                chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(scores, candidate positions, reason index), each (len(users), k), in blocks of users."""
+                chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores, candidate positions, reason), each (len(users), k), in blocks of users. The reason is
+    the index in `scorer.active_features` of the signal that contributed most to the item's score."""
     excluded = scorer.signals.exclusions(users) if exclude_purchased else (None, None)
-    reasons: list[torch.Tensor] = []
+    parts: dict[str, torch.Tensor] = {}
 
     def block(rows_: slice) -> torch.Tensor:
-        parts = scorer.contributions(users[rows_])
-        reasons.append(parts.argmax(-1))  # the feature that contributed most to each item's score
-        return parts.sum(-1)
+        nonlocal parts
+        parts = scorer.parts(users[rows_])
+        return total(parts, rows_.stop - rows_.start)
 
-    scores, items = top_k(block, len(users), k, *excluded, chunk=chunk)
-    why = torch.cat(reasons).gather(1, items) if reasons else torch.empty_like(items)
-    return scores, items, why
+    scores, items, reasons = [], [], []
+    chunk = chunk or block_rows(scorer.signals.data.num_items)
+    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k, *excluded, chunk=chunk):
+        n = rows_.stop - rows_.start
+        chosen = torch.stack([p.expand(n, -1).gather(1, top_items) for p in parts.values()], -1)
+        scores.append(top_scores.cpu())
+        items.append(top_items.cpu())
+        reasons.append(chosen.argmax(-1).cpu())
+    if not scores:
+        empty = torch.empty((0, k), dtype=torch.long)
+        return torch.empty((0, k)), empty, empty
+    return torch.cat(scores), torch.cat(items), torch.cat(reasons)
 
 
 def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
@@ -71,8 +81,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     modelled = data.positive_events_of(user_ids) >= max(min_history, 1)
     scored_users = user_ids[modelled]
     scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased)
-    names = list(scorer.weights)
-    reason_text = np.array([REASONS[n] for n in names] if names else ["model"], dtype=object)
+    reason_text = np.array([REASONS[n] for n in scorer.active_features], dtype=object)
     flat_scores = scores.reshape(-1).double().numpy()
     keep = np.isfinite(flat_scores)  # -inf fills the list when fewer than k items are left after exclusion
     table = pa.table({

@@ -3,18 +3,26 @@ Memory stays at one block; a full users x items matrix is never formed."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 ScoreBlock = Callable[[slice], torch.Tensor]  # rows [a, b) of the user list -> (b - a, items) scores
 
+BLOCK_CELLS = 2**23  # scores per block: 32 MiB in float32, whatever the number of items
 
-def top_k(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.Tensor | None = None,
-          exclude_items: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, item indices), both (num_users, k), best first. `exclude_users`/`exclude_items` are
-    pairs (row in the user list, item index) that must not be recommended, sorted by user row."""
-    scores_out, items_out = [], []
+
+def block_rows(num_items: int, cells: int = BLOCK_CELLS) -> int:
+    """Users per block so that a (users x items) block holds about `cells` scores."""
+    return max(16, min(8192, cells // max(num_items, 1)))
+
+
+def top_k_blocks(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.Tensor | None = None,
+                 exclude_items: torch.Tensor | None = None,
+                 chunk: int = 4096) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yields (rows, scores, item indices) per block of users, best first, on the scores' device.
+    `exclude_users`/`exclude_items` are pairs (row in the user list, item index) that must not be
+    recommended, sorted by user row."""
     if exclude_users is not None:
         bounds = torch.searchsorted(exclude_users, torch.arange(0, num_users + chunk, chunk))
     for block, start in enumerate(range(0, num_users, chunk)):
@@ -26,8 +34,13 @@ def top_k(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.
                 u = (exclude_users[lo:hi] - start).to(scores.device)
                 scores[u, exclude_items[lo:hi].to(scores.device)] = float("-inf")
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        scores_out.append(top.values.cpu())
-        items_out.append(top.indices.cpu())
-    if not scores_out:
+        yield rows, top.values, top.indices
+
+
+def top_k(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.Tensor | None = None,
+          exclude_items: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, item indices), both (num_users, k) on the CPU, best first; see `top_k_blocks`."""
+    blocks = list(top_k_blocks(score_block, num_users, k, exclude_users, exclude_items, chunk))
+    if not blocks:
         return torch.empty((0, k)), torch.empty((0, k), dtype=torch.long)
-    return torch.cat(scores_out), torch.cat(items_out)
+    return torch.cat([b[1].cpu() for b in blocks]), torch.cat([b[2].cpu() for b in blocks])
