@@ -6,6 +6,7 @@ time and peak RSS. The baseline, in the same run, is the bare interaction aggreg
 over the events: what any KG build must at least do).
 
     .venv/bin/python bench/kg_build.py --events 10000000
+    .venv/bin/python bench/kg_build.py --events 10000000 --keep /tmp/k10   # keep the warehouse
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--build-only", nargs=3, metavar=("DB", "SPEC", "DAY"))
+    parser.add_argument("--keep", metavar="DIR", help="Write the data and warehouse here and keep them "
+                                                     "(e.g. for bench/pretrain_throughput.py).")
     args = parser.parse_args()
     if args.build_only:
         build_only(*args.build_only)
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         started = time.perf_counter()
         log = generate(args.events, n_days=args.days)
         spec_path = write_dataset(log, Path(tmp) / "synthetic", layout="parquet")

@@ -38,8 +38,8 @@ class TrainingData:
     train_items: torch.Tensor       # (P,) candidate positions
     train_last_days: torch.Tensor   # (P,) days between the pair's last positive event and C
     train_counts: torch.Tensor      # (P,) positive events of the pair
-    popularity: torch.Tensor        # (I,) positive events per item, all history
-    recent_popularity: torch.Tensor  # (I,) positive events in the last `recent_share` of the span
+    popularity: torch.Tensor        # (I,) distinct users with a positive event on the item, all history
+    recent_popularity: torch.Tensor  # (I,) the same, in the last `recent_share` of the span
 
     @property
     def num_items(self) -> int:
@@ -87,7 +87,8 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     span_start = rows(conn, "SELECT min(ts) FROM raw.events WHERE ts < $c", {"c": params["c"]})[0][0]
     recent_from = params["c"] - (params["c"] - span_start) * recent_share if span_start else params["c"]
     popularity = conn.sql("""
-        SELECT ei.position, count(*) AS events, count(*) FILTER (WHERE ev.ts >= $recent) AS recent
+        SELECT ei.position, count(DISTINCT ev.user_id) AS users,
+               count(DISTINCT ev.user_id) FILTER (WHERE ev.ts >= $recent) AS recent
         FROM raw.events ev JOIN kg.entities ie ON ie.entity_type = 'item' AND ie.natural_key = ev.item_id
         JOIN eval_items ei ON ei.entity_id = ie.entity_id
         WHERE ev.ts < $c AND ev.event_type = $pos GROUP BY 1""", params={**params, "recent": recent_from}).to_arrow_table()
@@ -95,7 +96,7 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     popular = torch.zeros(num_items)
     recent = torch.zeros(num_items)
     position = _column(popularity, "position")
-    popular[position] = _column(popularity, "events", np.float32)
+    popular[position] = _column(popularity, "users", np.float32)
     recent[position] = _column(popularity, "recent", np.float32)
     return TrainingData(cutoff, _column(items, "entity_id"), _column(pairs, "user_id"), _column(pairs, "item"),
                         _column(pairs, "last_days", np.float32), _column(pairs, "events"), popular, recent)
