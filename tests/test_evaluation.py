@@ -10,6 +10,7 @@ from unirec_dagster.evaluation.metrics import ranking_metrics
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.signals import Signals
 from unirec_dagster.evaluation.split import TrainingData, load_holdout, load_training
+from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.serving.recommend import score_users, write_recommendations
@@ -80,7 +81,7 @@ def test_gate_blocks_a_model_worse_than_popularity():
     assert not gate.passed and "does not beat" in gate.reason
 
 
-def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop):
+def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp_path, capsys):
     run_date = dt.date(2024, 1, 3)
     data = load_training(conn, shop, run_date + dt.timedelta(days=1))
     scorer = Scorer(Signals(data), {"co_purchase": 0.5, "popularity": 0.5})
@@ -99,6 +100,11 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop):
     assert all(r.startswith("popular recently") for r in by_user["u4"] + by_user["u5"])
     assert "u6" not in by_user  # no event up to the run date: not active yet
     assert len(recs) == len({(u, i) for u, i, _ in recs})
+    conn.close()  # the viewer opens the file read-only
+    assert show.main(["--user", "u4", "--warehouse", str(tmp_path / "warehouse.duckdb")]) == 0
+    assert "popular recently" in capsys.readouterr().out
+    assert show.main(["--user", "u6", "--warehouse", str(tmp_path / "warehouse.duckdb")]) == 1
+    assert "no event up to then" in capsys.readouterr().err
 
 
 def test_blocked_blend_ranks_as_the_full_matrix():

@@ -1,6 +1,6 @@
 """Show a user's latest recommendations with titles and reasons.
 
-    python -m unirec_dagster.show --user 17850 [--date 2011-11-24] [--limit 20]
+    python -m unirec_dagster.show --user 12347 [--date 2011-11-24] [--limit 20]
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         WHERE r.partition_date = $d AND r.user_id = $u ORDER BY r.rank LIMIT $n""",
                  {"d": day, "u": args.user, "n": args.limit})
     if not found:
-        print(f"no recommendations for user {args.user!r} on {day} in {args.warehouse}", file=sys.stderr)
+        last = rows(conn, "SELECT max(ts) FROM raw.events WHERE user_id = $u AND ts < $d + INTERVAL 1 DAY",
+                    {"u": args.user, "d": day})[0][0] if day else None
+        why = (f"their last event before then was {last:%Y-%m-%d}, outside the look-back window" if last
+               else "they have no event up to then")
+        print(f"no recommendations for user {args.user!r} on {day} in {args.warehouse}: {why}", file=sys.stderr)
         return 1
     print(f"user {args.user}, recommendations for {day} (model {found[0][5]}):")
     for rank, item, title, score, reason, _ in found:
