@@ -9,11 +9,13 @@ import torch
 from unirec_dagster.evaluation.metrics import ranking_metrics
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.signals import Signals
-from unirec_dagster.evaluation.split import TrainingData, load_holdout, load_training
+from unirec_dagster.evaluation.evaluate import evaluate
+from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
 from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.serving.recommend import score_users, write_recommendations
+from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
 from tests.conftest import write_text
@@ -132,3 +134,30 @@ def test_blocked_blend_ranks_as_the_full_matrix():
     stacked = torch.stack([p.expand(num_users, -1).gather(1, items) for p in parts.values()], -1)
     assert torch.equal(reasons, stacked.argmax(-1))
     assert not set(zip(r.tolist(), c.tolist())) & {(u, int(i)) for u in range(num_users) for i in items[u]}
+
+
+def test_blend_learns_a_trending_signal():
+    """Validation buyers pick what is popular lately but not all-time: the learned blend weighs
+    recent popularity up, all-time popularity down (negative), and the random model near zero."""
+    g = torch.Generator().manual_seed(1)
+    num_users, num_items = 80, 30
+    popular, recent = torch.rand(num_items, generator=g) * 50, torch.rand(num_items, generator=g) * 50
+    pair_users = torch.arange(num_users).repeat_interleave(2)
+    key = torch.unique(pair_users * num_items + torch.randint(0, num_items, (len(pair_users),), generator=g))
+    data = TrainingData(dt.date(2024, 1, 1), torch.arange(num_users, num_users + num_items), key // num_items,
+                        key % num_items, torch.zeros(len(key)), torch.ones(len(key), dtype=torch.long), popular, recent)
+    scorer = Scorer(Signals(data), {}, torch.randn(num_users + num_items, 8, generator=g))
+    trending = torch.log1p(recent) - torch.log1p(popular)
+    users, items = [], []
+    for user in range(num_users):  # each user buys 3 of the most trending items they do not have yet
+        owned = set((key[key // num_items == user] % num_items).tolist())
+        picks = [int(i) for i in torch.argsort(trending, descending=True) if int(i) not in owned][:3]
+        users += [user] * 3
+        items += picks
+    holdout = HoldoutPairs(torch.arange(num_users), torch.tensor(users), torch.tensor(items),
+                           torch.full((num_users,), 3), torch.zeros(len(users), dtype=torch.bool))
+    weights = fit_blend(scorer, holdout)
+    assert weights["recent_popularity"] > 1.0 and weights["popularity"] < -1.0
+    assert abs(weights["model"]) < 0.5 * weights["recent_popularity"]
+    recall = evaluate(Scorer(scorer.signals, weights, scorer.embeddings), holdout, slices=False)[0].metrics["recall@10"]
+    assert recall > 0.9

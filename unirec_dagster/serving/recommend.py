@@ -28,6 +28,14 @@ from unirec_dagster.warehouse import ensure_schema, rows, transaction
 
 REASONS = {"model": "graph model: similar shoppers and items", "co_purchase": "bought together with your past items",
            "recent_popularity": "popular recently", "popularity": "a best seller"}
+# A learned blend may weigh a signal negatively (all-time popularity, against recent popularity:
+# trending); an item then gains from being low on it.
+NEGATIVE_REASONS = {"model": "outside your usual items", "co_purchase": "something different from your past items",
+                    "recent_popularity": "not yet widely bought lately", "popularity": "trending: rising, not yet a best seller"}
+
+
+def reason_text(feature: str, weight: float) -> str:
+    return (REASONS if weight >= 0 else NEGATIVE_REASONS)[feature]
 
 
 @dataclass
@@ -81,7 +89,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     modelled = data.positive_events_of(user_ids) >= max(min_history, 1)
     scored_users = user_ids[modelled]
     scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased)
-    reason_text = np.array([REASONS[n] for n in scorer.active_features], dtype=object)
+    reasons = np.array([reason_text(n, scorer.weights[n]) for n in scorer.active_features], dtype=object)
     flat_scores = scores.reshape(-1).double().numpy()
     keep = np.isfinite(flat_scores)  # -inf fills the list when fewer than k items are left after exclusion
     table = pa.table({
@@ -89,7 +97,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
         "item_entity": data.items[positions.reshape(-1)].numpy()[keep],
         "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(scored_users))[keep],
         "score": flat_scores[keep],
-        "reason": reason_text[why.reshape(-1).numpy()][keep],
+        "reason": reasons[why.reshape(-1).numpy()][keep],
     })
     fallback_users = pa.table({"user_id": active.column("user_id").filter(pa.array((~modelled).numpy()))})
     with transaction(conn):

@@ -89,7 +89,7 @@ def fit_recommender(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: 
     val_run = train_variant(val_split, text, config, initial_state, val_holdout, log=log)
     val_emb = embeddings(val_run.model, val_split.graph, text)
     model_only = evaluate(Scorer(val_split.signals, {"model": 1.0}, val_emb), val_holdout, slices=False)[0].metrics
-    weights, _ = fit_blend(Scorer(val_split.signals, {}, val_emb), val_holdout) if blend else ({"model": 1.0}, 0.0)
+    weights = fit_blend(Scorer(val_split.signals, {}, val_emb), val_holdout) if blend else {"model": 1.0}
     blended = evaluate(Scorer(val_split.signals, weights, val_emb), val_holdout, slices=False)[0].metrics
     say(f"validation Recall@20: model {model_only['recall@20']:.4f} at epoch {val_run.best_epoch},"
         f" blend {blended['recall@20']:.4f} with {weights}")
