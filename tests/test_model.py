@@ -11,7 +11,8 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.checkpoint import (CheckpointError, check_compatible, load_checkpoint, save_checkpoint,
                                              warm_start)
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
-from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView, cold_item_embedding
+from unirec_dagster.model.encoder import (GraphEncoder, Propagation, SymmetricSparseMM, TextView, cold_item_embedding,
+                                         normalized_adjacency)
 from unirec_dagster.model.pretrain import pretrain
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
@@ -114,3 +115,13 @@ def test_text_only_item_lands_near_items_with_similar_text():
         by_cluster = similarity.reshape(CLUSTERS, ITEMS_PER).mean(1)
         assert int(by_cluster.argmax()) == cluster, by_cluster
         assert int(torch.argmax(similarity)) // ITEMS_PER == cluster
+
+
+def test_symmetric_propagation_gradient_matches_autograd():
+    edges = torch.randint(0, 30, (2, 80), generator=torch.Generator().manual_seed(0))
+    a = normalized_adjacency(edges, 30)
+    x = torch.randn(30, 4, requires_grad=True)
+    SymmetricSparseMM.apply(a, x).pow(2).sum().backward()
+    ours, x.grad = x.grad.clone(), None
+    (a.to_dense() @ x).pow(2).sum().backward()
+    assert torch.allclose(ours, x.grad, atol=1e-5)

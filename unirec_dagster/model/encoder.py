@@ -1,9 +1,9 @@
 """The graph encoder: entity embeddings, a gated text view for items, LightGCN-style propagation
 per KG relation with learned relation weights.
 
-Propagation uses one normalised sparse adjacency per relation and `torch.sparse.mm`, which was
-the fastest path measured on CPU (DESIGN.md, "Speed notes"); the whole graph is propagated once
-per training step, and the batch's losses read from the result.
+Propagation uses one normalised sparse adjacency per relation, stored as CSR, with a backward
+pass that uses the matrix's symmetry (see `SymmetricSparseMM`); the whole graph is propagated
+once per training step, and the batch's losses read from the result.
 """
 
 from __future__ import annotations
@@ -18,15 +18,30 @@ from unirec_dagster.model.config import EncoderConfig
 
 
 def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """Symmetric D^-1/2 A D^-1/2 of the undirected graph of one relation, as a coalesced sparse COO
-    matrix (COO measured 2.4x faster than CSR for forward+backward here)."""
+    """Symmetric D^-1/2 A D^-1/2 of the undirected graph of one relation, as a sparse CSR matrix."""
     heads, tails = edge_index
     src = torch.cat([heads, tails])
     dst = torch.cat([tails, heads])
     degree = torch.bincount(src, minlength=num_nodes).float().clamp(min=1)
     values = degree[src].rsqrt() * degree[dst].rsqrt()
     return torch.sparse_coo_tensor(torch.stack([src, dst]), values, (num_nodes, num_nodes),
-                                   check_invariants=False).coalesce()
+                                   check_invariants=False).coalesce().to_sparse_csr()
+
+
+class SymmetricSparseMM(torch.autograd.Function):
+    """a @ x for a symmetric sparse `a`, with the gradient a @ grad. Autograd's own backward forms
+    a's transpose at every step; on a 6.7M-entry CSR adjacency (CPU, 2 threads) forward + backward
+    took 0.47 s this way against 1.52 s with torch.sparse.mm on COO (the previous fastest)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a)
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (a,) = ctx.saved_tensors
+        return None, a @ grad
 
 
 @dataclass
@@ -100,7 +115,7 @@ class GraphEncoder(nn.Module):
         weights = torch.softmax(self.relation_logits, 0)
         layer, total = x, x
         for _ in range(self.config.layers):
-            layer = sum(weights[rid] * torch.sparse.mm(a, layer) for rid, a in propagation.adjacency.items())
+            layer = sum(weights[rid] * SymmetricSparseMM.apply(a, layer) for rid, a in propagation.adjacency.items())
             total = total + layer
         return total / (self.config.layers + 1)
 
