@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,9 @@ from pathlib import Path
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import ingest_days
+from unirec_dagster.progress import peak_rss_gib
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import connect, rows
-
-
-def peak_rss_gib() -> float:
-    """Peak RSS of this process image (VmHWM). Not ru_maxrss: on Linux that survives exec, so a
-    child started by a large parent reports the parent's size (this bench first measured 9.5 GiB
-    that way, while the build itself peaked at 3.3 GiB)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024 / 1024  # kB -> GiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 def build_only(db: str, spec_path: str, day: str) -> None:

@@ -23,7 +23,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.features import refresh_text_embeddings
@@ -32,15 +31,9 @@ from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.pretrain import interaction_relations, pretrain
 from unirec_dagster.model.text_encoder import TextEncoder
+from unirec_dagster.progress import peak_rss_gib
 from unirec_dagster.training.context import graph_as_of, text_view
 from unirec_dagster.warehouse import connect, rows
-
-
-def peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024 / 1024
-    return float("nan")
 
 
 def prepare(db: str, spec_path: str, day: dt.date) -> dict:

@@ -23,24 +23,17 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.signals import Signals
 from unirec_dagster.evaluation.split import TrainingData
+from unirec_dagster.progress import peak_rss_gib
 from unirec_dagster.serving.recommend import score_users
 from unirec_dagster.serving.topk import block_rows, top_k
 
 CASES = [(200_000, 4_000), (100_000, 50_000)]  # (users, items)
-
-
-def peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024 / 1024
-    return float("nan")
 
 
 def synthetic(users: int, items: int, dim: int, per_user: int, seed: int = 0):
@@ -105,7 +98,7 @@ def main() -> None:
         print(json.dumps(run_case(method, users, items, args.k, args.dim, args.device, args.baseline_gib)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, K={args.k}, dim={args.dim}")
-    print("| users | items | method | users scored | seconds | users/s | peak RSS GiB |")
+    print("| users | items | method | users scored | seconds | users/s | peak RSS GiB (after setup) |")
     print("|---|---|---|---|---|---|---|")
     for users, items in CASES:
         for method in ("model", "blend", "baseline"):
@@ -117,7 +110,7 @@ def main() -> None:
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {users:,} | {items:,} | {method} | {r['scored_users']:,} | {r['seconds']} | {r['users_per_s']:,} | "
-                  f"{r['peak_rss_gib']} |", flush=True)
+                  f"{r['peak_rss_gib']} ({r['setup_peak_rss_gib']}) |", flush=True)
 
 
 if __name__ == "__main__":
