@@ -125,3 +125,13 @@ def test_symmetric_propagation_gradient_matches_autograd():
     ours, x.grad = x.grad.clone(), None
     (a.to_dense() @ x).pow(2).sum().backward()
     assert torch.allclose(ours, x.grad, atol=1e-5)
+
+
+def test_large_graphs_get_larger_batches():
+    """Each step propagates the whole KG: the batch grows to keep an epoch within max_steps_per_epoch."""
+    graph, text, _ = planted_graph()
+    edges = graph.edge_index["purchase"].shape[1]
+    lines: list[str] = []
+    cfg = config(link_weight=1.0).model_copy(update={"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2})
+    pretrain(graph, text, cfg, "purchase", log=lines.append)
+    assert f"2 steps of {-(-edges // 2):,} per epoch" in lines[0]

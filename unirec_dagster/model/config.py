@@ -17,6 +17,8 @@ class PretrainConfig(BaseModel):
     encoder: EncoderConfig = EncoderConfig()
     epochs: int = Field(20, ge=1, description="Passes over the interaction edges.")
     batch_size: int = Field(8192, ge=16, description="Interaction edges per step (one propagation per step).")
+    max_steps_per_epoch: int = Field(64, ge=1, description="Every step propagates the whole KG, so on large graphs "
+                                                           "the batch grows to keep an epoch to this many steps.")
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-6, ge=0, description="L2 on the embedding rows used in a step.")
     link_weight: float = Field(1.0, ge=0, description="Weight of BPR link prediction on user->item edges.")

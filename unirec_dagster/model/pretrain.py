@@ -120,7 +120,11 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
         raise ValueError("nothing to pretrain on: the KG has no interaction, attribute or text signal")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     edges = max(link_edges.shape[1], 1)
-    steps = math.ceil(edges / config.batch_size)
+    batch_size = max(config.batch_size, math.ceil(edges / config.max_steps_per_epoch))
+    steps = math.ceil(edges / batch_size)
+    if log:
+        log(f"pretraining on {device}: {edges:,} interaction edges, {steps} steps of {batch_size:,} per epoch, "
+            f"objectives {active}")
     progress = Progress(config.epochs * edges, "edges", log, label="pretraining")
     result = TrainResult(model, device=str(device))
     started = time.perf_counter()
@@ -133,7 +137,7 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
         totals = dict.fromkeys(active, 0.0)
         model.train()
         for step in range(steps):
-            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            batch = order[step * batch_size:(step + 1) * batch_size]
             n = len(batch)
             emb = model(propagation, text_on_device)
             losses = {}
