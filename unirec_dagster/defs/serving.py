@@ -25,7 +25,7 @@ class RecommendationConfig(dg.Config):
 
 
 @dg.asset(group_name="serving", kinds={"duckdb"}, partitions_def=daily_partitions,
-          deps=[finetuned_recommender, model_evaluation, raw_events], pool=WAREHOUSE_POOL, code_version="1",
+          deps=[finetuned_recommender, model_evaluation, raw_events], pool=WAREHOUSE_POOL, code_version="2",
           check_specs=[dg.AssetCheckSpec("coverage", asset="recommendations",
                                          description="Every active user got K recommendations.")],
           description="Top K items per active user for the night after the partition date (data up to its end).")

@@ -45,7 +45,7 @@ def _losses_table(history: list[dict]) -> dg.MetadataValue:
 
 
 @dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
-          deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="1",
+          deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="2",
           description="Self-supervised multi-task pretraining on the KG as of the run date minus holdout_days "
                       "(weekly schedule); safetensors + manifest under the models directory.")
 def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingConfig, duckdb: DuckDBResource):
@@ -62,7 +62,7 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
 
 
 @dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
-          deps=[knowledge_graph, item_text_embeddings, pretrained_encoder], pool=WAREHOUSE_POOL, code_version="1",
+          deps=[knowledge_graph, item_text_embeddings, pretrained_encoder], pool=WAREHOUSE_POOL, code_version="2",
           check_specs=[dg.AssetCheckSpec(
               "quality_gate", asset="finetuned_recommender", blocking=True,
               description="Promote only a model that beats RecentPopular and the MF ablation on validation Recall@20.")],
@@ -84,7 +84,7 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
 
 
 @dg.asset(group_name="training", kinds={"duckdb"}, partitions_def=daily_partitions, deps=[finetuned_recommender],
-          pool=WAREHOUSE_POOL, code_version="1",
+          pool=WAREHOUSE_POOL, code_version="2",
           description="eval.metrics: the fine-tuned model and every baseline on the test window after the cutoff "
                       "(when the data has it) and the validation window before it, per slice.")
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, duckdb: DuckDBResource):
