@@ -161,3 +161,17 @@ def test_blend_learns_a_trending_signal():
     assert abs(weights["model"]) < 0.5 * weights["recent_popularity"]
     recall = evaluate(Scorer(scorer.signals, weights, scorer.embeddings), holdout, slices=False)[0].metrics["recall@10"]
     assert recall > 0.9
+
+
+def test_never_recommended_items_are_not_served(conn, shop):
+    """Items the spec marks as not products (postage, fees) reach nobody, by model or by fallback."""
+    run_date = dt.date(2024, 1, 3)
+    data = load_training(conn, shop, run_date + dt.timedelta(days=1))
+    scorer = Scorer(Signals(data), {"co_purchase": 0.5, "popularity": 0.5})
+    write_recommendations(conn, shop, run_date, scorer, "v1", "run", k=3, min_history=2)
+    served = {i for (i,) in rows(conn, "SELECT DISTINCT item_id FROM serving.recommendations")}
+    assert "D" in served  # the only item u1..u3 have not bought yet, and popular for u5
+    spec = shop.model_copy(update={"items": shop.items.model_copy(update={"never_recommend": ["D"]})})
+    write_recommendations(conn, spec, run_date, scorer, "v1", "run", k=3, min_history=2)
+    served = {i for (i,) in rows(conn, "SELECT DISTINCT item_id FROM serving.recommendations")}
+    assert served and "D" not in served

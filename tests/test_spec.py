@@ -19,6 +19,7 @@ def test_bundled_specs_load():
     retail = load_spec(settings.PROJECT_ROOT / "data" / "datasets" / "online-retail.yaml")
     assert retail.events.end_date.isoformat() == "2011-12-09"
     assert retail.events.positive_event_type == "purchase"
+    assert "POST" in retail.items.never_recommend and "POST" in sample.items.never_recommend
 
 
 def test_missing_key_names_file_and_key(tmp_path):
@@ -66,6 +67,10 @@ def test_date_format_without_day_is_refused(tmp_path):
 def test_attribute_file_needs_id(tmp_path):
     message = error_for(tmp_path, items={"file": {"path": "items.csv"}})
     assert "items" in message and "id" in message
+
+
+def test_never_recommend_is_for_items(tmp_path):
+    assert "under 'items'" in error_for(tmp_path, users={"never_recommend": ["POST"]})
 
 
 def test_missing_spec_file(tmp_path):

@@ -162,6 +162,8 @@ class EntitySpec(_Strict):
     description: str | None = None
     price: str | None = None
     attributes: dict[str, AttributeSpec] = {}
+    never_recommend: list[str] = Field([], description="Item ids that are not products (postage, fees, manual "
+                                                       "adjustments): kept in the data and the evaluation, never served.")
 
     @model_validator(mode="after")
     def _file_needs_id(self):
@@ -209,6 +211,12 @@ class DatasetSpec(_Strict):
     users: EntitySpec = EntitySpec()
     max_reject_rate: float = Field(0.5, ge=0, le=1, description="Asset check threshold on rejected lines.")
     spec_dir: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _never_recommend_items_only(self):
+        if self.users.never_recommend:
+            raise ValueError("'never_recommend' lists item ids: put it under 'items', not 'users'")
+        return self
 
     # -- paths -------------------------------------------------------------------------------
     def resolve(self, path: str) -> Path:

@@ -49,16 +49,21 @@ class ServingStats:
 
 
 def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool,
-                chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                chunk: int | None = None,
+                never: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scores, candidate positions, reason), each (len(users), k), in blocks of users. The reason is
-    the index in `scorer.active_features` of the signal that contributed most to the item's score."""
+    the index in `scorer.active_features` of the signal that contributed most to the item's score.
+    `never`: candidate positions recommended to nobody (scored -inf)."""
     excluded = scorer.signals.exclusions(users) if exclude_purchased else (None, None)
     parts: dict[str, torch.Tensor] = {}
 
     def block(rows_: slice) -> torch.Tensor:
         nonlocal parts
         parts = scorer.parts(users[rows_])
-        return total(parts, rows_.stop - rows_.start)
+        scores = total(parts, rows_.stop - rows_.start)
+        if never is not None and len(never):
+            scores[:, never] = float("-inf")
+        return scores
 
     scores, items, reasons = [], [], []
     chunk = chunk or block_rows(scorer.signals.data.num_items)
@@ -88,7 +93,8 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     user_ids = torch.from_numpy(active.column("entity_id").to_numpy().astype(np.int64))
     modelled = data.positive_events_of(user_ids) >= max(min_history, 1)
     scored_users = user_ids[modelled]
-    scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased)
+    never = _never_recommended_positions(conn, spec, data.items)
+    scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased, never=never)
     reasons = np.array([reason_text(n, scorer.weights[n]) for n in scorer.active_features], dtype=object)
     flat_scores = scores.reshape(-1).double().numpy()
     keep = np.isfinite(flat_scores)  # -inf fills the list when fewer than k items are left after exclusion
@@ -117,6 +123,18 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     return ServingStats(len(user_ids), len(scored_users), int((~modelled).sum()), written, seconds, len(user_ids) / max(seconds, 1e-9))
 
 
+def _never_recommended_positions(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
+                                 candidates: torch.Tensor) -> torch.Tensor:
+    """Positions in `candidates` (sorted item entity ids) of the spec's never_recommend items."""
+    if not spec.items.never_recommend:
+        return torch.empty(0, dtype=torch.long)
+    ids = torch.tensor([r[0] for r in rows(conn, """
+        SELECT entity_id FROM kg.entities WHERE entity_type = 'item' AND list_contains($never, natural_key)""",
+                                           {"never": spec.items.never_recommend})], dtype=torch.long)
+    position = torch.searchsorted(candidates, ids).clamp(max=max(len(candidates) - 1, 0))
+    return position[candidates[position] == ids] if len(candidates) else position[:0]
+
+
 def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, cutoff: dt.datetime,
                      k: int, model_version: str, run_id: str | None, exclude_purchased: bool) -> None:
     """Recently popular items within the user's segment (first user attribute) when the data has
@@ -143,9 +161,10 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
         ),
         allowed AS (
             SELECT * FROM candidates c
-            WHERE NOT {p.add(exclude_purchased, 'BOOLEAN')} OR NOT EXISTS (
+            WHERE NOT list_contains({p.add(spec.items.never_recommend, 'VARCHAR[]')}, c.item_id)
+              AND (NOT {p.add(exclude_purchased, 'BOOLEAN')} OR NOT EXISTS (
                 SELECT 1 FROM raw.events ev WHERE ev.user_id = c.user_id AND ev.item_id = c.item_id
-                  AND ev.ts < {p.add(cutoff, 'TIMESTAMP')} AND ev.event_type = {p.add(spec.events.positive_event_type)})
+                  AND ev.ts < {p.add(cutoff, 'TIMESTAMP')} AND ev.event_type = {p.add(spec.events.positive_event_type)}))
         ),
         best AS (SELECT user_id, item_id, arg_max(reason, score) AS reason, max(score) AS score FROM allowed GROUP BY 1, 2)
         SELECT {p.add(run_date, 'DATE')}, user_id, item_id,
