@@ -14,7 +14,7 @@ from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_hol
 from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
-from unirec_dagster.serving.recommend import score_users, write_recommendations
+from unirec_dagster.serving.recommend import score_users, write_recommendations, write_similar_items
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
@@ -175,3 +175,7 @@ def test_never_recommended_items_are_not_served(conn, shop):
     write_recommendations(conn, spec, run_date, scorer, "v1", "run", k=3, min_history=2)
     served = {i for (i,) in rows(conn, "SELECT DISTINCT item_id FROM serving.recommendations")}
     assert served and "D" not in served
+    write_similar_items(conn, spec, run_date, data.items, torch.randn(data.num_items, 4), "v1", k=3)
+    pairs = rows(conn, "SELECT item_id, similar_item_id FROM serving.similar_items")
+    assert {i for i, _ in pairs} == {"A", "B", "C", "D"} and "D" not in {j for _, j in pairs}
+    assert len(pairs) == 3 * 2 + 3  # A, B, C: the two others but not D; D: A, B and C

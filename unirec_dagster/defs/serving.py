@@ -52,7 +52,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
 
 
 @dg.asset(group_name="serving", kinds={"duckdb"}, partitions_def=daily_partitions, deps=[finetuned_recommender],
-          pool=WAREHOUSE_POOL, code_version="1",
+          pool=WAREHOUSE_POOL, code_version="2",
           description="serving.similar_items: cosine neighbours in the model's space; items without interactions "
                       "are placed through their aligned text view.")
 def similar_items(context: dg.AssetExecutionContext, duckdb: DuckDBResource):
@@ -62,6 +62,6 @@ def similar_items(context: dg.AssetExecutionContext, duckdb: DuckDBResource):
         graph = graph_as_of(conn, SPEC, run_date)
         model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
         items, vectors = similar_item_vectors(model, graph, text_view(conn))
-        written = write_similar_items(conn, run_date, items, vectors, checkpoint.version)
+        written = write_similar_items(conn, SPEC, run_date, items, vectors, checkpoint.version)
     return dg.MaterializeResult(metadata={"dagster/row_count": written, "items": len(items),
                                           "model_version": checkpoint.version})

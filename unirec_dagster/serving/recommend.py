@@ -124,15 +124,14 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
 
 
 def _never_recommended_positions(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
-                                 candidates: torch.Tensor) -> torch.Tensor:
-    """Positions in `candidates` (sorted item entity ids) of the spec's never_recommend items."""
+                                 items: torch.Tensor) -> torch.Tensor:
+    """Positions in `items` (item entity ids) of the spec's never_recommend items."""
     if not spec.items.never_recommend:
         return torch.empty(0, dtype=torch.long)
     ids = torch.tensor([r[0] for r in rows(conn, """
         SELECT entity_id FROM kg.entities WHERE entity_type = 'item' AND list_contains($never, natural_key)""",
                                            {"never": spec.items.never_recommend})], dtype=torch.long)
-    position = torch.searchsorted(candidates, ids).clamp(max=max(len(candidates) - 1, 0))
-    return position[candidates[position] == ids] if len(candidates) else position[:0]
+    return torch.nonzero(torch.isin(items, ids), as_tuple=True)[0]
 
 
 def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, cutoff: dt.datetime,
@@ -193,16 +192,25 @@ def similar_item_vectors(model: GraphEncoder, graph: KnowledgeGraph,
     return items, vectors
 
 
-def write_similar_items(conn: duckdb.DuckDBPyConnection, run_date: dt.date, item_ids: torch.Tensor,
+def write_similar_items(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, item_ids: torch.Tensor,
                         item_vectors: torch.Tensor, model_version: str, k: int = 20) -> int:
-    """Cosine top-k neighbours of every item (entity ids `item_ids`, rows of `item_vectors`)."""
+    """Cosine top-k neighbours of every item (entity ids `item_ids`, rows of `item_vectors`); the
+    spec's never_recommend items are nobody's neighbour."""
     vectors = torch.nn.functional.normalize(item_vectors.float(), dim=-1)
     self_rows = torch.arange(len(item_ids))
-    scores, neighbours = top_k(lambda r: vectors[r] @ vectors.T, len(item_ids), k, self_rows, self_rows)
-    table = pa.table({"item": np.repeat(item_ids.numpy(), scores.shape[1]),
-                      "similar": item_ids[neighbours.reshape(-1)].numpy(),
-                      "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(item_ids)),
-                      "score": scores.reshape(-1).double().numpy()})
+    never = _never_recommended_positions(conn, spec, item_ids)
+
+    def block(rows_: slice) -> torch.Tensor:
+        scores = vectors[rows_] @ vectors.T
+        scores[:, never] = float("-inf")
+        return scores
+
+    scores, neighbours = top_k(block, len(item_ids), k, self_rows, self_rows, block_rows(len(item_ids)))
+    keep = torch.isfinite(scores.reshape(-1)).numpy()
+    table = pa.table({"item": np.repeat(item_ids.numpy(), scores.shape[1])[keep],
+                      "similar": item_ids[neighbours.reshape(-1)].numpy()[keep],
+                      "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(item_ids))[keep],
+                      "score": scores.reshape(-1).double().numpy()[keep]})
     with transaction(conn):
         conn.execute("DELETE FROM serving.similar_items")
         conn.register("new_similar", table)
