@@ -81,7 +81,7 @@ class Scorer:
     def scores(self, users: torch.Tensor) -> torch.Tensor:
         """(len(users), items), a fresh tensor the caller may write into."""
         active = self.active_features
-        if len(active) == 1:  # one signal: its raw scores rank the same as standardised ones
+        if len(active) == 1 and self.weights[active[0]] > 0:  # raw scores rank as the standardised ones
             return self.feature(active[0], users).expand(len(users), -1).clone()
         return total(self.parts(users), len(users))
 
