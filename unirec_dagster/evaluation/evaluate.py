@@ -48,13 +48,8 @@ def evaluate(scorer: Scorer, holdout: HoldoutPairs, slices: bool = True) -> list
 
 def _subset(name: str, top: torch.Tensor, holdout: HoldoutPairs, keep_users: torch.Tensor, keep_pairs: torch.Tensor,
             num_items: int) -> SliceResult:
-    rows = torch.nonzero(keep_users, as_tuple=True)[0]
-    if not len(rows):
+    sub = holdout.subset(keep_users, keep_pairs)
+    if not len(sub.users):
         return SliceResult(name, 0, {})
-    new_row = torch.full((len(keep_users),), -1, dtype=torch.long)
-    new_row[rows] = torch.arange(len(rows))
-    pairs = keep_pairs & keep_users[holdout.pair_users]
-    pair_users = new_row[holdout.pair_users[pairs]]
-    counts = torch.bincount(pair_users, minlength=len(rows))
-    return SliceResult(name, len(rows), ranking_metrics(top[rows], pair_users, holdout.pair_items[pairs], counts,
-                                                        num_items))
+    return SliceResult(name, len(sub.users), ranking_metrics(top[keep_users], sub.pair_users, sub.pair_items,
+                                                             sub.positives_per_user, num_items))

@@ -63,6 +63,17 @@ class HoldoutPairs:
     positives_per_user: torch.Tensor
     unseen_item_pair: torch.Tensor  # (pairs,) bool: the item had no positive event before C
 
+    def subset(self, keep_users: torch.Tensor, keep_pairs: torch.Tensor) -> "HoldoutPairs":
+        """The users where `keep_users` (U,) is set, with their pairs where `keep_pairs` (pairs,) is
+        set; `positives_per_user` counts the kept pairs."""
+        rows = torch.nonzero(keep_users, as_tuple=True)[0]
+        new_row = torch.full((len(self.users),), -1, dtype=torch.long)
+        new_row[rows] = torch.arange(len(rows))
+        pairs = keep_pairs & keep_users[self.pair_users]
+        pair_users = new_row[self.pair_users[pairs]]
+        return HoldoutPairs(self.users[rows], pair_users, self.pair_items[pairs],
+                            torch.bincount(pair_users, minlength=len(rows)), self.unseen_item_pair[pairs])
+
 
 def _entity_join(kind: str, column: str) -> str:
     return f"JOIN kg.entities {kind[0]}e ON {kind[0]}e.entity_type = '{kind}' AND {kind[0]}e.natural_key = {column}"

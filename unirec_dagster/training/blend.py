@@ -32,16 +32,15 @@ def fit_blend(scorer: Scorer, holdout: HoldoutPairs, l2: float = 1e-3, max_iter:
         rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:cap].sort().values]
     if not len(rows):
         raise ValueError("no validation user bought an item known before the validation cutoff: cannot fit a blend")
-    users = holdout.users[rows]
-    features = torch.stack(list(scorer.features(users).values()), -1)       # (U, I, F)
-    r, c = scorer.signals.exclusions(users)
-    excluded = torch.zeros(len(rows), num_items, dtype=torch.bool)
+    keep_users = torch.zeros(len(holdout.users), dtype=torch.bool)
+    keep_users[rows] = True
+    fit = holdout.subset(keep_users, ranked)
+    features = torch.stack(list(scorer.features(fit.users).values()), -1)       # (U, I, F)
+    r, c = scorer.signals.exclusions(fit.users)
+    excluded = torch.zeros(len(fit.users), num_items, dtype=torch.bool)
     excluded[r, c] = True
-    new_row = torch.full((len(holdout.users),), -1, dtype=torch.long)
-    new_row[rows] = torch.arange(len(rows))
-    keep = ranked & (new_row[holdout.pair_users] >= 0)
-    pair_rows, pair_items = new_row[holdout.pair_users[keep]], holdout.pair_items[keep]
-    pair_weight = 1.0 / torch.bincount(pair_rows, minlength=len(rows)).float()[pair_rows] / len(rows)
+    pair_rows, pair_items = fit.pair_users, fit.pair_items
+    pair_weight = 1.0 / fit.positives_per_user.float()[pair_rows] / len(fit.users)
 
     weights = torch.ones(len(names), requires_grad=True)
     optimizer = torch.optim.LBFGS([weights], max_iter=max_iter, line_search_fn="strong_wolfe")
