@@ -60,14 +60,11 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
     def block(rows_: slice) -> torch.Tensor:
         nonlocal parts
         parts = scorer.parts(users[rows_])
-        scores = total(parts, rows_.stop - rows_.start)
-        if never is not None and len(never):
-            scores[:, never] = float("-inf")
-        return scores
+        return total(parts, rows_.stop - rows_.start)
 
     scores, items, reasons = [], [], []
     chunk = chunk or block_rows(scorer.signals.data.num_items)
-    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k, *excluded, chunk=chunk):
+    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k, *excluded, chunk=chunk, never=never):
         n = rows_.stop - rows_.start
         chosen = torch.stack([p.expand(n, -1).gather(1, top_items) for p in parts.values()], -1)
         scores.append(top_scores.cpu())
@@ -96,15 +93,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     never = _never_recommended_positions(conn, spec, data.items)
     scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased, never=never)
     reasons = np.array([reason_text(n, scorer.weights[n]) for n in scorer.active_features], dtype=object)
-    flat_scores = scores.reshape(-1).double().numpy()
-    keep = np.isfinite(flat_scores)  # -inf fills the list when fewer than k items are left after exclusion
-    table = pa.table({
-        "user_entity": np.repeat(scored_users.numpy(), scores.shape[1])[keep],
-        "item_entity": data.items[positions.reshape(-1)].numpy()[keep],
-        "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(scored_users))[keep],
-        "score": flat_scores[keep],
-        "reason": reasons[why.reshape(-1).numpy()][keep],
-    })
+    table = _ranked_table(scored_users, scores, data.items[positions], reason=reasons[why.numpy()])
     fallback_users = pa.table({"user_id": active.column("user_id").filter(pa.array((~modelled).numpy()))})
     with transaction(conn):
         conn.execute("DELETE FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})
@@ -112,8 +101,8 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
         conn.execute("""
             INSERT INTO serving.recommendations
             SELECT $d, u.natural_key, i.natural_key, r.rank, r.score, r.reason, $v, $run, now()
-            FROM new_recommendations r JOIN kg.entities u ON u.entity_id = r.user_entity
-            JOIN kg.entities i ON i.entity_id = r.item_entity""", {"d": run_date, "v": model_version, "run": run_id})
+            FROM new_recommendations r JOIN kg.entities u ON u.entity_id = r.source
+            JOIN kg.entities i ON i.entity_id = r.target""", {"d": run_date, "v": model_version, "run": run_id})
         conn.unregister("new_recommendations")
         conn.register("fallback_users", fallback_users)
         _insert_fallback(conn, spec, run_date, cutoff, k, model_version, run_id, exclude_purchased)
@@ -121,6 +110,18 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
         written = rows(conn, "SELECT count(*) FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})[0][0]
     seconds = time.perf_counter() - started
     return ServingStats(len(user_ids), len(scored_users), int((~modelled).sum()), written, seconds, len(user_ids) / max(seconds, 1e-9))
+
+
+def _ranked_table(sources: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor, **extra: np.ndarray) -> pa.Table:
+    """One row per (source, rank) of a (len(sources), k) top-K of target entity ids, without the
+    -inf entries that fill a list when fewer than k targets were left after exclusions."""
+    n, k = scores.shape
+    flat_scores = scores.reshape(-1).double().numpy()
+    keep = np.isfinite(flat_scores)
+    columns = {"source": np.repeat(sources.numpy(), k), "target": targets.reshape(-1).numpy(),
+               "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n), "score": flat_scores,
+               **{name: values.reshape(-1) for name, values in extra.items()}}
+    return pa.table({name: values[keep] for name, values in columns.items()})
 
 
 def _never_recommended_positions(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
@@ -198,26 +199,16 @@ def write_similar_items(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_
     spec's never_recommend items are nobody's neighbour."""
     vectors = torch.nn.functional.normalize(item_vectors.float(), dim=-1)
     self_rows = torch.arange(len(item_ids))
-    never = _never_recommended_positions(conn, spec, item_ids)
-
-    def block(rows_: slice) -> torch.Tensor:
-        scores = vectors[rows_] @ vectors.T
-        scores[:, never] = float("-inf")
-        return scores
-
-    scores, neighbours = top_k(block, len(item_ids), k, self_rows, self_rows, block_rows(len(item_ids)))
-    keep = torch.isfinite(scores.reshape(-1)).numpy()
-    table = pa.table({"item": np.repeat(item_ids.numpy(), scores.shape[1])[keep],
-                      "similar": item_ids[neighbours.reshape(-1)].numpy()[keep],
-                      "rank": np.tile(np.arange(1, scores.shape[1] + 1, dtype=np.int32), len(item_ids))[keep],
-                      "score": scores.reshape(-1).double().numpy()[keep]})
+    scores, neighbours = top_k(lambda r: vectors[r] @ vectors.T, len(item_ids), k, self_rows, self_rows,
+                               block_rows(len(item_ids)), never=_never_recommended_positions(conn, spec, item_ids))
+    table = _ranked_table(item_ids, scores, item_ids[neighbours])
     with transaction(conn):
         conn.execute("DELETE FROM serving.similar_items")
         conn.register("new_similar", table)
         conn.execute("""
             INSERT INTO serving.similar_items
             SELECT a.natural_key, b.natural_key, s.rank, s.score, $v, $d, now() FROM new_similar s
-            JOIN kg.entities a ON a.entity_id = s.item JOIN kg.entities b ON b.entity_id = s.similar""",
+            JOIN kg.entities a ON a.entity_id = s.source JOIN kg.entities b ON b.entity_id = s.target""",
                      {"v": model_version, "d": run_date})
         conn.unregister("new_similar")
     return len(table)

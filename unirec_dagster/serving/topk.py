@@ -18,16 +18,19 @@ def block_rows(num_items: int, cells: int = BLOCK_CELLS) -> int:
 
 
 def top_k_blocks(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.Tensor | None = None,
-                 exclude_items: torch.Tensor | None = None,
-                 chunk: int = 4096) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+                 exclude_items: torch.Tensor | None = None, chunk: int = 4096,
+                 never: torch.Tensor | None = None) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Yields (rows, scores, item indices) per block of users, best first, on the scores' device.
     `exclude_users`/`exclude_items` are pairs (row in the user list, item index) that must not be
-    recommended, sorted by user row."""
+    recommended, sorted by user row; `never` are item indices recommended to nobody. Excluded
+    items score -inf: they fill a list only when fewer than k items are left."""
     if exclude_users is not None:
         bounds = torch.searchsorted(exclude_users, torch.arange(0, num_users + chunk, chunk))
     for block, start in enumerate(range(0, num_users, chunk)):
         rows = slice(start, min(start + chunk, num_users))
         scores = score_block(rows).float()
+        if never is not None and len(never):
+            scores[:, never.to(scores.device)] = float("-inf")
         if exclude_users is not None:
             lo, hi = int(bounds[block]), int(bounds[block + 1])
             if hi > lo:
@@ -38,9 +41,10 @@ def top_k_blocks(score_block: ScoreBlock, num_users: int, k: int, exclude_users:
 
 
 def top_k(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.Tensor | None = None,
-          exclude_items: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+          exclude_items: torch.Tensor | None = None, chunk: int = 4096,
+          never: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, item indices), both (num_users, k) on the CPU, best first; see `top_k_blocks`."""
-    blocks = list(top_k_blocks(score_block, num_users, k, exclude_users, exclude_items, chunk))
+    blocks = list(top_k_blocks(score_block, num_users, k, exclude_users, exclude_items, chunk, never))
     if not blocks:
         return torch.empty((0, k)), torch.empty((0, k), dtype=torch.long)
     return torch.cat([b[1].cpu() for b in blocks]), torch.cat([b[2].cpu() for b in blocks])
