@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import ingest_days
-from unirec_dagster.progress import peak_rss_gib
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import connect, rows
+
+from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 
 def build_only(db: str, spec_path: str, day: str) -> None:
@@ -69,9 +69,9 @@ def main() -> None:
         events = rows(conn, "SELECT count(*) FROM raw.events")[0][0]
         conn.close()
         ingested = time.perf_counter() - started
-        child = subprocess.run([sys.executable, __file__, "--build-only", db, str(spec_path), days[-1].isoformat()],
-                               check=True, capture_output=True, text=True)
-        result = json.loads(child.stdout.strip().splitlines()[-1])
+        result = in_fresh_process(__file__, "--build-only", db, str(spec_path), days[-1].isoformat())
+        if result is None:
+            sys.exit(1)
     print(f"generated {args.events:,} events in {generated:.1f}s; ingested {events:,} accepted events in {ingested:.1f}s")
     print("| step | wall s | peak RSS GiB |")
     print("|---|---|---|")

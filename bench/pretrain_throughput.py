@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import time
 
@@ -31,9 +30,10 @@ from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.pretrain import interaction_relations, pretrain
 from unirec_dagster.model.text_encoder import TextEncoder
-from unirec_dagster.progress import peak_rss_gib
 from unirec_dagster.training.context import graph_as_of, text_view
 from unirec_dagster.warehouse import connect, rows
+
+from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 
 def prepare(db: str, spec_path: str, day: dt.date) -> dict:
@@ -72,7 +72,7 @@ def run(method: str, db: str, spec_path: str, day: dt.date, epochs: int, batch_s
     edges = sum(graph.edge_index[n].shape[1] for n in interaction_relations(graph, positive))
     result = pretrain(graph, text, config, positive, log=lambda m: print(m, file=sys.stderr, flush=True))
     return {"method": method, "device": result.device, "interaction_edges": edges, "epochs": epochs,
-            "batch_size": batch_size, "seconds": round(result.seconds, 1),
+            "batch_size": result.batch_size, "seconds": round(result.seconds, 1),
             "edges_per_s": round(result.edges_per_second), "peak_rss_gib": round(peak_rss_gib(), 2),
             "final_losses": {k: round(v, 4) for k, v in result.history[-1].items() if k != "epoch"},
             "parameters": sum(p.numel() for p in result.model.parameters())}
@@ -97,14 +97,12 @@ def main() -> None:
     print("| method | device | interaction edges | epochs | batch | seconds | edges/s | peak RSS GiB | final losses |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
-        out = subprocess.run([sys.executable, __file__, "--warehouse", args.warehouse, "--spec", args.spec,
-                              "--day", day.isoformat(), "--epochs", str(args.epochs), "--batch-size",
-                              str(args.batch_size), "--device", args.device, "--only", method],
-                             stdout=subprocess.PIPE, text=True)
-        if out.returncode:
-            print(f"| {method} | failed (exit {out.returncode}) ||||||||", flush=True)
+        r = in_fresh_process(__file__, "--warehouse", args.warehouse, "--spec", args.spec, "--day", day.isoformat(),
+                             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device",
+                             args.device, "--only", method)
+        if r is None:
+            print(f"| {method} | failed ||||||||", flush=True)
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {method} | {r['device']} | {r['interaction_edges']:,} | {r['epochs']} | {r['batch_size']:,} | "
               f"{r['seconds']} | {r['edges_per_s']:,} | {r['peak_rss_gib']} | {r['final_losses']} |", flush=True)
 

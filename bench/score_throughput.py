@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
-import sys
 import time
 
 import torch
@@ -29,9 +27,10 @@ import torch
 from unirec_dagster.evaluation.scoring import Scorer
 from unirec_dagster.evaluation.signals import Signals
 from unirec_dagster.evaluation.split import TrainingData
-from unirec_dagster.progress import peak_rss_gib
 from unirec_dagster.serving.recommend import score_users
 from unirec_dagster.serving.topk import block_rows, top_k
+
+from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 CASES = [(200_000, 4_000), (100_000, 50_000)]  # (users, items)
 
@@ -102,13 +101,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for users, items in CASES:
         for method in ("model", "blend", "baseline"):
-            out = subprocess.run([sys.executable, __file__, "--only", method, str(users), str(items), "--k", str(args.k),
-                                  "--dim", str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib)],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                print(f"| {users:,} | {items:,} | {method} | failed: {out.stderr.strip().splitlines()[-1]} |||||")
+            r = in_fresh_process(__file__, "--only", method, str(users), str(items), "--k", str(args.k), "--dim",
+                                 str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib))
+            if r is None:
+                print(f"| {users:,} | {items:,} | {method} | failed |||||", flush=True)
                 continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {users:,} | {items:,} | {method} | {r['scored_users']:,} | {r['seconds']} | {r['users_per_s']:,} | "
                   f"{r['peak_rss_gib']} ({r['setup_peak_rss_gib']}) |", flush=True)
 

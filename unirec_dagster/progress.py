@@ -1,23 +1,9 @@
-"""Progress lines with rate and ETA for long loops, written through any logging callable, and
-the process's peak memory."""
+"""Progress lines with rate and ETA for long loops, written through any logging callable."""
 
 from __future__ import annotations
 
-import resource
 import time
-from pathlib import Path
 from typing import Callable
-
-
-def peak_rss_gib() -> float:
-    """Peak RSS of this process image (Linux VmHWM). Not ru_maxrss: on Linux that survives exec,
-    so a child started by a large parent would report the parent's peak."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024 / 1024  # kB -> GiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
 class Progress:

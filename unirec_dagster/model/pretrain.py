@@ -34,6 +34,7 @@ class TrainResult:
     edges_per_second: float = 0.0
     device: str = "cpu"
     best_epoch: int = 0                                              # fine-tuning with validation
+    batch_size: int = 0                                              # pretraining: edges per step, as grown
 
 
 def alignment_loss(model: GraphEncoder, emb: torch.Tensor, text: TextView, temperature: float,
@@ -126,7 +127,7 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
         log(f"pretraining on {device}: {edges:,} interaction edges, {steps} steps of {batch_size:,} per epoch, "
             f"objectives {active}")
     progress = Progress(config.epochs * edges, "edges", log, label="pretraining")
-    result = TrainResult(model, device=str(device))
+    result = TrainResult(model, device=str(device), batch_size=batch_size)
     started = time.perf_counter()
     for epoch in range(config.epochs):
         # Hide the masked attribute of a fresh share of items from the graph for this epoch.
