@@ -12,12 +12,10 @@ from typing import Callable
 import torch
 
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.model.checkpoint import warm_start
 from unirec_dagster.model.config import FinetuneConfig
-from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
 from unirec_dagster.model.objectives import bpr_loss
-from unirec_dagster.model.pretrain import TrainResult, alignment_loss
+from unirec_dagster.model.pretrain import TrainResult, alignment_loss, start_training
 from unirec_dagster.progress import Progress
 
 
@@ -34,15 +32,8 @@ def finetune(graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfi
     negatives are drawn from `candidate_items`. With `validate` (final embeddings -> metric,
     higher is better) training stops after `patience` epochs without progress and the best
     epoch's weights are kept; `history` then carries the metric per epoch."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = choose_device(config.device)
-    model = GraphEncoder(graph.num_entities, len(graph.relation_names), config.encoder,
-                         text.dim if text is not None else 0)
-    if initial_state is not None:
-        warm_start(model, initial_state)
-    model.to(device)
-    text_on_device = text.for_model(model, device) if text is not None else None
+    model, text_on_device, generator, device = start_training(graph, text, config.encoder, config.seed,
+                                                              config.device, initial_state)
     propagation = Propagation.from_graph(graph).to(device) if config.encoder.use_graph else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     pairs = len(users)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.model.config import PretrainConfig
+from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.checkpoint import warm_start
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
@@ -60,6 +60,20 @@ def default_masked_relation(graph: KnowledgeGraph) -> str | None:
     return "item_price_band" if "item_price_band" in graph.relation_names else None
 
 
+def start_training(graph: KnowledgeGraph, text: TextView | None, encoder: EncoderConfig, seed: int, device_name: str,
+                   initial_state: dict[str, torch.Tensor] | None):
+    """(model, text view on its device, sampling generator, device) for a seeded run, the model
+    warm-started from `initial_state` when given. Pretraining and fine-tuning start alike."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    device = choose_device(device_name)
+    model = GraphEncoder(graph.num_entities, len(graph.relation_names), encoder, text.dim if text is not None else 0)
+    if initial_state is not None:
+        warm_start(model, initial_state)
+    model.to(device)
+    return model, text.for_model(model, device) if text is not None else None, generator, device
+
+
 class _KgEdges:
     """All non-interaction triples, sorted by relation, with type-correct corrupted tails."""
 
@@ -90,15 +104,8 @@ class _KgEdges:
 def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfig, positive_relation: str | None,
              initial_state: dict[str, torch.Tensor] | None = None,
              log: Callable[[str], None] | None = None) -> TrainResult:
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = choose_device(config.device)
-    text_dim = text.dim if text is not None else 0
-    model = GraphEncoder(graph.num_entities, len(graph.relation_names), config.encoder, text_dim)
-    if initial_state is not None:
-        warm_start(model, initial_state)
-    model.to(device)
-    text_on_device = text.for_model(model, device) if text is not None else None
+    model, text_on_device, generator, device = start_training(graph, text, config.encoder, config.seed,
+                                                              config.device, initial_state)
 
     links = interaction_relations(graph, positive_relation)
     link_edges = torch.cat([graph.edge_index[n] for n in links], 1) if links else torch.empty((2, 0), dtype=torch.long)
