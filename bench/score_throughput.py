@@ -24,11 +24,11 @@ import time
 
 import torch
 
-from unirec_dagster.evaluation.scoring import Scorer
-from unirec_dagster.evaluation.signals import Signals
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.evaluation.split import TrainingData
 from unirec_dagster.serving.recommend import score_users
-from unirec_dagster.serving.topk import block_rows, top_k
+from unirec_dagster.ranking.topk import block_rows, top_k
 
 from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from unirec_dagster.evaluation.metrics import ranking_metrics
-from unirec_dagster.evaluation.scoring import Scorer
-from unirec_dagster.evaluation.signals import Signals
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.evaluation.evaluate import evaluate
 from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
 from unirec_dagster import show

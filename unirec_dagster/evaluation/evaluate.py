@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from unirec_dagster.evaluation.metrics import KS, ranking_metrics
-from unirec_dagster.evaluation.scoring import Scorer
+from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.evaluation.split import HoldoutPairs
-from unirec_dagster.serving.topk import block_rows, top_k
+from unirec_dagster.ranking.topk import block_rows, top_k
 
 COLD_USER_POSITIVES = 3  # EVALUATION.md: cold users have fewer than 3 positive events before C
 

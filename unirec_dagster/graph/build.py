@@ -23,8 +23,7 @@ from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.graph.params import KGParams
 from unirec_dagster.graph.stopwords import STOP_WORDS
 from unirec_dagster.ingest import catalog_as_of
-from unirec_dagster.ingest.sql import Params
-from unirec_dagster.warehouse import ensure_schema, rows, transaction
+from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
 USER, ITEM, KEYWORD, PRICE_BAND = "user", "item", "keyword", "price_band"
 CO_OCCURS = "item_co_occurs"

@@ -18,7 +18,7 @@ from unirec_dagster.datasets import DatasetSpec, read_records
 from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN
 from unirec_dagster.datasets.spec import EntitySpec
 from unirec_dagster.ingest import sql
-from unirec_dagster.warehouse import ensure_schema, quote_identifier as q, rows, scalar, transaction
+from unirec_dagster.warehouse import Params, ensure_schema, quote_identifier as q, rows, scalar, transaction
 
 
 @dataclass
@@ -39,7 +39,7 @@ def _source_rows(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, 
     columns = entity.source_columns()
     if entity.file is None:
         id_column = "item_id" if kind == "items" else "user_id"
-        p = sql.Params()
+        p = Params()
         selected = ", ".join(f"context[{p.add(c)}] AS {q(c)}" for c in columns)
         conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE entity_rows AS
@@ -99,7 +99,7 @@ def _clean_text(expr: str) -> str:
 
 
 def _catalog_query(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, run_id: str | None,
-                   before: dt.datetime | None) -> tuple[str, sql.Params, int]:
+                   before: dt.datetime | None) -> tuple[str, Params, int]:
     """The SELECT of raw.<kind>'s columns as of `before` (None: everything), its params, rows rejected."""
     if kind not in ("items", "users"):
         raise ValueError(f"kind must be 'items' or 'users', not {kind!r}")
@@ -108,7 +108,7 @@ def _catalog_query(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str
     rejected = _source_rows(conn, spec, kind, entity, run_id, before)
     id_column = "item_id" if kind == "items" else "user_id"
 
-    p = sql.Params()
+    p = Params()
     if entity.attributes:
         names = p.add(list(entity.attributes), "VARCHAR[]")
         values = ", ".join(sql.attribute_values(a, _latest, p) for a in entity.attributes.values())

@@ -20,7 +20,7 @@ from unirec_dagster.datasets import DatasetSpec, RawRecords, read_records
 from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN
 from unirec_dagster.ingest import sql
 from unirec_dagster.progress import Progress
-from unirec_dagster.warehouse import ensure_schema, rows, transaction
+from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
 FILE_COLUMN = "_file"
 STRUCTURAL_SCHEMA = pa.schema(
@@ -71,7 +71,7 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: 
     conn.unregister("structural_arrow")
 
     e = spec.events
-    p = sql.Params()
+    p = Params()
     value = sql.number(e.value.column) if e.value else "NULL::DOUBLE"
     value_raw = sql.text(e.value.column) if e.value else "NULL"
     price = sql.number(e.price.column) if e.price else "NULL::DOUBLE"

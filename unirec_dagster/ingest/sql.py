@@ -7,19 +7,9 @@ a bound parameter, collected under a generated name in a `Params` dict.
 from __future__ import annotations
 
 from unirec_dagster.datasets.spec import AttributeSpec, ColumnRef, EventTypeSpec, TimestampSpec
-from unirec_dagster.warehouse import quote_identifier as q
+from unirec_dagster.warehouse import Params, quote_identifier as q
 
 TRUTHY = ["1", "1.0", "true", "t", "yes", "y"]
-
-
-class Params(dict):
-    """Named parameters: fragments can be built in any order and still bind the right values."""
-
-    def add(self, value, sql_type: str = "VARCHAR") -> str:
-        """Bind `value`; the explicit type keeps DuckDB from guessing one from its neighbours."""
-        name = f"p{len(self)}"
-        self[name] = value
-        return f"${name}::{sql_type}"
 
 
 def text(column: str) -> str:

@@ -18,13 +18,12 @@ import pyarrow as pa
 import torch
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.evaluation.scoring import Scorer, total
+from unirec_dagster.ranking.scoring import Scorer, total
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.encoder import GraphEncoder, TextView, cold_item_embedding
 from unirec_dagster.model.finetune import embeddings
-from unirec_dagster.ingest.sql import Params
-from unirec_dagster.serving.topk import block_rows, top_k, top_k_blocks
-from unirec_dagster.warehouse import ensure_schema, rows, transaction
+from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
+from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
 REASONS = {"model": "graph model: similar shoppers and items", "co_purchase": "bought together with your past items",
            "recent_popularity": "popular recently", "popularity": "a best seller"}

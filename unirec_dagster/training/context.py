@@ -9,8 +9,8 @@ from functools import partial
 import duckdb
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.evaluation.scoring import Scorer
-from unirec_dagster.evaluation.signals import Signals
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.evaluation.split import load_training
 from unirec_dagster.features import load_item_text_vectors
 from unirec_dagster.graph import KGParams, KnowledgeGraph, build_snapshot, load_graph

@@ -19,8 +19,8 @@ import torch
 
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.evaluate import evaluate
-from unirec_dagster.evaluation.scoring import Scorer
-from unirec_dagster.evaluation.signals import Signals
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.evaluate import evaluate
-from unirec_dagster.evaluation.scoring import Scorer
+from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.graph import KGParams, entity_fingerprint
 from unirec_dagster.model.checkpoint import (check_compatible, latest_checkpoint, list_checkpoints, load_checkpoint,

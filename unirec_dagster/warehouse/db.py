@@ -42,6 +42,16 @@ def table_name(name: str) -> str:
     return name
 
 
+class Params(dict):
+    """Named parameters: fragments can be built in any order and still bind the right values."""
+
+    def add(self, value, sql_type: str = "VARCHAR") -> str:
+        """Bind `value`; the explicit type keeps DuckDB from guessing one from its neighbours."""
+        name = f"p{len(self)}"
+        self[name] = value
+        return f"${name}::{sql_type}"
+
+
 def rows(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
     return conn.execute(sql, params or []).fetchall()
 

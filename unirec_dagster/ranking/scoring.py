@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unirec_dagster.evaluation.signals import Signals
+from unirec_dagster.ranking.signals import Signals
 
 FEATURES = ("model", "co_purchase", "recent_popularity", "popularity")
 
