@@ -28,7 +28,7 @@ from unirec_dagster.features import refresh_text_embeddings
 from unirec_dagster.ingest import build_catalog
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.device import choose_device
-from unirec_dagster.model.pretrain import interaction_relations, pretrain
+from unirec_dagster.model.pretrain import interaction_relations, pretrain, pretraining_batch_size
 from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.training.context import graph_as_of, text_view
 from unirec_dagster.warehouse import connect, rows
@@ -72,8 +72,8 @@ def run(method: str, db: str, spec_path: str, day: dt.date, epochs: int, batch_s
     edges = sum(graph.edge_index[n].shape[1] for n in interaction_relations(graph, positive))
     result = pretrain(graph, text, config, positive, log=lambda m: print(m, file=sys.stderr, flush=True))
     return {"method": method, "device": result.device, "interaction_edges": edges, "epochs": epochs,
-            "batch_size": result.batch_size, "seconds": round(result.seconds, 1),
-            "edges_per_s": round(result.edges_per_second), "peak_rss_gib": round(peak_rss_gib(), 2),
+            "batch_size": pretraining_batch_size(edges, config), "seconds": round(result.seconds, 1),
+            "edges_per_s": round(result.examples_per_second), "peak_rss_gib": round(peak_rss_gib(), 2),
             "final_losses": {k: round(v, 4) for k, v in result.history[-1].items() if k != "epoch"},
             "parameters": sum(p.numel() for p in result.model.parameters())}
 

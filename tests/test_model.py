@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.model.checkpoint import (CheckpointError, check_compatible, load_checkpoint, save_checkpoint,
-                                             warm_start)
+from unirec_dagster.model.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
-from unirec_dagster.model.encoder import (GraphEncoder, Propagation, SymmetricSparseMM, TextView, cold_item_embedding,
-                                         normalized_adjacency)
+from unirec_dagster.model.encoder import GraphEncoder, Propagation, SymmetricSparseMM, TextView, normalized_adjacency
 from unirec_dagster.model.pretrain import pretrain
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
@@ -96,7 +94,7 @@ def test_warm_start_keeps_old_rows_and_adds_new_ones():
     torch.manual_seed(2)
     new = GraphEncoder(14, 3, EncoderConfig(dim=4), text_dim=3)
     fresh_rows = new.embedding.weight[10:].detach().clone()
-    assert warm_start(new, old.state_dict()) == []
+    assert new.warm_start(old.state_dict()) == []
     assert torch.equal(new.embedding.weight[:10], old.embedding.weight)
     assert torch.equal(new.embedding.weight[10:], fresh_rows)
     assert torch.equal(new.relation_logits[:2], old.relation_logits)
@@ -110,7 +108,7 @@ def test_text_only_item_lands_near_items_with_similar_text():
         emb = torch.nn.functional.normalize(model(Propagation.from_graph(graph), text), dim=-1)
     for cluster in range(CLUSTERS):
         new_item_text = centres[cluster] + 0.3 * torch.randn(TEXT_DIM, generator=torch.Generator().manual_seed(9))
-        cold = torch.nn.functional.normalize(cold_item_embedding(model, new_item_text.unsqueeze(0)), dim=-1)
+        cold = torch.nn.functional.normalize(model.cold_item_embedding(new_item_text.unsqueeze(0)), dim=-1)
         similarity = (emb[text.ids] @ cold.T).squeeze(1)
         by_cluster = similarity.reshape(CLUSTERS, ITEMS_PER).mean(1)
         assert int(by_cluster.argmax()) == cluster, by_cluster

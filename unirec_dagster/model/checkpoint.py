@@ -50,7 +50,7 @@ class Checkpoint:
         m = self.manifest
         model = GraphEncoder(max(num_entities or 0, m["num_entities"]), max(num_relations or 0, m["num_relations"]),
                              EncoderConfig(**m["encoder"]), m["text_dim"])
-        skipped = warm_start(model, self.state)
+        skipped = model.warm_start(self.state)
         if skipped:
             raise CheckpointError(f"{self.path}: tensors {skipped} do not fit the model the manifest describes")
         return model.eval()
@@ -136,24 +136,3 @@ def check_compatible(checkpoint: Checkpoint, fingerprint_of: Any) -> None:
         raise CheckpointError(f"{checkpoint.path}: its {n:,} entity rows are not this warehouse's entities "
                               "(another dataset or a rebuilt kg.entities); train from scratch or point "
                               "UNIREC_MODELS_DIR elsewhere")
-
-
-def warm_start(model: GraphEncoder, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy a previous model's weights into `model`. Entity and relation rows map by their stable
-    id (row i is entity i), so old rows are kept and rows of new entities keep their fresh
-    initialisation. Returns the names of tensors that could not be carried over."""
-    skipped = []
-    own = model.state_dict()
-    with torch.no_grad():
-        for name, value in state.items():
-            target = own.get(name)
-            if target is None:
-                skipped.append(name)
-            elif target.shape == value.shape:
-                target.copy_(value)
-            elif name in ("embedding.weight", "relation_logits", "relation_vectors") and \
-                    target.shape[1:] == value.shape[1:] and value.shape[0] <= target.shape[0]:
-                target[: value.shape[0]].copy_(value)
-            else:
-                skipped.append(name)
-    return skipped

@@ -119,19 +119,54 @@ class GraphEncoder(nn.Module):
             total = total + layer
         return total / (self.config.layers + 1)
 
+    @torch.no_grad()
+    def get_embedding(self, propagation: Propagation | None, text: TextView | None = None) -> torch.Tensor:
+        """Final embeddings of all entities for inference: (num_entities, dim), no autograd."""
+        was_training = self.training
+        self.eval()
+        emb = self(propagation, text)
+        self.train(was_training)
+        return emb
+
+    def embed_graph(self, graph: KnowledgeGraph, text: TextView | None = None) -> torch.Tensor:
+        """`get_embedding` over a KG snapshot, on the model's device."""
+        device = self.embedding.weight.device
+        propagation = Propagation.from_graph(graph).to(device) if self.config.use_graph else None
+        return self.get_embedding(propagation, text.for_model(self, device) if text is not None else None)
+
     def text_embedding(self, text_vectors: torch.Tensor) -> torch.Tensor:
         """An item's embedding from its text alone, in the same space as the graph view."""
         if not self.text_dim:
             raise ValueError("this model has no text view (encoder.use_text was false)")
         return self.text_out(text_vectors)
 
+    @torch.no_grad()
+    def cold_item_embedding(self, text_vectors: torch.Tensor) -> torch.Tensor:
+        """Embeddings for items known only by their text (no interactions): the aligned text view."""
+        return self.text_embedding(text_vectors.to(self.embedding.weight.device))
+
     def relation_weights(self, names: list[str]) -> dict[str, float]:
         weights = torch.softmax(self.relation_logits.detach(), 0).tolist()
         return dict(zip(names, weights))
 
+    # Rows that map by stable id: row i is entity (or relation) i in every version of the KG.
+    GROWABLE = ("embedding.weight", "relation_logits", "relation_vectors")
 
-def cold_item_embedding(model: GraphEncoder, text_vectors: torch.Tensor) -> torch.Tensor:
-    """Embeddings for items known only by their text (no interactions): the aligned text view."""
-    with torch.no_grad():
-        return model.text_embedding(text_vectors.to(next(model.parameters()).device))
-
+    @torch.no_grad()
+    def warm_start(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Copy a previous model's weights into this one. Entity and relation rows map by their
+        stable id, so old rows are kept and rows of new entities keep their fresh initialisation.
+        Returns the names of tensors that could not be carried over."""
+        skipped = []
+        own = self.state_dict()
+        for name, value in state.items():
+            target = own.get(name)
+            if target is None:
+                skipped.append(name)
+            elif target.shape == value.shape:
+                target.copy_(value)
+            elif name in self.GROWABLE and target.shape[1:] == value.shape[1:] and value.shape[0] <= target.shape[0]:
+                target[: value.shape[0]].copy_(value)
+            else:
+                skipped.append(name)
+        return skipped

@@ -1,12 +1,10 @@
-"""Fine-tuning on the target behaviour: BPR on (user, item) positive pairs before the cutoff,
-recent pairs weighted up, starting from pretrained weights or from scratch, early-stopped on a
-validation metric (or run for a fixed number of epochs, as chosen on validation earlier)."""
+"""Fine-tuning on the target behaviour: (user, item) positive pairs before the cutoff, recent pairs
+weighted up, starting from pretrained weights or from scratch, early-stopped on a validation
+metric (or run for a fixed number of epochs, as chosen on validation earlier)."""
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from typing import Callable
 
 import torch
@@ -15,84 +13,67 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
 from unirec_dagster.model.objectives import bpr_loss
-from unirec_dagster.model.pretrain import TrainResult, alignment_loss, start_training
-from unirec_dagster.progress import Progress
+from unirec_dagster.model.pretrain import alignment_loss
+from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 
 def recency_weights(last_days: torch.Tensor, half_life_days: float) -> torch.Tensor:
     return torch.pow(0.5, last_days / half_life_days)
 
 
+class FinetuneTask:
+    """BPR on the positive pairs (negatives drawn from the candidate items), plus a little
+    text-graph alignment so that items known by their text alone stay placeable."""
+
+    unit = "pairs"
+
+    def __init__(self, graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfig, users: torch.Tensor,
+                 items: torch.Tensor, weights: torch.Tensor, candidate_items: torch.Tensor):
+        if len(users) == 0:
+            raise ValueError("no positive pairs before the cutoff to fine-tune on")
+        self.graph, self.config, self.text = graph, config, text
+        self.users, self.items, self.pair_weights, self.candidates = users, items, weights, candidate_items
+        self.examples_per_epoch = len(users)
+        self.weights = {"bpr": 1.0}
+        if text is not None and len(text.ids) and config.align_weight:
+            self.weights["align"] = config.align_weight
+
+    def start_epoch(self, generator: torch.Generator) -> Propagation | None:
+        if not self.config.encoder.use_graph:
+            return None
+        if not hasattr(self, "_propagation"):  # the graph does not change between epochs
+            self._propagation = Propagation.from_graph(self.graph)
+        return self._propagation
+
+    def batches(self, generator: torch.Generator):
+        order = torch.randperm(self.examples_per_epoch, generator=generator)
+        size = self.config.batch_size
+        for step in range(math.ceil(self.examples_per_epoch / size)):
+            yield order[step * size:(step + 1) * size]
+
+    def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: torch.Tensor,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
+        device = emb.device
+        negatives = self.candidates[torch.randint(len(self.candidates), (len(batch),), generator=generator)]
+        losses = {"bpr": bpr_loss(emb, self.users[batch].to(device), self.items[batch].to(device),
+                                  negatives.to(device), self.pair_weights[batch].to(device),
+                                  l2=self.config.weight_decay)}
+        if "align" in self.weights:
+            if self.text.vectors.device != device:
+                self.text = self.text.to(device)
+            losses["align"] = alignment_loss(model, emb, self.text, self.config.temperature, generator)
+        return losses
+
+
 def finetune(graph: KnowledgeGraph, text: TextView | None, config: FinetuneConfig, users: torch.Tensor,
              items: torch.Tensor, weights: torch.Tensor, candidate_items: torch.Tensor,
              initial_state: dict[str, torch.Tensor] | None = None,
              validate: Callable[[torch.Tensor], float] | None = None, epochs: int | None = None,
-             log: Callable[[str], None] | None = None) -> TrainResult:
-    """`users`/`items` are entity ids of the positive pairs, `weights` their loss weights;
-    negatives are drawn from `candidate_items`. With `validate` (final embeddings -> metric,
-    higher is better) training stops after `patience` epochs without progress and the best
-    epoch's weights are kept; `history` then carries the metric per epoch."""
-    model, text_on_device, generator, device = start_training(graph, text, config.encoder, config.seed,
-                                                              config.device, initial_state)
-    propagation = Propagation.from_graph(graph).to(device) if config.encoder.use_graph else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    pairs = len(users)
-    if pairs == 0:
-        raise ValueError("no positive pairs before the cutoff to fine-tune on")
-    steps = math.ceil(pairs / config.batch_size)
-    max_epochs = epochs or config.max_epochs
-    progress = Progress(max_epochs * pairs, "pairs", log, label="fine-tuning")
-    result = TrainResult(model, device=str(device))
-    best, best_state, best_epoch, stale = -math.inf, None, 0, 0
-    started = time.perf_counter()
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        order = torch.randperm(pairs, generator=generator)
-        total = {"bpr": 0.0, "align": 0.0}
-        for step in range(steps):
-            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            emb = model(propagation, text_on_device)
-            negatives = candidate_items[torch.randint(len(candidate_items), (len(batch),), generator=generator)]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = bpr_loss(emb, users[batch].to(device), items[batch].to(device), negatives.to(device),
-                                weights[batch].to(device), l2=config.weight_decay)
-                total["bpr"] += loss.item() / steps
-                if text_on_device is not None and config.align_weight:
-                    align = alignment_loss(model, emb, text_on_device, config.temperature, generator)
-                    total["align"] += align.item() / steps
-                    loss = loss + config.align_weight * align
-            optimizer.zero_grad(set_to_none=True)
-            loss.float().backward()
-            optimizer.step()
-            progress.advance(len(batch), note=f"epoch {epoch}")
-        row = {"epoch": epoch, **total}
-        if validate is not None:
-            model.eval()
-            with torch.no_grad():
-                metric = validate(model(propagation, text_on_device))
-            row["validation"] = metric
-            if metric > best:
-                best, best_epoch, stale = metric, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-        result.history.append(row)
-        if log:
-            log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-        if validate is not None and stale >= config.patience:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.best_epoch = best_epoch or len(result.history)
-    result.seconds = time.perf_counter() - started
-    result.edges_per_second = len(result.history) * pairs / max(result.seconds, 1e-9)
-    model.eval()
-    return result
-
-
-def embeddings(model: GraphEncoder, graph: KnowledgeGraph, text: TextView | None) -> torch.Tensor:
-    """Final embeddings of all entities with a trained model (inference, on the model's device)."""
-    device = next(model.parameters()).device
-    propagation = Propagation.from_graph(graph).to(device) if model.config.use_graph else None
-    with torch.no_grad():
-        return model(propagation, text.for_model(model, device) if text is not None else None)
+             log: Log | None = None) -> TrainResult:
+    """`users`/`items` are entity ids of the positive pairs, `weights` their loss weights. With
+    `validate` training stops after `patience` epochs without progress, keeping the best epoch."""
+    task = FinetuneTask(graph, text, config, users, items, weights, candidate_items)
+    model = build_model(graph, text, config.encoder, config.seed, initial_state)
+    settings = TrainSettings(epochs or config.max_epochs, config.lr, config.seed, config.device,
+                             patience=config.patience if validate is not None else None)
+    return train(model, task, text, settings, validate, log, label="fine-tuning")

@@ -9,32 +9,16 @@ epoch) and InfoNCE alignment of each item's graph embedding with its text embedd
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.model.config import EncoderConfig, PretrainConfig
-from unirec_dagster.model.device import choose_device
-from unirec_dagster.model.checkpoint import warm_start
+from unirec_dagster.model.config import PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
 from unirec_dagster.model.objectives import bpr_loss, distmult_loss, info_nce, masked_attribute_loss
-from unirec_dagster.progress import Progress
+from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 ALIGN_BATCH = 1024  # items per InfoNCE step: in-batch negatives, a 1024 x 1024 logit matrix
-
-
-@dataclass
-class TrainResult:
-    model: GraphEncoder
-    history: list[dict[str, float]] = field(default_factory=list)   # one row per epoch: losses (and metrics)
-    seconds: float = 0.0
-    edges_per_second: float = 0.0
-    device: str = "cpu"
-    best_epoch: int = 0                                              # fine-tuning with validation
-    batch_size: int = 0                                              # pretraining: edges per step, as grown
 
 
 def alignment_loss(model: GraphEncoder, emb: torch.Tensor, text: TextView, temperature: float,
@@ -58,20 +42,6 @@ def default_masked_relation(graph: KnowledgeGraph) -> str | None:
     if names:
         return sorted(names)[0]
     return "item_price_band" if "item_price_band" in graph.relation_names else None
-
-
-def start_training(graph: KnowledgeGraph, text: TextView | None, encoder: EncoderConfig, seed: int, device_name: str,
-                   initial_state: dict[str, torch.Tensor] | None):
-    """(model, text view on its device, sampling generator, device) for a seeded run, the model
-    warm-started from `initial_state` when given. Pretraining and fine-tuning start alike."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = choose_device(device_name)
-    model = GraphEncoder(graph.num_entities, len(graph.relation_names), encoder, text.dim if text is not None else 0)
-    if initial_state is not None:
-        warm_start(model, initial_state)
-    model.to(device)
-    return model, text.for_model(model, device) if text is not None else None, generator, device
 
 
 class _KgEdges:
@@ -101,80 +71,87 @@ class _KgEdges:
         return self.heads[idx], rel, self.tails[idx], self.tails[other]
 
 
+def pretraining_batch_size(edges: int, config: PretrainConfig) -> int:
+    """Every step propagates the whole KG: on large graphs the batch grows so that an epoch stays
+    within max_steps_per_epoch steps (BENCHMARKS.md: ~8 s per step on 8M triples)."""
+    return max(config.batch_size, math.ceil(edges / config.max_steps_per_epoch))
+
+
+class PretrainTask:
+    """Four self-supervised objectives on one KG, each step on one propagation of the whole graph:
+    BPR link prediction on user->item edges, DistMult triple completion on the other relations,
+    masked attribute prediction (an item attribute hidden from the graph for a share of items
+    each epoch) and InfoNCE alignment of each item's graph and text embeddings."""
+
+    unit = "edges"
+
+    def __init__(self, graph: KnowledgeGraph, text: TextView | None, config: PretrainConfig,
+                 positive_relation: str | None):
+        self.graph, self.config = graph, config
+        links = interaction_relations(graph, positive_relation)
+        self.link_edges = (torch.cat([graph.edge_index[n] for n in links], 1) if links
+                           else torch.empty((2, 0), dtype=torch.long))
+        self.items = graph.nodes_of_type("item")
+        self.kg = _KgEdges(graph, set(links))
+        self.masked = config.masked_relation or default_masked_relation(graph)
+        if self.masked is not None and self.masked not in graph.relation_names:
+            raise ValueError(f"masked_relation {self.masked!r} is not a KG relation; known: {graph.relation_names}")
+        self.mask_edges = graph.edge_index[self.masked] if self.masked else torch.empty((2, 0), dtype=torch.long)
+        self.candidates = torch.unique(self.mask_edges[1])
+        self.position = torch.full((graph.num_entities,), -1, dtype=torch.long)
+        self.position[self.candidates] = torch.arange(len(self.candidates))
+        self.text = text
+        weights = {"link": config.link_weight if self.link_edges.shape[1] and len(self.items) else 0.0,
+                   "kg": config.kg_weight if self.kg.count else 0.0,
+                   "mask": config.mask_weight if len(self.candidates) > 1 else 0.0,
+                   "align": config.align_weight if text is not None and len(text.ids) else 0.0}
+        self.weights = {k: w for k, w in weights.items() if w > 0}
+        if not self.weights:
+            raise ValueError("nothing to pretrain on: the KG has no interaction, attribute or text signal")
+        self.examples_per_epoch = max(self.link_edges.shape[1], 1)
+        self.batch_size = pretraining_batch_size(self.examples_per_epoch, config)
+        self.steps = math.ceil(self.examples_per_epoch / self.batch_size)
+
+    def start_epoch(self, generator: torch.Generator) -> Propagation:
+        hidden = torch.rand(self.mask_edges.shape[1], generator=generator) < self.config.mask_share
+        self.masked_items = self.mask_edges[0, hidden]
+        self.masked_values = self.position[self.mask_edges[1, hidden]]
+        # The hidden attribute edges are left out of this epoch's propagation.
+        return Propagation.from_graph(self.graph, {self.masked: hidden} if self.masked else None)
+
+    def batches(self, generator: torch.Generator):
+        order = torch.randperm(self.examples_per_epoch, generator=generator)
+        for step in range(self.steps):
+            yield order[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: torch.Tensor,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
+        device, n, losses = emb.device, len(batch), {}
+        if "link" in self.weights:
+            users, positives = self.link_edges[:, batch]
+            negatives = self.items[torch.randint(len(self.items), (n,), generator=generator)]
+            losses["link"] = bpr_loss(emb, users.to(device), positives.to(device), negatives.to(device),
+                                      l2=self.config.weight_decay)
+        if "kg" in self.weights:
+            heads, rels, tails, corrupted = (t.to(device) for t in self.kg.sample(n, generator))
+            losses["kg"] = distmult_loss(emb, model.relation_vectors, heads, rels, tails, corrupted)
+        if "mask" in self.weights and len(self.masked_items):
+            pick = torch.randint(len(self.masked_items), (min(n, len(self.masked_items)),), generator=generator)
+            losses["mask"] = masked_attribute_loss(emb, self.masked_items[pick].to(device),
+                                                   self.masked_values[pick].to(device), self.candidates.to(device))
+        if "align" in self.weights:
+            if self.text.vectors.device != device:
+                self.text = self.text.to(device)  # once: the text view stays on the training device
+            losses["align"] = alignment_loss(model, emb, self.text, self.config.temperature, generator)
+        return losses
+
+
 def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfig, positive_relation: str | None,
-             initial_state: dict[str, torch.Tensor] | None = None,
-             log: Callable[[str], None] | None = None) -> TrainResult:
-    model, text_on_device, generator, device = start_training(graph, text, config.encoder, config.seed,
-                                                              config.device, initial_state)
-
-    links = interaction_relations(graph, positive_relation)
-    link_edges = torch.cat([graph.edge_index[n] for n in links], 1) if links else torch.empty((2, 0), dtype=torch.long)
-    items = graph.nodes_of_type("item")
-    kg = _KgEdges(graph, set(links))
-    masked = config.masked_relation or default_masked_relation(graph)
-    if masked is not None and masked not in graph.relation_names:
-        raise ValueError(f"masked_relation {masked!r} is not a KG relation; known: {graph.relation_names}")
-    mask_edges = graph.edge_index[masked] if masked else torch.empty((2, 0), dtype=torch.long)
-    candidates = torch.unique(mask_edges[1])
-    position = torch.full((graph.num_entities,), -1, dtype=torch.long)
-    position[candidates] = torch.arange(len(candidates))
-
-    weights = {"link": config.link_weight if link_edges.shape[1] and len(items) else 0.0,
-               "kg": config.kg_weight if kg.count else 0.0,
-               "mask": config.mask_weight if len(candidates) > 1 else 0.0,
-               "align": config.align_weight if text_on_device is not None else 0.0}
-    active = {k: w for k, w in weights.items() if w > 0}
-    if not active:
-        raise ValueError("nothing to pretrain on: the KG has no interaction, attribute or text signal")
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    edges = max(link_edges.shape[1], 1)
-    batch_size = max(config.batch_size, math.ceil(edges / config.max_steps_per_epoch))
-    steps = math.ceil(edges / batch_size)
+             initial_state: dict[str, torch.Tensor] | None = None, log: Log | None = None) -> TrainResult:
+    task = PretrainTask(graph, text, config, positive_relation)
+    model = build_model(graph, text, config.encoder, config.seed, initial_state)
     if log:
-        log(f"pretraining on {device}: {edges:,} interaction edges, {steps} steps of {batch_size:,} per epoch, "
-            f"objectives {active}")
-    progress = Progress(config.epochs * edges, "edges", log, label="pretraining")
-    result = TrainResult(model, device=str(device), batch_size=batch_size)
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
-        # Hide the masked attribute of a fresh share of items from the graph for this epoch.
-        hidden = torch.rand(mask_edges.shape[1], generator=generator) < config.mask_share
-        propagation = Propagation.from_graph(graph, {masked: hidden} if masked else None).to(device)
-        masked_items, masked_values = mask_edges[0, hidden], position[mask_edges[1, hidden]]
-        order = torch.randperm(edges, generator=generator)
-        totals = dict.fromkeys(active, 0.0)
-        model.train()
-        for step in range(steps):
-            batch = order[step * batch_size:(step + 1) * batch_size]
-            n = len(batch)
-            emb = model(propagation, text_on_device)
-            losses = {}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                if "link" in active:
-                    users, positives = link_edges[:, batch]
-                    negatives = items[torch.randint(len(items), (n,), generator=generator)]
-                    losses["link"] = bpr_loss(emb, users.to(device), positives.to(device), negatives.to(device),
-                                              l2=config.weight_decay)
-                if "kg" in active:
-                    heads, rels, tails, corrupted = (t.to(device) for t in kg.sample(n, generator))
-                    losses["kg"] = distmult_loss(emb, model.relation_vectors, heads, rels, tails, corrupted)
-                if "mask" in active and len(masked_items):
-                    pick = torch.randint(len(masked_items), (min(n, len(masked_items)),), generator=generator)
-                    losses["mask"] = masked_attribute_loss(emb, masked_items[pick].to(device),
-                                                           masked_values[pick].to(device), candidates.to(device))
-                if "align" in active:
-                    losses["align"] = alignment_loss(model, emb, text_on_device, config.temperature, generator)
-            loss = sum(active[k] * v.float() for k, v in losses.items())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in losses.items():
-                totals[k] += v.item() / steps
-            progress.advance(n if link_edges.shape[1] else 0, note=f"epoch {epoch + 1}/{config.epochs}")
-        result.history.append({"epoch": epoch + 1, **totals})
-        if log:
-            log(f"epoch {epoch + 1}/{config.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in totals.items()))
-    result.seconds = time.perf_counter() - started
-    result.edges_per_second = config.epochs * link_edges.shape[1] / max(result.seconds, 1e-9)
-    model.eval()
-    return result
+        log(f"pretraining: {task.examples_per_epoch:,} interaction edges, {task.steps} steps of "
+            f"{task.batch_size:,} per epoch, objectives {task.weights}")
+    return train(model, task, text, TrainSettings(config.epochs, config.lr, config.seed, config.device),
+                 log=log, label="pretraining")

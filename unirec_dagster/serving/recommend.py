@@ -20,8 +20,7 @@ import torch
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.ranking.scoring import Scorer, total
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.model.encoder import GraphEncoder, TextView, cold_item_embedding
-from unirec_dagster.model.finetune import embeddings
+from unirec_dagster.model.encoder import GraphEncoder, TextView
 from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
@@ -177,7 +176,7 @@ def similar_item_vectors(model: GraphEncoder, graph: KnowledgeGraph,
     """(item entity ids, their vectors in the model's space). Items without any user->item edge have
     no collaborative signal: they are placed through their aligned text view instead."""
     items = graph.nodes_of_type("item")
-    vectors = embeddings(model, graph, text)[items].cpu()
+    vectors = model.embed_graph(graph, text)[items].cpu()
     if text is None or not model.text_dim or not len(text.ids):
         return items, vectors
     interacted = torch.zeros(graph.num_entities, dtype=torch.bool)
@@ -188,7 +187,7 @@ def similar_item_vectors(model: GraphEncoder, graph: KnowledgeGraph,
     position[items] = torch.arange(len(items))
     cold = ~interacted[text.ids] & (position[text.ids] >= 0)  # over the rows of the text view
     if cold.any():
-        vectors[position[text.ids[cold]]] = cold_item_embedding(model, text.vectors[cold]).cpu()
+        vectors[position[text.ids[cold]]] = model.cold_item_embedding(text.vectors[cold]).cpu()
     return items, vectors
 
 

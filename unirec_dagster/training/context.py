@@ -15,7 +15,6 @@ from unirec_dagster.evaluation.split import load_training
 from unirec_dagster.features import load_item_text_vectors
 from unirec_dagster.graph import KGParams, KnowledgeGraph, build_snapshot, load_graph
 from unirec_dagster.model.checkpoint import Checkpoint
-from unirec_dagster.model.finetune import embeddings
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.warehouse import rows
 
@@ -51,5 +50,5 @@ def served_scorer(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint
     data = load_training(conn, spec, run_date + dt.timedelta(days=1))
     graph = graph_at(run_date)
     model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
-    emb = embeddings(model, graph, text if text is not None else text_view(conn))
+    emb = model.embed_graph(graph, text if text is not None else text_view(conn))
     return Scorer(Signals(data), checkpoint.manifest["blend"], emb)

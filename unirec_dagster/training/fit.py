@@ -25,8 +25,8 @@ from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_hol
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, TextView
-from unirec_dagster.model.finetune import embeddings, finetune, recency_weights
-from unirec_dagster.model.pretrain import TrainResult
+from unirec_dagster.model.finetune import finetune, recency_weights
+from unirec_dagster.model.trainer import TrainResult
 from unirec_dagster.training.blend import fit_blend
 
 GraphAt = Callable[[dt.date], KnowledgeGraph]  # as-of day -> the KG snapshot of that day
@@ -87,7 +87,7 @@ def fit_recommender(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: 
     say(f"validation: train before {validation_cutoff}, window {validation_cutoff}..{cutoff - dt.timedelta(days=1)}"
         f" with {len(val_holdout.users):,} users")
     val_run = train_variant(val_split, text, config, initial_state, val_holdout, log=log)
-    val_emb = embeddings(val_run.model, val_split.graph, text)
+    val_emb = val_run.model.embed_graph(val_split.graph, text)
     model_only = evaluate(Scorer(val_split.signals, {"model": 1.0}, val_emb), val_holdout, slices=False)[0].metrics
     weights = fit_blend(Scorer(val_split.signals, {}, val_emb), val_holdout) if blend else {"model": 1.0}
     blended = evaluate(Scorer(val_split.signals, weights, val_emb), val_holdout, slices=False)[0].metrics
@@ -96,7 +96,7 @@ def fit_recommender(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: 
     train_split = cutoff_data(conn, spec, cutoff, graph_at)
     final = train_variant(train_split, text, config, initial_state, epochs=val_run.best_epoch, log=log)
     return FittedRecommender(
-        cutoff, final.model, embeddings(final.model, train_split.graph, text), weights, train_split,
+        cutoff, final.model, final.model.embed_graph(train_split.graph, text), weights, train_split,
         val_run.best_epoch,
         {"model_recall@20": model_only["recall@20"], "model_ndcg@20": model_only["ndcg@20"],
          "recall@20": blended["recall@20"], "ndcg@20": blended["ndcg@20"], "users": len(val_holdout.users)},

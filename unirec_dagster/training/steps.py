@@ -52,7 +52,7 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
         models_dir, PRETRAINED, result.model, as_of, graph.relation_names, entity_fingerprint(conn, graph.num_entities),
         config=config.model_dump(), parent=previous.version if previous else None, history=result.history,
         final_losses={k: v for k, v in result.history[-1].items() if k != "epoch"}, seconds=result.seconds,
-        edges_per_second=result.edges_per_second, device=result.device,
+        edges_per_second=result.examples_per_second, device=result.device,
         relation_weights=result.model.relation_weights(graph.relation_names))
 
 

@@ -1,0 +1,129 @@
+"""The one training loop: pretraining and fine-tuning are both a `Task` run by `train`.
+
+A task says what an epoch's batches are and what each batch's losses are, in the manner of PyG's
+`KGEModel.loss`; the loop does the rest once: seeding, the device, warm start, the optimizer, the
+autocast context (built once, as in nanoGPT's train.py), one propagation of the whole KG per step,
+loss history, progress with rate and ETA, timing, and early stopping on a validation metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.model.config import EncoderConfig
+from unirec_dagster.model.device import choose_device
+from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
+from unirec_dagster.progress import Progress
+
+Log = Callable[[str], None]
+
+
+class Task(Protocol):
+    """What one kind of training optimises. `weights` names the active losses and their weights."""
+
+    weights: dict[str, float]
+    unit: str                  # what `examples_per_epoch` counts, e.g. "edges" or "pairs"
+    examples_per_epoch: int
+
+    def start_epoch(self, generator: torch.Generator) -> Propagation | None:
+        """Prepare an epoch (shuffle, resample masks); the propagation the model uses in it."""
+
+    def batches(self, generator: torch.Generator) -> Iterator[Any]:
+        """The epoch's batches; `len(batch)` examples each."""
+
+    def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: Any,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Unweighted losses of a batch, keyed as in `weights`; `emb` are the step's final embeddings."""
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    lr: float
+    seed: int = 0
+    device: str = "auto"
+    patience: int | None = None   # with `validate`: stop after this many epochs without progress
+
+
+@dataclass
+class TrainResult:
+    model: GraphEncoder
+    history: list[dict[str, float]] = field(default_factory=list)   # one row per epoch: losses (and metric)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+    device: str = "cpu"
+    best_epoch: int = 0                                              # the epoch whose weights were kept
+
+
+def build_model(graph: KnowledgeGraph, text: TextView | None, encoder: EncoderConfig, seed: int,
+                initial_state: dict[str, torch.Tensor] | None = None) -> GraphEncoder:
+    """A fresh encoder for the graph (seeded initialisation), warm-started from `initial_state` when given."""
+    torch.manual_seed(seed)
+    model = GraphEncoder(graph.num_entities, len(graph.relation_names), encoder, text.dim if text is not None else 0)
+    if initial_state is not None:
+        model.warm_start(initial_state)
+    return model
+
+
+def train(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings,
+          validate: Callable[[torch.Tensor], float] | None = None, log: Log | None = None,
+          label: str = "training") -> TrainResult:
+    """Train `model` on `task` for `settings.epochs`, or until `validate` (final embeddings ->
+    metric, higher is better) has not improved for `settings.patience` epochs; then the best
+    epoch's weights are kept and `history` carries the metric per epoch."""
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    device = choose_device(settings.device)
+    model.to(device)
+    text_on_device = text.for_model(model, device) if text is not None else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    progress = Progress(settings.epochs * task.examples_per_epoch, task.unit, log, label=label)
+    result = TrainResult(model, device=str(device))
+    best, best_state, stale = -math.inf, None, 0
+    started = time.perf_counter()
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        propagation = task.start_epoch(generator)
+        propagation = propagation.to(device) if propagation is not None else None
+        totals = dict.fromkeys(task.weights, 0.0)
+        steps = 0
+        for batch in task.batches(generator):
+            emb = model(propagation, text_on_device)  # sparse products stay in float32
+            with autocast:
+                losses = task.loss(model, emb, batch, generator)
+            loss = sum(task.weights[name] * value.float() for name, value in losses.items())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in losses.items():
+                totals[name] += value.item()
+            steps += 1
+            progress.advance(len(batch), note=f"epoch {epoch}/{settings.epochs}")
+        row = {"epoch": epoch, **{name: total / max(steps, 1) for name, total in totals.items()}}
+        if validate is not None:
+            row["validation"] = validate(model.get_embedding(propagation, text_on_device))
+            if row["validation"] > best:
+                best, result.best_epoch, stale = row["validation"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        result.history.append(row)
+        if log:
+            log(f"{label} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+        if validate is not None and settings.patience is not None and stale >= settings.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.best_epoch = result.best_epoch or len(result.history)
+    result.seconds = time.perf_counter() - started
+    result.examples_per_second = len(result.history) * task.examples_per_epoch / max(result.seconds, 1e-9)
+    model.eval()
+    return result
