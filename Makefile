@@ -25,14 +25,19 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # Materialize the whole graph: the daily partitions of the dataset in one single-run backfill,
-# then the assets downstream of them.
+# the catalogs and the text view, then the model and serving assets for the last day. Then the
+# same for a historic day that has a test window after it (`--historic`), with the from-scratch
+# comparison, so that model_evaluation shows the full table on the served partition.
+MODEL_ASSETS := knowledge_graph,pretrained_encoder,finetuned_recommender,recommendations,model_evaluation,similar_items
+
 run: setup
 	$(DAGSTER) asset materialize $(MODULE) --select raw_events \
 		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
-	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users'
-	$(DAGSTER) asset materialize $(MODULE) --select 'item_text_embeddings'
-	$(DAGSTER) asset materialize $(MODULE) \
-		--select 'knowledge_graph,pretrained_encoder,finetuned_recommender,model_evaluation,recommendations,similar_items' \
+	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users,item_text_embeddings'
+	$(DAGSTER) asset materialize $(MODULE) --select '$(MODEL_ASSETS)' \
+		--partition "$$($(PY) -m unirec_dagster.partitions --historic)" \
+		--config-json '{"ops": {"finetuned_recommender": {"config": {"from_scratch": true}}}}'
+	$(DAGSTER) asset materialize $(MODULE) --select '$(MODEL_ASSETS)' \
 		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
 
 test: setup

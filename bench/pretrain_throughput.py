@@ -30,7 +30,8 @@ from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.pretrain import interaction_relations, pretrain, pretraining_batch_size
 from unirec_dagster.model.text_encoder import TextEncoder
-from unirec_dagster.training.context import graph_as_of, text_view
+from unirec_dagster.graph import build_snapshot, load_graph
+from unirec_dagster.training.context import text_view
 from unirec_dagster.warehouse import connect, rows
 
 from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
@@ -47,7 +48,9 @@ def prepare(db: str, spec_path: str, day: dt.date) -> dict:
         build_catalog(conn, spec, "users")
     timings["catalogs_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    graph = graph_as_of(conn, spec, day)
+    if not rows(conn, "SELECT count(*) FROM kg.snapshots WHERE snapshot_date = $d", {"d": day})[0][0]:
+        build_snapshot(conn, spec, day)
+    graph = load_graph(conn, day)
     timings["kg_s"] = time.perf_counter() - started
     started = time.perf_counter()
     stats = refresh_text_embeddings(conn, TextEncoder(None, choose_device("auto")), log=print)
@@ -60,7 +63,7 @@ def prepare(db: str, spec_path: str, day: dt.date) -> dict:
 def run(method: str, db: str, spec_path: str, day: dt.date, epochs: int, batch_size: int, device: str) -> dict:
     spec = load_spec(spec_path)
     conn = connect(db, read_only=True)
-    graph = graph_as_of(conn, spec, day)
+    graph = load_graph(conn, day)
     full = method == "unirec"
     text = text_view(conn) if full else None
     conn.close()

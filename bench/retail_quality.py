@@ -21,7 +21,12 @@ from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
 from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.settings import PROJECT_ROOT
-from unirec_dagster.training.steps import comparison_table, run_evaluation, run_finetuning, run_pretraining
+from unirec_dagster.defs.presentation import comparison_table
+from unirec_dagster.graph import build_partition
+from unirec_dagster.model.checkpoint import CheckpointStore
+from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
+from unirec_dagster.training.context import served_scorer
+from unirec_dagster.training.steps import run_evaluation, run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect, rows
 
 
@@ -45,15 +50,19 @@ def main() -> None:
         build_catalog(conn, spec, "users")
     refresh_text_embeddings(conn, TextEncoder())
     run_date = dt.date.fromisoformat(args.run_date)
+    build_partition(conn, spec, run_date)
     with tempfile.TemporaryDirectory() as models:
-        pretrained = run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), Path(models), log=print)
-        finetuned, gate = run_finetuning(conn, spec, run_date, FinetuneConfig(), Path(models), log=print)
-        print(gate.reason)
-        metrics = run_evaluation(conn, spec, run_date, finetuned, args.window_days, log=print)
+        store = CheckpointStore(Path(models))
+        pretrained = run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), store, log=print)
+        finetuned = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print)
+        print(finetuned.gate.reason)
+        write_recommendations(conn, spec, run_date, served_scorer(conn, spec, finetuned.checkpoint, run_date),
+                              finetuned.checkpoint.version, None, ServingSettings())
+        result = run_evaluation(conn, spec, run_date, store, args.window_days, log=print)
     wall = time.perf_counter() - started
-    for slice_ in ("all", "cold_users", "warm_users", "unseen_items"):
-        print(f"\nslice {slice_}:\n" + comparison_table(metrics, "test", slice_))
-    print(f"\nwall time {wall:.0f}s (pretrained {pretrained.name})")
+    for slice_ in ("all", "cold_users", "warm_users", "new_items", "tail_items"):
+        print(f"\nslice {slice_}:\n" + comparison_table(result.rows, "test", slice_).value)
+    print(f"\nwall time {wall:.0f}s (pretrained {pretrained.version})")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def synthetic(users: int, items: int, dim: int, per_user: int, seed: int = 0):
     counts = torch.bincount(pair_items, minlength=items).float()
     data = TrainingData(dt.date(2024, 1, 1), torch.arange(users, users + items), pair_users, pair_items,
                         torch.rand(len(key), generator=g) * 365, torch.ones(len(key), dtype=torch.long),
-                        counts, (counts * torch.rand(items, generator=g)).round())
+                        counts, (counts * torch.rand(items, generator=g)).round(), counts)
     return embeddings, data
 
 

@@ -4,17 +4,16 @@ import csv
 import datetime as dt
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from unirec_dagster.definitions import defs
-from unirec_dagster.defs.dataset import SPEC
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
 from unirec_dagster.warehouse import connect, rows
+from tests.conftest import SAMPLE_SPEC, warehouse_resources
 
 
 def sample_lines(day: str) -> int:
-    with open(SPEC.events_file_for(dt.date.fromisoformat(day)), newline="") as handle:
+    with open(SAMPLE_SPEC.events_file_for(dt.date.fromisoformat(day)), newline="") as handle:
         return sum(1 for _ in csv.reader(handle)) - 1
 
 
@@ -27,7 +26,7 @@ def test_definitions_load():
 
 def test_materialize_partition_range_and_catalog(tmp_path):
     db = tmp_path / "w.duckdb"
-    resources = {"duckdb": DuckDBResource(database=str(db))}
+    resources = warehouse_resources(db, tmp_path / "models")
     result = dg.materialize(
         [raw_events],
         resources=resources,

@@ -14,7 +14,7 @@ from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_hol
 from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
-from unirec_dagster.serving.recommend import score_users, write_recommendations, write_similar_items
+from unirec_dagster.serving.recommend import ServingSettings, score_users, write_recommendations, write_similar_items
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
@@ -79,8 +79,10 @@ def test_split_keeps_the_test_window_out_of_training(conn, shop):
 
 
 def test_gate_blocks_a_model_worse_than_popularity():
-    gate = GateResult(passed=0.05 > max(0.06, 0.02), model_recall=0.05, recent_popular_recall=0.06, mf_recall=0.02)
+    gate = GateResult.judge(model_recall=0.05, recent_popular_recall=0.06, mf_recall=0.02)
     assert not gate.passed and "does not beat" in gate.reason
+    assert not GateResult.judge(0.05, 0.02, 0.05).passed, "a tie with the MF ablation is not a win"
+    assert GateResult.judge(0.07, 0.06, 0.05).passed
 
 
 def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp_path, capsys):
@@ -88,7 +90,7 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp
     data = load_training(conn, shop, run_date + dt.timedelta(days=1))
     scorer = Scorer(Signals(data), {"co_purchase": 0.5, "popularity": 0.5})
     for _ in range(2):  # a re-run replaces the partition
-        stats = write_recommendations(conn, shop, run_date, scorer, "v1", "run", k=3, min_history=2)
+        stats = write_recommendations(conn, shop, run_date, scorer, "v1", "run", ServingSettings(k=3, min_history=2))
     recs = rows(conn, "SELECT user_id, item_id, reason FROM serving.recommendations WHERE partition_date = $d",
                 {"d": run_date})
     assert stats.rows == len(recs)
@@ -117,7 +119,8 @@ def test_blocked_blend_ranks_as_the_full_matrix():
     key = torch.unique(pair_users * num_items + torch.randint(0, num_items, (len(pair_users),), generator=g))
     counts = torch.rand(num_items, generator=g) * 10
     data = TrainingData(dt.date(2024, 1, 1), torch.arange(num_users, num_users + num_items), key // num_items,
-                        key % num_items, torch.zeros(len(key)), torch.ones(len(key), dtype=torch.long), counts, counts / 2)
+                        key % num_items, torch.zeros(len(key)), torch.ones(len(key), dtype=torch.long), counts, counts / 2,
+                        counts)
     embeddings = torch.randn(num_users + num_items, 8, generator=g)
     weights = {"model": 0.5, "co_purchase": 0.2, "recent_popularity": 0.2, "popularity": 0.1}
     scorer = Scorer(Signals(data), weights, embeddings)
@@ -145,7 +148,8 @@ def test_blend_learns_a_trending_signal():
     pair_users = torch.arange(num_users).repeat_interleave(2)
     key = torch.unique(pair_users * num_items + torch.randint(0, num_items, (len(pair_users),), generator=g))
     data = TrainingData(dt.date(2024, 1, 1), torch.arange(num_users, num_users + num_items), key // num_items,
-                        key % num_items, torch.zeros(len(key)), torch.ones(len(key), dtype=torch.long), popular, recent)
+                        key % num_items, torch.zeros(len(key)), torch.ones(len(key), dtype=torch.long), popular, recent,
+                        popular)
     scorer = Scorer(Signals(data), {}, torch.randn(num_users + num_items, 8, generator=g))
     trending = torch.log1p(recent) - torch.log1p(popular)
     users, items = [], []
@@ -168,11 +172,11 @@ def test_never_recommended_items_are_not_served(conn, shop):
     run_date = dt.date(2024, 1, 3)
     data = load_training(conn, shop, run_date + dt.timedelta(days=1))
     scorer = Scorer(Signals(data), {"co_purchase": 0.5, "popularity": 0.5})
-    write_recommendations(conn, shop, run_date, scorer, "v1", "run", k=3, min_history=2)
+    write_recommendations(conn, shop, run_date, scorer, "v1", "run", ServingSettings(k=3, min_history=2))
     served = {i for (i,) in rows(conn, "SELECT DISTINCT item_id FROM serving.recommendations")}
     assert "D" in served  # the only item u1..u3 have not bought yet, and popular for u5
     spec = shop.model_copy(update={"items": shop.items.model_copy(update={"never_recommend": ["D"]})})
-    write_recommendations(conn, spec, run_date, scorer, "v1", "run", k=3, min_history=2)
+    write_recommendations(conn, spec, run_date, scorer, "v1", "run", ServingSettings(k=3, min_history=2))
     served = {i for (i,) in rows(conn, "SELECT DISTINCT item_id FROM serving.recommendations")}
     assert served and "D" not in served
     write_similar_items(conn, spec, run_date, data.items, torch.randn(data.num_items, 4), "v1", k=3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.model.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from unirec_dagster.model.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_checkpoint
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, SymmetricSparseMM, TextView, normalized_adjacency
 from unirec_dagster.model.pretrain import pretrain
@@ -67,26 +67,47 @@ def _model(n: int = 10) -> GraphEncoder:
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
+    store = CheckpointStore(tmp_path)
     model = _model()
-    path = save_checkpoint(tmp_path, "pretrained", model, dt.date(2024, 1, 1), ["a", "b"], "fp", note="x")
-    loaded = load_checkpoint(path)
-    assert loaded.manifest["note"] == "x" and loaded.manifest["num_entities"] == 10
+    saved = store.save("pretrained", dt.date(2024, 1, 1), model, dt.date(2023, 12, 18), ["a", "b"], "fp", note="x")
+    loaded = load_checkpoint(saved.path)
+    assert loaded.manifest == saved.manifest and loaded.manifest["note"] == "x"
+    assert loaded.manifest["num_entities"] == 10 and loaded.partition == dt.date(2024, 1, 1)
     assert all(torch.equal(loaded.build_model().state_dict()[k], v) for k, v in model.state_dict().items())
     assert not list(tmp_path.glob("pretrained/.*")), "no staging folder left behind"
 
     with pytest.raises(CheckpointError, match="not this warehouse"):
         check_compatible(loaded, lambda n: "another")
-    weights = path / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    weights = saved.path / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-8] + b"corrupt!")
     with pytest.raises(CheckpointError, match="SHA-256"):
-        load_checkpoint(path)
-    (path / "manifest.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_checkpoint(path)
-    manifest = json.loads(json.dumps({"format": 99}))
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="format"):
-        load_checkpoint(path)
+        load_checkpoint(saved.path)
+    weights.write_bytes(original)
+    manifest = saved.path / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"note": "x"', '"note": "y"'))  # an edit that is still valid JSON
+    with pytest.raises(CheckpointError, match="edited"):
+        load_checkpoint(saved.path)
+    manifest.write_text(text[: len(text) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(saved.path)
+
+
+def test_store_keeps_one_checkpoint_per_partition_and_never_falls_back(tmp_path):
+    store = CheckpointStore(tmp_path)
+    day = dt.date(2024, 1, 8)
+    first = store.save("finetuned", day - dt.timedelta(days=7), _model(), day, ["a", "b"], "fp", promoted=True)
+    store.save("finetuned", day, _model(), day, ["a", "b"], "fp", promoted=True)
+    rerun = store.save("finetuned", day, _model(), day, ["a", "b"], "fp", promoted=False)
+    assert [m["version"] for m in store.manifests("finetuned")] == [first.version, rerun.version], \
+        "a re-run replaces its partition's earlier attempt"
+    assert store.latest("finetuned", day).version == rerun.version
+    assert store.latest("finetuned", day, where=lambda m: m["promoted"]).version == first.version
+    assert store.latest("finetuned", partition_before=day).version == first.version
+    (rerun.path / "manifest.json").write_text("{")
+    with pytest.raises(CheckpointError, match=rerun.version):
+        store.latest("finetuned", day)  # the newest is damaged: fail, do not serve the older one
 
 
 def test_warm_start_keeps_old_rows_and_adds_new_ones():

@@ -4,8 +4,9 @@ import datetime as dt
 
 import dagster as dg
 
-from unirec_dagster.defs.dataset import SPEC
+from unirec_dagster.defs.resources import DatasetResource
 from unirec_dagster.defs.schedules import (new_event_file_sensor, nightly_schedule, weekly_pretraining_schedule)
+from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH
 
 
 def test_weekly_pretraining_runs_for_the_last_complete_day():
@@ -21,10 +22,11 @@ def test_nightly_schedule_targets_yesterday():
 
 
 def test_sensor_requests_each_new_file_once():
-    context = dg.build_sensor_context()
+    resources = {"dataset": DatasetResource(spec_path=str(SAMPLE_SPEC_PATH))}
+    context = dg.build_sensor_context(resources=resources)
     first = list(new_event_file_sensor(context))
-    days_with_files = [p.stem for p in SPEC.events_file_for(SPEC.events.start_date).parent.glob("*.csv")]
+    days_with_files = [p.stem for p in SAMPLE_SPEC.events_file_for(SAMPLE_SPEC.events.start_date).parent.glob("*.csv")]
     assert len(days_with_files) == 30  # the embedded sample
     assert sorted(r.partition_key for r in first) == sorted(days_with_files)
-    again = new_event_file_sensor(dg.build_sensor_context(cursor=context.cursor))
+    again = new_event_file_sensor(dg.build_sensor_context(cursor=context.cursor, resources=resources))
     assert isinstance(again, dg.SkipReason)

@@ -1,5 +1,5 @@
-"""Print the partition range of the selected dataset, e.g. `2010-12-01...2011-01-15` (or, with
---last, its last partition).
+"""Print the partition range of the selected dataset, e.g. `2010-12-01...2011-01-15`; with --last
+its last partition; with --historic the last partition that still has a full test window after it.
 
 Used by `make run` to backfill every day of a finished dataset; for a live log (no end_date)
 the range ends yesterday.
@@ -10,6 +10,7 @@ import sys
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import load_spec
+from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
 
 
 def partition_range() -> tuple[dt.date, dt.date]:
@@ -19,4 +20,9 @@ def partition_range() -> tuple[dt.date, dt.date]:
 
 if __name__ == "__main__":
     first, last = partition_range()
-    print(last.isoformat() if "--last" in sys.argv[1:] else f"{first.isoformat()}...{last.isoformat()}")
+    if "--last" in sys.argv[1:]:
+        print(last.isoformat())
+    elif "--historic" in sys.argv[1:]:
+        print((last - dt.timedelta(days=TEST_WINDOW_DAYS)).isoformat())
+    else:
+        print(f"{first.isoformat()}...{last.isoformat()}")

@@ -1,6 +1,8 @@
-"""The dataset spec selected by UNIREC_DATASET and the daily partitions it implies.
+"""The daily partition calendar, from the dataset spec selected by UNIREC_DATASET.
 
-Loaded once when the code location loads: the partition calendar comes from the spec.
+The calendar is deployment configuration: it is read when the code location loads (Dagster needs
+it to draw partitions), while the assets read the spec itself through the `dataset` resource when
+a run starts.
 """
 
 import datetime as dt
@@ -10,13 +12,17 @@ import dagster as dg
 from unirec_dagster import settings
 from unirec_dagster.datasets import load_spec
 
-SPEC = load_spec(settings.dataset_spec_path())
+_calendar = load_spec(settings.dataset_spec_path()).events
 
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=SPEC.events.start_date.isoformat(),
+    start_date=_calendar.start_date.isoformat(),
     # Dagster's end_date is exclusive; the spec's is the last day with data.
-    end_date=(SPEC.events.end_date + dt.timedelta(days=1)).isoformat() if SPEC.events.end_date else None,
+    end_date=(_calendar.end_date + dt.timedelta(days=1)).isoformat() if _calendar.end_date else None,
 )
+
+
+def partition_date(context: dg.AssetExecutionContext) -> dt.date:
+    return dt.date.fromisoformat(context.partition_key)
 
 
 def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:

@@ -1,24 +1,19 @@
-"""The knowledge_graph asset: one KG snapshot per day, built only from events up to that day."""
-
-import datetime as dt
+"""The knowledge_graph asset: the KG snapshots the models of a day read, built only from events up
+to their own day."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from unirec_dagster.defs.dataset import SPEC, daily_partitions
+from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
-from unirec_dagster.defs.resources import WAREHOUSE_POOL
-from unirec_dagster.graph import KGParams, build_snapshot
+from unirec_dagster.defs.presentation import counts_table
+from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource
+from unirec_dagster.graph import KGParams, build_partition
 from unirec_dagster.graph.checks import check_snapshot
 
 
 class KnowledgeGraphConfig(KGParams, dg.Config):
     """Run config of knowledge_graph: the KGParams fields."""
-
-
-def _table(header: tuple[str, str], counts: dict[str, int]) -> dg.MetadataValue:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|", *(f"| {k} | {v:,} |" for k, v in counts.items())]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 @dg.asset(
@@ -27,7 +22,7 @@ def _table(header: tuple[str, str], counts: dict[str, int]) -> dg.MetadataValue:
     partitions_def=daily_partitions,
     deps=[raw_events, raw_items, raw_users],
     pool=WAREHOUSE_POOL,
-    code_version="1",
+    code_version="2",
     check_specs=[
         dg.AssetCheckSpec("no_dangling_ids", asset="knowledge_graph", blocking=True,
                           description="Every triple's head and tail is an entity; no natural key has two ids."),
@@ -36,25 +31,30 @@ def _table(header: tuple[str, str], counts: dict[str, int]) -> dg.MetadataValue:
         dg.AssetCheckSpec("relation_sizes", asset="knowledge_graph",
                           description="Each relation's triple count is within the configured bounds."),
     ],
-    description="kg.entities, kg.relations and the kg.triples snapshot of the partition date (events up to its end).",
+    description="kg.entities, kg.relations and two kg.triples snapshots: as of the end of the partition day "
+                "(serving, final training) and as of validation_days before it (validation fit, pretraining).",
 )
-def knowledge_graph(context: dg.AssetExecutionContext, config: KnowledgeGraphConfig, duckdb: DuckDBResource):
-    snapshot_date = dt.date.fromisoformat(context.partition_key)
+def knowledge_graph(context: dg.AssetExecutionContext, config: KnowledgeGraphConfig, duckdb: DuckDBResource,
+                    dataset: DatasetResource):
+    day = partition_date(context)
     params = KGParams(**config.model_dump())
     with duckdb.get_connection() as conn:
-        stats = build_snapshot(conn, SPEC, snapshot_date, params, run_id=context.run.run_id)
-        integrity = check_snapshot(conn, snapshot_date, params)
-    context.log.info(f"KG {snapshot_date}: {sum(stats.entities_by_type.values()):,} entities"
-                     f" ({stats.new_entities:,} new), {stats.triples:,} triples in {stats.seconds:.1f}s")
+        served, validation = build_partition(conn, dataset.load(), day, params, run_id=context.run.run_id)
+        integrity = check_snapshot(conn, day, params)
+    context.log.info(f"KG {day}: {sum(served.entities_by_type.values()):,} entities ({served.new_entities:,} new), "
+                     f"{served.triples:,} triples in {served.seconds:.1f}s; validation snapshot "
+                     f"{validation.snapshot_date}: {validation.triples:,} triples")
     yield dg.MaterializeResult(metadata={
-        "dagster/row_count": stats.triples,
-        "snapshot_date": snapshot_date.isoformat(),
-        "entities": sum(stats.entities_by_type.values()),
-        "new_entities": stats.new_entities,
-        "triples": stats.triples,
-        "seconds": stats.seconds,
-        "entities_by_type": _table(("entity type", "entities"), stats.entities_by_type),
-        "triples_by_relation": _table(("relation", "triples"), stats.triples_by_relation),
+        "dagster/row_count": served.triples,
+        "snapshot_date": day.isoformat(),
+        "validation_snapshot_date": validation.snapshot_date.isoformat(),
+        "entities": sum(served.entities_by_type.values()),
+        "new_entities": served.new_entities,
+        "triples": served.triples,
+        "validation_triples": validation.triples,
+        "seconds": served.seconds + validation.seconds,
+        "entities_by_type": counts_table(("entity type", "entities"), served.entities_by_type),
+        "triples_by_relation": counts_table(("relation", "triples"), served.triples_by_relation),
     })
     yield dg.AssetCheckResult(
         check_name="no_dangling_ids",

@@ -1,10 +1,25 @@
-"""Resources: the DuckDB warehouse file (UNIREC_DUCKDB_PATH, default data/warehouse.duckdb;
-memory limit UNIREC_DUCKDB_MEMORY_LIMIT, default 3GB)."""
+"""Resources: the dataset spec, the DuckDB warehouse and the checkpoint store.
+
+Their settings come from environment variables read when a run starts (dg.EnvVar, shown as such
+in the UI's resource view) when the variable is set, and from the project's defaults otherwise:
+UNIREC_DATASET (default data/datasets/sample.yaml), UNIREC_DUCKDB_PATH (data/warehouse.duckdb),
+and UNIREC_MODELS_DIR (data/models); UNIREC_DUCKDB_MEMORY_LIMIT (3GB) is read when the code
+location loads. Tests swap the resources.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings
+from unirec_dagster.datasets import DatasetSpec, load_spec
+from unirec_dagster.model.checkpoint import CheckpointStore
+from unirec_dagster.warehouse import warehouse_id
 from unirec_dagster.warehouse.db import connection_config
 
 # Every asset that writes the warehouse runs in this pool; dagster.yaml limits it to one slot,
@@ -12,7 +27,40 @@ from unirec_dagster.warehouse.db import connection_config
 WAREHOUSE_POOL = "duckdb_warehouse"
 
 
+def env_or_default(name: str, default: str) -> str | dg.EnvVar:
+    """dg.EnvVar(name) when the variable is set (read at run start), else the default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """The dataset spec that maps the raw logs onto the data contract."""
+
+    spec_path: str
+
+    def load(self) -> DatasetSpec:
+        return load_spec(Path(self.spec_path).expanduser().resolve())
+
+
+class ModelStoreResource(dg.ConfigurableResource):
+    """Checkpoints on the file system under `root`, one folder per dataset and warehouse, so that
+    switching datasets or warehouses never picks up another one's models."""
+
+    root: str
+
+    def for_warehouse(self, conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> CheckpointStore:
+        return CheckpointStore(Path(self.root).expanduser().resolve() / f"{spec.name}-{warehouse_id(conn)}")
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "dataset": DatasetResource(spec_path=env_or_default(settings.DATASET_ENV, str(settings.DEFAULT_DATASET))),
+        "duckdb": DuckDBResource(database=env_or_default(settings.DUCKDB_PATH_ENV, str(settings.DEFAULT_DUCKDB_PATH)),
+                                 # a plain value: Dagster resolves EnvVar fields, not values inside a dict
+                                 connection_config=connection_config()),
+        "model_store": ModelStoreResource(root=env_or_default(settings.MODELS_DIR_ENV, str(settings.DEFAULT_MODELS_DIR))),
+    }
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={"duckdb": DuckDBResource(database=str(settings.duckdb_path()),
-                                                              connection_config=connection_config())})
+    return dg.Definitions(resources=default_resources())

@@ -4,11 +4,12 @@ import datetime as dt
 
 import dagster as dg
 
-from unirec_dagster.defs.dataset import SPEC, daily_partitions
+from unirec_dagster.defs.dataset import daily_partitions
+from unirec_dagster.defs.resources import DatasetResource
 
 nightly_assets = dg.AssetSelection.assets(
     "raw_events", "raw_items", "raw_users", "knowledge_graph", "item_text_embeddings", "finetuned_recommender",
-    "model_evaluation", "recommendations", "similar_items")
+    "recommendations", "model_evaluation", "similar_items")
 
 ingest_day_job = dg.define_asset_job("ingest_day", selection=dg.AssetSelection.assets("raw_events"),
                                      partitions_def=daily_partitions,
@@ -33,13 +34,14 @@ def weekly_pretraining_schedule(context: dg.ScheduleEvaluationContext):
 
 @dg.sensor(job=ingest_day_job, minimum_interval_seconds=300,
            description="Requests a day's ingestion when its source file appears (daily file layouts).")
-def new_event_file_sensor(context: dg.SensorEvaluationContext):
-    if not SPEC.is_daily_layout:
+def new_event_file_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource):
+    spec = dataset.load()
+    if not spec.is_daily_layout:
         return dg.SkipReason("the dataset's events are a glob layout, not one file per day")
     seen = set(filter(None, (context.cursor or "").split(",")))
     requests = []
     for key in daily_partitions.get_partition_keys():
-        if key not in seen and SPEC.events_file_for(dt.date.fromisoformat(key)).exists():
+        if key not in seen and spec.events_file_for(dt.date.fromisoformat(key)).exists():
             requests.append(dg.RunRequest(run_key=key, partition_key=key))
             seen.add(key)
     context.update_cursor(",".join(sorted(seen)))

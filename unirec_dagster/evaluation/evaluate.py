@@ -1,4 +1,6 @@
-"""Evaluate a scorer on a holdout window: blocked top-K for the evaluated users, metrics per slice."""
+"""Evaluate a ranking on a holdout window: metrics for all evaluated users and per slice of
+EVALUATION.md. The ranking comes from a scorer (in-process comparisons) or from the rows a
+serving partition holds (`evaluation.served`); both go through `slice_metrics`."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from dataclasses import dataclass
 import torch
 
 from unirec_dagster.evaluation.metrics import KS, ranking_metrics
+from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData
 from unirec_dagster.ranking.scoring import Scorer
-from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.ranking.topk import block_rows, top_k
 
 COLD_USER_POSITIVES = 3  # EVALUATION.md: cold users have fewer than 3 positive events before C
+TAIL_ITEM_POSITIVES = 5  # tail items: fewer than 5 positive events before C
 
 
 @dataclass
@@ -19,6 +22,7 @@ class SliceResult:
     slice: str
     users: int
     metrics: dict[str, float]
+    pairs: int = 0
 
 
 def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS)) -> torch.Tensor:
@@ -30,19 +34,29 @@ def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS)) -> torch.Tensor:
 
 
 def evaluate(scorer: Scorer, holdout: HoldoutPairs, slices: bool = True) -> list[SliceResult]:
-    data = scorer.signals.data
-    top = rank(scorer, holdout.users)
-    results = [SliceResult("all", len(holdout.users), ranking_metrics(
-        top, holdout.pair_users, holdout.pair_items, holdout.positives_per_user, data.num_items))]
+    return slice_metrics(rank(scorer, holdout.users), holdout, scorer.signals.data, slices)
+
+
+def slice_metrics(top: torch.Tensor, holdout: HoldoutPairs, data: TrainingData,
+                  slices: bool = True) -> list[SliceResult]:
+    """Metrics of a ranking `top` (one row per holdout user, candidate positions, -1 for an empty
+    place) overall and, with `slices`, per slice: cold and warm users, new items (no positive
+    before C), tail items (fewer than 5 positives before C). A slice has its own users and pairs."""
+    everyone = torch.ones(len(holdout.users), dtype=torch.bool)
+    every_pair = torch.ones(len(holdout.pair_items), dtype=torch.bool)
+    results = [_subset("all", top, holdout, everyone, every_pair, data.num_items)]
     if not slices:
         return results
     cold = data.positive_events_of(holdout.users) < COLD_USER_POSITIVES
+    item_positives = torch.cat([data.positive_counts, torch.zeros(1)])[holdout.pair_items]  # -1: unknown item
+    pair_slices = {"new_items": holdout.unseen_item_pair,
+                   "tail_items": (holdout.pair_items >= 0) & (item_positives < TAIL_ITEM_POSITIVES)}
     for name, keep in (("cold_users", cold), ("warm_users", ~cold)):
-        results.append(_subset(name, top, holdout, keep, torch.ones_like(holdout.pair_items, dtype=torch.bool),
-                               data.num_items))
-    has_unseen = torch.zeros(len(holdout.users), dtype=torch.bool)
-    has_unseen[holdout.pair_users[holdout.unseen_item_pair]] = True
-    results.append(_subset("unseen_items", top, holdout, has_unseen, holdout.unseen_item_pair, data.num_items))
+        results.append(_subset(name, top, holdout, keep, every_pair, data.num_items))
+    for name, keep_pairs in pair_slices.items():
+        has_pair = torch.zeros(len(holdout.users), dtype=torch.bool)
+        has_pair[holdout.pair_users[keep_pairs]] = True
+        results.append(_subset(name, top, holdout, has_pair, keep_pairs, data.num_items))
     return results
 
 
@@ -50,6 +64,6 @@ def _subset(name: str, top: torch.Tensor, holdout: HoldoutPairs, keep_users: tor
             num_items: int) -> SliceResult:
     sub = holdout.subset(keep_users, keep_pairs)
     if not len(sub.users):
-        return SliceResult(name, 0, {})
+        return SliceResult(name, 0, {}, 0)
     return SliceResult(name, len(sub.users), ranking_metrics(top[keep_users], sub.pair_users, sub.pair_items,
-                                                             sub.positives_per_user, num_items))
+                                                             sub.positives_per_user, num_items), len(sub.pair_items))

@@ -12,7 +12,7 @@ KS = (10, 20, 50)
 
 def ranking_metrics(top_items: torch.Tensor, positive_users: torch.Tensor, positive_items: torch.Tensor,
                     positives_per_user: torch.Tensor, num_items: int, ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """`top_items` (U, >= max K): ranked item indices per evaluated user. Positives are pairs (user
+    """`top_items` (U, >= max K): ranked item indices per evaluated user, -1 for an empty place. Positives are pairs (user
     row, item index); an item index of -1 is a positive that cannot be ranked (unknown item), which
     still counts in the denominator. `positives_per_user` (U,) counts every positive of a user.
     Means are over the U users; MRR is over the top max(ks)."""
@@ -33,7 +33,8 @@ def ranking_metrics(top_items: torch.Tensor, positive_users: torch.Tensor, posit
         out[f"recall@{k}"] = float((found / n_pos).mean())
         out[f"ndcg@{k}"] = float(((h * discounts[:k]).sum(1) / ideal).mean())
         out[f"hitrate@{k}"] = float((found > 0).float().mean())
-        out[f"coverage@{k}"] = float(torch.unique(top_items[:, :k]).numel() / max(num_items, 1))
+        shown = top_items[:, :k]
+        out[f"coverage@{k}"] = float(torch.unique(shown[shown >= 0]).numel() / max(num_items, 1))
     first = torch.where(hits.any(1), hits.argmax(1).float() + 1, torch.tensor(math.inf))
     out["mrr"] = float((1.0 / first).mean())
     return out

@@ -20,6 +20,9 @@ from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.warehouse import rows
 
 
+TEST_WINDOW_DAYS = 14  # EVALUATION.md's default W: the test window is [C, C + W)
+
+
 def _as_ts(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time())
 
@@ -40,6 +43,7 @@ class TrainingData:
     train_counts: torch.Tensor      # (P,) positive events of the pair
     popularity: torch.Tensor        # (I,) distinct users with a positive event on the item, all history
     recent_popularity: torch.Tensor  # (I,) the same, in the last `recent_share` of the span
+    positive_counts: torch.Tensor   # (I,) positive events on the item, all history
 
     @property
     def num_items(self) -> int:
@@ -98,7 +102,7 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     span_start = rows(conn, "SELECT min(ts) FROM raw.events WHERE ts < $c", {"c": params["c"]})[0][0]
     recent_from = params["c"] - (params["c"] - span_start) * recent_share if span_start else params["c"]
     popularity = conn.sql("""
-        SELECT ei.position, count(DISTINCT ev.user_id) AS users,
+        SELECT ei.position, count(DISTINCT ev.user_id) AS users, count(*) AS events,
                count(DISTINCT ev.user_id) FILTER (WHERE ev.ts >= $recent) AS recent
         FROM raw.events ev JOIN kg.entities ie ON ie.entity_type = 'item' AND ie.natural_key = ev.item_id
         JOIN eval_items ei ON ei.entity_id = ie.entity_id
@@ -106,11 +110,14 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     num_items = len(items)
     popular = torch.zeros(num_items)
     recent = torch.zeros(num_items)
+    events = torch.zeros(num_items)
     position = _column(popularity, "position")
     popular[position] = _column(popularity, "users", np.float32)
     recent[position] = _column(popularity, "recent", np.float32)
+    events[position] = _column(popularity, "events", np.float32)
     return TrainingData(cutoff, _column(items, "entity_id"), _column(pairs, "user_id"), _column(pairs, "item"),
-                        _column(pairs, "last_days", np.float32), _column(pairs, "events"), popular, recent)
+                        _column(pairs, "last_days", np.float32), _column(pairs, "events"), popular, recent,
+                        events)
 
 
 def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: TrainingData,

@@ -225,11 +225,6 @@ def build_snapshot(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, snapshot_
             JOIN kg.entities h ON h.entity_type = c.head_type AND h.natural_key = c.head_key
             JOIN kg.relations r ON r.name = c.relation
             JOIN kg.entities t ON t.entity_type = c.tail_type AND t.natural_key = c.tail_key""", {"d": snapshot_date})
-        # Keep the newest `keep_snapshots` snapshots (and this one, even when backfilling old dates).
-        conn.execute("""
-            DELETE FROM kg.triples WHERE snapshot_date <> $d AND snapshot_date NOT IN (
-                SELECT DISTINCT snapshot_date FROM kg.triples ORDER BY snapshot_date DESC LIMIT $keep)""",
-                     {"d": snapshot_date, "keep": params.keep_snapshots})
         by_relation = dict(rows(conn, """
             SELECT r.name, count(t.relation_id) FROM kg.relations r
             LEFT JOIN kg.triples t ON t.relation_id = r.relation_id AND t.snapshot_date = $d
@@ -242,3 +237,20 @@ def build_snapshot(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, snapshot_
             "d": snapshot_date, "e": sum(by_type.values()), "t": sum(by_relation.values()), "s": seconds,
             "p": params.model_dump_json(), "run": run_id})
     return SnapshotStats(snapshot_date, by_type, by_relation, new, seconds)
+
+
+def build_partition(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, partition: dt.date,
+                    params: KGParams | None = None, run_id: str | None = None) -> list[SnapshotStats]:
+    """The snapshots the models of day `partition` read: as of that day (serving, final training)
+    and as of validation_days before it (the validation fit, pretraining). Older snapshots beyond
+    the retention window are deleted; the two built here are always kept."""
+    params = params or KGParams()
+    days = [partition, partition - dt.timedelta(days=params.validation_days)]
+    built = [build_snapshot(conn, spec, day, params, run_id) for day in days]
+    with transaction(conn):
+        newest = rows(conn, "SELECT max(snapshot_date) FROM kg.snapshots")[0][0]
+        oldest_kept = newest - dt.timedelta(days=params.validation_days + params.keep_days)
+        for table in ("kg.triples", "kg.snapshots"):
+            conn.execute(f"DELETE FROM {table} WHERE snapshot_date < $oldest AND NOT list_contains($days, snapshot_date)",
+                         {"oldest": oldest_kept, "days": days})
+    return built

@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 import torch
 
+from unirec_dagster.graph.params import KGParams
 from unirec_dagster.warehouse import rows
 
 
@@ -42,10 +43,22 @@ def latest_snapshot(conn: duckdb.DuckDBPyConnection) -> dt.date | None:
     return rows(conn, "SELECT max(snapshot_date) FROM kg.snapshots")[0][0]
 
 
+def snapshot_params(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date) -> KGParams:
+    """The parameters the snapshot of `snapshot_date` was built with; LookupError when it is absent."""
+    found = rows(conn, "SELECT params FROM kg.snapshots WHERE snapshot_date = $d", {"d": snapshot_date})
+    if not found:
+        raise LookupError(f"no KG snapshot of {snapshot_date} in the warehouse: materialize the knowledge_graph "
+                          f"partition {snapshot_date} first (it builds the snapshots the models of that day read)")
+    return KGParams.model_validate_json(found[0][0])
+
+
 def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = None) -> KnowledgeGraph:
+    """The KG snapshot of `snapshot_date` (default: the newest) as tensors; LookupError when the
+    warehouse does not hold it."""
     snapshot_date = snapshot_date or latest_snapshot(conn)
     if snapshot_date is None:
         raise LookupError("no KG snapshot in the warehouse: materialize the knowledge_graph asset first")
+    snapshot_params(conn, snapshot_date)  # fails clearly when this snapshot was never built or was pruned
     entities = conn.sql("SELECT entity_id, entity_type FROM kg.entities ORDER BY entity_id").to_arrow_table()
     ids = entities.column("entity_id").to_numpy().astype(np.int64)
     type_names, type_codes = np.unique(entities.column("entity_type").to_numpy(zero_copy_only=False).astype(str),

@@ -12,6 +12,10 @@ class KGParams(BaseModel):
     cooccurrence_min_support: int = Field(3, ge=1, description="Item pairs must share at least this many baskets.")
     cooccurrence_top_n: int = Field(20, ge=0, description="Co-occurrence edges kept per item, best Jaccard first.")
     max_basket_items: int = Field(50, ge=2, description="Larger baskets are skipped for co-occurrence (bulk orders).")
-    keep_snapshots: int = Field(3, ge=1, description="Older KG snapshots beyond this many are deleted.")
+    validation_days: int = Field(14, ge=1, description="The models of day D validate on the validation_days before "
+                                 "their cutoff, training first on the KG as of D - validation_days: the partition D "
+                                 "builds that snapshot too.")
+    keep_days: int = Field(3, ge=0, description="Snapshots older than validation_days + keep_days before the newest "
+                                                "one are deleted (the ones a build writes are always kept).")
     min_relation_triples: int = Field(1, ge=0, description="Asset check: every relation has at least this many triples.")
     max_relation_triples: int = Field(500_000_000, ge=1, description="Asset check: no relation has more triples than this.")

@@ -1,8 +1,15 @@
 """Checkpoints: safetensors weights plus a JSON manifest, written atomically; never pickle.
 
-Layout: <models dir>/<kind>/<version>/{model.safetensors, manifest.json}. A checkpoint is
-written to a temporary folder beside its final place and renamed into it, so a reader sees a
-whole checkpoint or none. Loading checks the weights' SHA-256 against the manifest.
+Layout: <store>/<kind>/<version>/{model.safetensors, manifest.json, manifest.sha256}, where the
+version is `<kind>-<partition>-<created>`. A checkpoint is written to a temporary folder beside
+its final place and renamed into it, so a reader sees a whole checkpoint or none. The manifest
+holds the weights' SHA-256 and manifest.sha256 holds the manifest's, so a truncated or edited
+file of either kind is refused loudly; a store never falls back to an older checkpoint because
+the newest one is damaged.
+
+Each (kind, partition) keeps one checkpoint: a re-run of a partition replaces its earlier
+attempt, and a step that needs "the previous" checkpoint takes the newest of an earlier
+partition, never its own partition's previous attempt, so re-runs are reproducible.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from unirec_dagster.model.config import EncoderConfig
 from unirec_dagster.model.encoder import GraphEncoder
 
-WEIGHTS, MANIFEST = "model.safetensors", "manifest.json"
-FORMAT = 1
+WEIGHTS, MANIFEST, MANIFEST_SUM = "model.safetensors", "manifest.json", "manifest.sha256"
+FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -40,6 +47,10 @@ class Checkpoint:
     @property
     def version(self) -> str:
         return self.manifest["version"]
+
+    @property
+    def partition(self) -> dt.date:
+        return dt.date.fromisoformat(self.manifest["partition"])
 
     @property
     def snapshot_date(self) -> dt.date:
@@ -64,68 +75,106 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(root: Path, kind: str, model: GraphEncoder, snapshot_date: dt.date, relation_names: list[str],
-                    entity_fingerprint: str, **manifest: Any) -> Path:
-    """Write a checkpoint of `kind` ("pretrained", "finetuned", ...); returns its folder."""
-    created = dt.datetime.now(dt.timezone.utc)
-    version = f"{kind}-{snapshot_date.isoformat()}-{created.strftime('%Y%m%dT%H%M%S%f')}"
-    parent = Path(root) / kind
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, staging / WEIGHTS)
-        full = {
-            "format": FORMAT, "kind": kind, "version": version, "created_at": created.isoformat(),
-            "kg_snapshot": snapshot_date.isoformat(), "num_entities": model.num_entities,
-            "num_relations": len(relation_names), "relation_names": relation_names, "text_dim": model.text_dim,
-            "encoder": model.config.model_dump(), "entity_fingerprint": entity_fingerprint,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "weights_sha256": _sha256(staging / WEIGHTS), **manifest,
-        }
-        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
-        final = parent / version
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
-
-
-def load_checkpoint(path: Path) -> Checkpoint:
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the checkpoint folder `path`, verified against manifest.sha256."""
     path = Path(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {MANIFEST}; not a checkpoint folder") from None
+        text = (path / MANIFEST).read_bytes()
+        expected = (path / MANIFEST_SUM).read_text().strip()
+    except FileNotFoundError as missing:
+        raise CheckpointError(f"{path}: {Path(missing.filename).name} is missing; the checkpoint is incomplete or "
+                              "damaged. Delete the folder (or restore it) and re-run the step that wrote it.") from None
+    if hashlib.sha256(text).hexdigest() != expected:
+        raise CheckpointError(f"{path / MANIFEST}: its SHA-256 differs from {MANIFEST_SUM}; the manifest was "
+                              "truncated or edited after it was written. Delete the folder and re-run the step.")
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path / MANIFEST}: not valid JSON ({error}); the checkpoint is corrupted") from None
     if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, this code reads {FORMAT}")
+        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, this code reads {FORMAT}; "
+                              "retrain, or delete the old models folder")
+    return manifest
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """A verified checkpoint: manifest and weights both checked against their SHA-256."""
+    path = Path(path)
+    manifest = read_manifest(path)
     weights = path / WEIGHTS
     if not weights.exists() or _sha256(weights) != manifest.get("weights_sha256"):
         raise CheckpointError(f"{weights}: missing or its SHA-256 differs from the manifest; the checkpoint is "
-                              "corrupted or was changed after it was written. Retrain or pick another version.")
+                              "corrupted or was changed after it was written. Delete the folder and re-run the step.")
     return Checkpoint(path, manifest, load_file(weights))
 
 
-def list_checkpoints(root: Path, kind: str) -> list[dict[str, Any]]:
-    """Manifests of the complete checkpoints of `kind`, oldest first."""
-    folder = Path(root) / kind
-    manifests = []
-    for child in sorted(folder.glob(f"{kind}-*")) if folder.exists() else []:
+class CheckpointStore:
+    """Checkpoints of one warehouse (and dataset), by kind and partition."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def save(self, kind: str, partition: dt.date, model: GraphEncoder, snapshot_date: dt.date,
+             relation_names: list[str], entity_fingerprint: str, **manifest: Any) -> Checkpoint:
+        """Write a checkpoint of `kind` ("pretrained", "finetuned", ...) for `partition`, replacing
+        that partition's earlier attempt once the new one is in place."""
+        created = dt.datetime.now(dt.timezone.utc)
+        version = f"{kind}-{partition.isoformat()}-{created.strftime('%Y%m%dT%H%M%S%f')}"
+        parent = self.root / kind
+        parent.mkdir(parents=True, exist_ok=True)
+        earlier = [m["path"] for m in self.manifests(kind) if m["partition"] == partition.isoformat()]
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         try:
-            manifests.append({**json.loads((child / MANIFEST).read_text()), "path": str(child)})
-        except (OSError, json.JSONDecodeError):
-            continue
-    return sorted(manifests, key=lambda m: m["created_at"])
+            save_file(state, staging / WEIGHTS)
+            full = {
+                "format": FORMAT, "kind": kind, "version": version, "created_at": created.isoformat(),
+                "partition": partition.isoformat(), "kg_snapshot": snapshot_date.isoformat(),
+                "num_entities": model.num_entities, "num_relations": len(relation_names),
+                "relation_names": relation_names, "text_dim": model.text_dim, "encoder": model.config.model_dump(),
+                "entity_fingerprint": entity_fingerprint, "parameters": sum(p.numel() for p in model.parameters()),
+                "weights_sha256": _sha256(staging / WEIGHTS), **manifest,
+            }
+            text = json.dumps(full, indent=2, default=str).encode()
+            (staging / MANIFEST).write_bytes(text)
+            (staging / MANIFEST_SUM).write_text(hashlib.sha256(text).hexdigest() + "\n")
+            final = parent / version
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        for path in earlier:
+            shutil.rmtree(path, ignore_errors=True)
+        return Checkpoint(final, json.loads(text), state)
+
+    def manifests(self, kind: str) -> list[dict[str, Any]]:
+        """Verified manifests of `kind` (each with its "path"), by partition, then creation time.
+        A damaged checkpoint raises CheckpointError instead of being skipped."""
+        folder = self.root / kind
+        found = [{**read_manifest(child), "path": str(child)}
+                 for child in (folder.iterdir() if folder.exists() else []) if child.name.startswith(f"{kind}-")]
+        return sorted(found, key=lambda m: (m["partition"], m["created_at"]))
+
+    def latest(self, kind: str, partition_on_or_before: dt.date | None = None, *,
+               partition_before: dt.date | None = None, partition_from: dt.date | None = None,
+               where: Any = None) -> Checkpoint | None:
+        """The checkpoint of `kind` of the newest partition in the given bounds (and meeting `where`,
+        a manifest -> bool), or None."""
+        usable = [m for m in self.manifests(kind)
+                  if (partition_on_or_before is None or m["partition"] <= partition_on_or_before.isoformat())
+                  and (partition_before is None or m["partition"] < partition_before.isoformat())
+                  and (partition_from is None or m["partition"] >= partition_from.isoformat())
+                  and (where is None or where(m))]
+        return load_checkpoint(Path(usable[-1]["path"])) if usable else None
+
+    def of_partition(self, kind: str, partition: dt.date) -> Checkpoint:
+        found = self.latest(kind, partition, partition_from=partition)
+        if found is None:
+            raise LookupError(f"no {kind} checkpoint for partition {partition} in {self.root}: "
+                              f"materialize that partition of the {kind} model first")
+        return found
 
 
-def latest_checkpoint(root: Path, kind: str, snapshot_on_or_before: dt.date | None = None) -> Checkpoint | None:
-    """The newest checkpoint of `kind` whose KG snapshot is not after the given day."""
-    usable = [m for m in list_checkpoints(root, kind)
-              if snapshot_on_or_before is None or dt.date.fromisoformat(m["kg_snapshot"]) <= snapshot_on_or_before]
-    return load_checkpoint(Path(usable[-1]["path"])) if usable else None
 
 
 def check_compatible(checkpoint: Checkpoint, fingerprint_of: Any) -> None:

@@ -28,8 +28,6 @@ class PretrainConfig(BaseModel):
     masked_relation: str | None = Field(None, description="Item relation to mask (default: the first item attribute relation).")
     mask_share: float = Field(0.15, gt=0, lt=1, description="Share of items whose masked attribute is hidden each epoch.")
     temperature: float = Field(0.1, gt=0, description="InfoNCE temperature.")
-    holdout_days: int = Field(14, ge=0, description="Pretrain on the KG as of this many days before the run date, "
-                                                   "so that fine-tuning's validation window stays unseen.")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (UNIREC_DEVICE overrides auto).")
 
@@ -44,6 +42,5 @@ class FinetuneConfig(BaseModel):
     half_life_days: float = Field(60.0, gt=0, description="Recent purchases weigh more: weight halves every this many days.")
     align_weight: float = Field(0.1, ge=0, description="Keep the text view aligned while fine-tuning (cold items).")
     temperature: float = Field(0.1, gt=0)
-    validation_days: int = Field(14, ge=1, description="Validation window just before the cutoff.")
     seed: int = 0
     device: str = "auto"

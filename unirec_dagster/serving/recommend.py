@@ -1,9 +1,9 @@
 """Nightly batch recommendations and similar items, written as one replaced partition.
 
-For run date D (cutoff C = D + 1 day): every user with an event in the look-back window gets K
-items. Users with enough purchase history are scored by the served blend; the others get the
-items most bought recently within their segment (the first user attribute, e.g. country) or
-overall. `reason` names the signal that contributed most to the item's blended score.
+For run date D (cutoff C = D + 1 day): every user with any event before C gets K items. Users
+with enough purchase history (and, when a look-back is set, an event within it) are scored by the
+served blend; the others get the items most bought recently within their segment (the first user
+attribute, e.g. country) or overall. `reason` names the signal that contributed most to the item's blended score.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import BaseModel, Field
 
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.ranking.scoring import Scorer, total
-from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.graph import KnowledgeGraph, load_graph
+from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView
 from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
@@ -34,6 +36,17 @@ NEGATIVE_REASONS = {"model": "outside your usual items", "co_purchase": "somethi
 
 def reason_text(feature: str, weight: float) -> str:
     return (REASONS if weight >= 0 else NEGATIVE_REASONS)[feature]
+
+
+class ServingSettings(BaseModel):
+    """What the nightly table holds; the recommendations asset's run config is this same model."""
+
+    k: int = Field(50, ge=1, description="Recommendations per user.")
+    lookback_days: int | None = Field(None, ge=1, description="When set, only users with an event in this many days "
+                                      "before the cutoff are scored by the model; the others still get a list, "
+                                      "the recent best sellers of their segment. Everyone with history is served.")
+    min_history: int = Field(1, ge=1, description="Users with fewer positive events get the segment list.")
+    exclude_purchased: bool = Field(True, description="Never recommend what the user already bought.")
 
 
 @dataclass
@@ -75,24 +88,29 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
 
 
 def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
-                          model_version: str, run_id: str | None, k: int = 50, lookback_days: int = 90,
-                          min_history: int = 1, exclude_purchased: bool = True) -> ServingStats:
+                          model_version: str, run_id: str | None, settings: ServingSettings) -> ServingStats:
+    """Replace the partition `run_date` of serving.recommendations: K items for every user with
+    any event before the cutoff (the end of run_date), in one transaction."""
     started = time.perf_counter()
     ensure_schema(conn)
+    k, exclude_purchased = settings.k, settings.exclude_purchased
     cutoff = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time())
     data = scorer.signals.data
-    active = conn.sql("""
-        SELECT e.entity_id, ev.user_id FROM (SELECT DISTINCT user_id FROM raw.events WHERE ts >= $from AND ts < $c) ev
+    since = cutoff - dt.timedelta(days=settings.lookback_days) if settings.lookback_days else dt.datetime.min
+    users = conn.sql("""
+        SELECT e.entity_id, ev.user_id, ev.last_event >= $since AS recent
+        FROM (SELECT user_id, max(ts) AS last_event FROM raw.events WHERE ts < $c GROUP BY 1) ev
         JOIN kg.entities e ON e.entity_type = 'user' AND e.natural_key = ev.user_id ORDER BY 1""",
-                      params={"from": cutoff - dt.timedelta(days=lookback_days), "c": cutoff}).to_arrow_table()
-    user_ids = torch.from_numpy(active.column("entity_id").to_numpy().astype(np.int64))
-    modelled = data.positive_events_of(user_ids) >= max(min_history, 1)
+                     params={"since": since, "c": cutoff}).to_arrow_table()
+    user_ids = torch.from_numpy(users.column("entity_id").to_numpy().astype(np.int64))
+    recent = torch.from_numpy(users.column("recent").to_numpy(zero_copy_only=False).astype(bool))
+    modelled = (data.positive_events_of(user_ids) >= settings.min_history) & recent
     scored_users = user_ids[modelled]
     never = _never_recommended_positions(conn, spec, data.items)
     scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased, never=never)
     reasons = np.array([reason_text(n, scorer.weights[n]) for n in scorer.active_features], dtype=object)
     table = _ranked_table(scored_users, scores, data.items[positions], reason=reasons[why.numpy()])
-    fallback_users = pa.table({"user_id": active.column("user_id").filter(pa.array((~modelled).numpy()))})
+    fallback_users = pa.table({"user_id": users.column("user_id").filter(pa.array((~modelled).numpy()))})
     with transaction(conn):
         conn.execute("DELETE FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})
         conn.register("new_recommendations", table)
@@ -169,6 +187,23 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
                row_number() OVER (PARTITION BY user_id ORDER BY score DESC, item_id) AS rank,
                CASE WHEN score >= 1e9 THEN score - 1e9 ELSE score END, reason, {p.add(model_version)}, {p.add(run_id)}, now()
         FROM best QUALIFY rank <= {p.add(k, 'BIGINT')}""", p)
+
+
+def users_short_of_k(conn: duckdb.DuckDBPyConnection, run_date: dt.date, k: int) -> int:
+    """Users of the partition with fewer than k recommendations (a catalog smaller than k after
+    their purchases are excluded)."""
+    return rows(conn, """SELECT count(*) FROM (SELECT user_id FROM serving.recommendations
+                         WHERE partition_date = $d GROUP BY 1 HAVING count(*) < $k)""", {"d": run_date, "k": k})[0][0]
+
+
+def refresh_similar_items(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date,
+                          checkpoint: Checkpoint, text: TextView | None) -> tuple[int, int]:
+    """Rewrite serving.similar_items from a fine-tuned checkpoint over the KG of `run_date`;
+    returns (rows written, items)."""
+    graph = load_graph(conn, run_date)
+    model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
+    items, vectors = similar_item_vectors(model, graph, text)
+    return write_similar_items(conn, spec, run_date, items, vectors, checkpoint.version), len(items)
 
 
 def similar_item_vectors(model: GraphEncoder, graph: KnowledgeGraph,

@@ -1,55 +1,62 @@
 """The pipeline's model steps as plain functions (the Dagster assets call these; tests too):
-pretraining, fine-tuning with its quality gate, and evaluation against the baselines."""
+pretraining, fine-tuning with its quality gate and ablations, and evaluation. Each returns what it
+made (a checkpoint, a gate verdict, metric rows), not a path to open again."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from dataclasses import astuple, dataclass, field
 
 import duckdb
 import pyarrow as pa
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.evaluation.evaluate import evaluate
-from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.evaluation.evaluate import SliceResult, evaluate
+from unirec_dagster.evaluation.served import evaluate_served
 from unirec_dagster.evaluation.split import load_holdout
-from unirec_dagster.graph import KGParams, entity_fingerprint
-from unirec_dagster.model.checkpoint import (check_compatible, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                             save_checkpoint)
+from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
+from unirec_dagster.model.checkpoint import Checkpoint, CheckpointStore, check_compatible
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
-from unirec_dagster.training.context import graph_loader, served_scorer, text_view
-from unirec_dagster.training.fit import cutoff_data, fit_recommender, validation_split
-from unirec_dagster.warehouse import ensure_schema, rows, transaction
+from unirec_dagster.model.trainer import Log
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.training.context import served_scorer, text_view
+from unirec_dagster.training.fit import FittedRecommender, cutoff_data, fit_recommender, recall_at_20, validation_split
+from unirec_dagster.warehouse import ensure_schema, transaction
 
-Log = Callable[[str], None]
 PRETRAINED, FINETUNED = "pretrained", "finetuned"
+MF_ABLATION, FROM_SCRATCH = "mf-ablation", "from-scratch"
+ABLATION_LABELS = {MF_ABLATION: "MF ablation (no graph, no text, no pretraining)",
+                   FROM_SCRATCH: "full model from scratch (no pretraining)"}
+PRETRAINED_WINDOW_DAYS = 7  # fine-tuning of day D takes the newest pretrained partition in [D - 6, D]
 
 
-def _fingerprint(conn: duckdb.DuckDBPyConnection) -> Callable[[int], str]:
+def _fingerprint(conn: duckdb.DuckDBPyConnection):
     return lambda n: entity_fingerprint(conn, n)
 
 
+def validation_days(conn: duckdb.DuckDBPyConnection, run_date: dt.date) -> int:
+    """The validation window of the models of `run_date`, as the knowledge_graph partition chose it."""
+    return snapshot_params(conn, run_date).validation_days
+
+
 def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: PretrainConfig,
-                    models_dir: Path, kg_params: KGParams | None = None, log: Log | None = None) -> Path:
-    """Pretrain on the KG as of run_date - holdout_days; warm-start from the newest compatible
-    pretrained checkpoint. Returns the new checkpoint's folder."""
-    as_of = run_date - dt.timedelta(days=config.holdout_days)
-    graph = graph_loader(conn, spec, kg_params)(as_of)
+                    store: CheckpointStore, log: Log | None = None) -> Checkpoint:
+    """Pretrain on the KG as of run_date - validation_days (so fine-tuning's validation window stays
+    unseen), warm-started from the newest pretrained checkpoint of an earlier partition."""
+    as_of = run_date - dt.timedelta(days=validation_days(conn, run_date))
+    graph = load_graph(conn, as_of)
     text = text_view(conn) if config.encoder.use_text else None
-    previous = latest_checkpoint(models_dir, PRETRAINED)
-    state = None
+    previous = store.latest(PRETRAINED, partition_before=run_date)
     if previous is not None:
         check_compatible(previous, _fingerprint(conn))
-        state = previous.state
         if log:
             log(f"warm start from {previous.version} ({previous.manifest['num_entities']:,} entities; "
                 f"{graph.num_entities - previous.manifest['num_entities']:,} new)")
-    result = pretrain(graph, text, config, spec.events.positive_event_type, state, log)
-    return save_checkpoint(
-        models_dir, PRETRAINED, result.model, as_of, graph.relation_names, entity_fingerprint(conn, graph.num_entities),
+    result = pretrain(graph, text, config, spec.events.positive_event_type,
+                      previous.state if previous else None, log)
+    return store.save(
+        PRETRAINED, run_date, result.model, as_of, graph.relation_names, entity_fingerprint(conn, graph.num_entities),
         config=config.model_dump(), parent=previous.version if previous else None, history=result.history,
         final_losses={k: v for k, v in result.history[-1].items() if k != "epoch"}, seconds=result.seconds,
         edges_per_second=result.examples_per_second, device=result.device,
@@ -63,11 +70,23 @@ class GateResult:
     recent_popular_recall: float
     mf_recall: float
 
+    @classmethod
+    def judge(cls, model_recall: float, recent_popular_recall: float, mf_recall: float) -> "GateResult":
+        """The rule: the served blend must beat both RecentPopular and the MF ablation on validation Recall@20."""
+        return cls(model_recall > max(recent_popular_recall, mf_recall), model_recall, recent_popular_recall, mf_recall)
+
     @property
     def reason(self) -> str:
         verdict = "beats" if self.passed else "does not beat"
         return (f"validation Recall@20 {self.model_recall:.4f} {verdict} RecentPopular {self.recent_popular_recall:.4f}"
                 f" and the MF ablation {self.mf_recall:.4f}")
+
+
+@dataclass
+class FinetuningResult:
+    checkpoint: Checkpoint                 # the candidate for serving (promoted when the gate passed)
+    gate: GateResult
+    ablations: dict[str, Checkpoint] = field(default_factory=dict)
 
 
 def mf_config(config: FinetuneConfig) -> FinetuneConfig:
@@ -77,124 +96,149 @@ def mf_config(config: FinetuneConfig) -> FinetuneConfig:
 
 
 def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: FinetuneConfig,
-                   models_dir: Path, kg_params: KGParams | None = None,
-                   log: Log | None = None) -> tuple[Path, GateResult]:
-    """Fine-tune for serving on run_date (cutoff = the next day) and judge it against
-    RecentPopular and the MF ablation on the validation window."""
+                   store: CheckpointStore, from_scratch: bool = False, log: Log | None = None) -> FinetuningResult:
+    """Fine-tune for serving on run_date (cutoff = the next day) from the newest pretrained
+    checkpoint of the last week, and judge it against RecentPopular and the MF ablation on the
+    validation window. The MF ablation (and, with `from_scratch`, the full model without
+    pretraining) are trained on the same splits and kept for the evaluation."""
     cutoff = run_date + dt.timedelta(days=1)
-    validation_cutoff = cutoff - dt.timedelta(days=config.validation_days)
-    graph_at = graph_loader(conn, spec, kg_params)
-    text = text_view(conn) if config.encoder.use_text else None
-    pretrained = latest_checkpoint(models_dir, PRETRAINED, validation_cutoff - dt.timedelta(days=1))
+    pretrained = store.latest(PRETRAINED, run_date, partition_from=run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1))
     if pretrained is None:
-        raise LookupError(f"no pretrained checkpoint with a KG snapshot before {validation_cutoff} in {models_dir}; "
-                          "materialize pretrained_encoder for this date first")
+        raise LookupError(f"no pretrained checkpoint of a partition in {run_date - dt.timedelta(days=6)}.."
+                          f"{run_date} in {store.root}: materialize pretrained_encoder for one of those days first")
     check_compatible(pretrained, _fingerprint(conn))
-    validation = validation_split(conn, spec, validation_cutoff, cutoff, graph_at)
-    fitted = fit_recommender(conn, spec, cutoff, config, graph_at, text, pretrained.state, validation, log=log)
-    val_split, val_holdout = validation
-    recent = evaluate(Scorer(val_split.signals, {"recent_popularity": 1.0}), val_holdout, slices=False)[0].metrics
-    mf = fit_recommender(conn, spec, cutoff, mf_config(config), graph_at, None, None, validation, blend=False, log=log)
-    gate = GateResult(fitted.validation["recall@20"] > max(recent["recall@20"], mf.validation["recall@20"]),
-                      fitted.validation["recall@20"], recent["recall@20"], mf.validation["recall@20"])
-    graph = fitted.train.graph
-    path = save_checkpoint(
-        models_dir, FINETUNED, fitted.model, run_date, graph.relation_names,
-        entity_fingerprint(conn, graph.num_entities), config=config.model_dump(), parent=pretrained.version,
-        cutoff=cutoff.isoformat(), validation_cutoff=validation_cutoff.isoformat(), blend=fitted.blend,
-        best_epoch=fitted.best_epoch, validation=fitted.validation, history=fitted.history,
-        seconds=fitted.seconds, device=str(next(fitted.model.parameters()).device),
-        gate={"passed": gate.passed, "reason": gate.reason, "recent_popular_recall@20": gate.recent_popular_recall,
-              "mf_recall@20": gate.mf_recall}, promoted=gate.passed)
-    return path, gate
+    validation = validation_split(conn, spec, cutoff, validation_days(conn, run_date))
+    if pretrained.snapshot_date >= validation.known.cutoff:
+        raise ValueError(f"{pretrained.version} saw the KG of {pretrained.snapshot_date}, inside the validation window "
+                         f"from {validation.known.cutoff}: its knowledge_graph partition used another validation_days")
+    final = cutoff_data(conn, spec, cutoff)
+    text = text_view(conn) if config.encoder.use_text else None
+    fitted = fit_recommender(validation, final, config, text, pretrained.state, log=log)
+    recent = recall_at_20(Scorer(validation.known.signals, {"recent_popularity": 1.0}), validation.holdout)
+    variants = {MF_ABLATION: fit_recommender(validation, final, mf_config(config), None, None, blend=False, log=log)}
+    if from_scratch:
+        variants[FROM_SCRATCH] = fit_recommender(validation, final, config, text, None, log=log)
+    gate = GateResult.judge(fitted.validation["recall@20"], recent["recall@20"],
+                            variants[MF_ABLATION].validation["recall@20"])
+    fingerprint = entity_fingerprint(conn, final.graph.num_entities)
+
+    def save(kind: str, fit: FittedRecommender, variant_config: FinetuneConfig, **extra) -> Checkpoint:
+        return store.save(
+            kind, run_date, fit.model, run_date, final.graph.relation_names, fingerprint,
+            config=variant_config.model_dump(), cutoff=cutoff.isoformat(),
+            validation_cutoff=validation.known.cutoff.isoformat(), blend=fit.blend, best_epoch=fit.best_epoch,
+            validation=fit.validation, history=fit.history, seconds=fit.seconds,
+            device=str(next(fit.model.parameters()).device), **extra)
+
+    ablations = {kind: save(kind, fit, mf_config(config) if kind == MF_ABLATION else config, parent=None)
+                 for kind, fit in variants.items()}
+    checkpoint = save(FINETUNED, fitted, config, parent=pretrained.version, promoted=gate.passed,
+                      gate={"passed": gate.passed, "reason": gate.reason,
+                            "recent_popular_recall@20": gate.recent_popular_recall, "mf_recall@20": gate.mf_recall})
+    return FinetuningResult(checkpoint, gate, ablations)
 
 
-def promoted_checkpoint(models_dir: Path, run_date: dt.date):
-    """The newest fine-tuned checkpoint that passed the gate and knows nothing after run_date."""
-    usable = [m for m in list_checkpoints(models_dir, FINETUNED)
-              if m.get("promoted") and dt.date.fromisoformat(m["kg_snapshot"]) <= run_date]
-    if not usable:
-        raise LookupError(f"no promoted fine-tuned model for {run_date} in {models_dir}: materialize "
+def promoted_checkpoint(store: CheckpointStore, run_date: dt.date) -> Checkpoint:
+    """The fine-tuned checkpoint of the newest partition up to run_date that passed the gate."""
+    found = store.latest(FINETUNED, run_date, where=lambda m: m.get("promoted"))
+    if found is None:
+        raise LookupError(f"no promoted fine-tuned model for {run_date} in {store.root}: materialize "
                           "finetuned_recommender first (its quality gate must pass)")
-    return load_checkpoint(Path(max(usable, key=lambda m: (m["kg_snapshot"], m["created_at"]))["path"]))
+    return found
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One row of eval.metrics."""
+
+    model: str
+    cutoff: dt.date
+    split: str        # "validation" (the window before the cutoff, used for choices) or "test" (report only)
+    slice: str
+    metric: str
+    k: int | None
+    value: float
+    users: int
+
+
+def metric_rows(model: str, split: str, cutoff: dt.date, results: list[SliceResult]) -> list[MetricRow]:
+    out = []
+    for r in results:
+        for name, value in r.metrics.items():
+            metric, _, k = name.partition("@")
+            out.append(MetricRow(model, cutoff, split, r.slice, metric, int(k) if k else None, value, r.users))
+    return out
 
 
 BASELINES = {"MostPopular": {"popularity": 1.0}, "RecentPopular": {"recent_popularity": 1.0},
              "ItemKNN": {"co_purchase": 1.0}}
+SERVED = "served table (serving.recommendations)"
 
 
-def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, checkpoint_path: Path,
-                   window_days: int = 14, ablations: bool = True, run_id: str | None = None,
-                   kg_params: KGParams | None = None, log: Log | None = None) -> list[tuple]:
-    """eval.metrics for the fine-tuned model and every baseline on the test window after the
-    cutoff (when the warehouse has it) and on the validation window. Returns the rows written."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    if checkpoint.snapshot_date > run_date:
-        raise ValueError(f"{checkpoint.version} was trained on the KG of {checkpoint.snapshot_date}, after {run_date}: "
-                         "evaluating it there would leak the test window")
-    config = FinetuneConfig(**checkpoint.manifest["config"])
+@dataclass
+class EvaluationResult:
+    rows: list[MetricRow]
+    model_version: str
+    test_users: int          # evaluated users of the test window (0 when the warehouse has no day after it)
+    unserved_users: int      # of them, users without a row in the served partition (they score zero)
+
+    def headline(self) -> dict[str, float]:
+        """The served table's test figures over all evaluated users."""
+        return {f"{r.metric}@{r.k}" if r.k else r.metric: r.value for r in self.rows
+                if r.model == SERVED and r.split == "test" and r.slice == "all"}
+
+
+def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, store: CheckpointStore,
+                   window_days: int, run_id: str | None = None, log: Log | None = None) -> EvaluationResult:
+    """eval.metrics for the partition. The headline scores the rows written to
+    serving.recommendations for it, as a reader gets them, every evaluated user counting; beside it,
+    in process, the fine-tuned model, its ablations and every baseline on the same test window
+    after the cutoff (when the warehouse has it), and the validation figures. Replaces the
+    partition's earlier rows."""
+    checkpoint = store.of_partition(FINETUNED, run_date)
     cutoff = run_date + dt.timedelta(days=1)
     window_end = cutoff + dt.timedelta(days=window_days)
-    graph_at = graph_loader(conn, spec, kg_params)
-    text = text_view(conn) if config.encoder.use_text else None
-    out: list[tuple] = []
-
-    def record(model: str, split: str, at: dt.date, results) -> None:
-        for r in results:
-            for name, value in r.metrics.items():
-                metric, _, k = name.partition("@")
-                out.append((model, at, split, r.slice, metric, int(k) if k else None, value, r.users))
-
-    validation_cutoff = dt.date.fromisoformat(checkpoint.manifest["validation_cutoff"])
-    val = checkpoint.manifest["validation"]
-    for metric in ("recall@20", "ndcg@20"):
-        out.append((checkpoint.version, validation_cutoff, "validation", "all", metric.split("@")[0], 20, val[metric],
-                    val["users"]))
-    served = served_scorer(conn, spec, checkpoint, run_date, graph_at, text)
+    out = [MetricRow(checkpoint.version, dt.date.fromisoformat(checkpoint.manifest["validation_cutoff"]), "validation",
+                     "all", metric.split("@")[0], 20, checkpoint.manifest["validation"][metric],
+                     checkpoint.manifest["validation"]["users"]) for metric in ("recall@20", "ndcg@20")]
+    text = text_view(conn)
+    served = served_scorer(conn, spec, checkpoint, run_date, text)
     holdout = load_holdout(conn, spec, served.signals.data, window_end)
+    unserved = 0
     if len(holdout.users):
-        record(checkpoint.version, "test", cutoff, evaluate(served, holdout))
-        record(f"{checkpoint.version} (model only, no blend)", "test", cutoff,
-               evaluate(Scorer(served.signals, {"model": 1.0}, served.embeddings), holdout))
+        served_results, unserved = evaluate_served(conn, run_date, holdout, served.signals.data)
+        out += metric_rows(SERVED, "test", cutoff, served_results)
+        if log:
+            log(f"served table: {len(holdout.users):,} evaluated users, {unserved:,} without a row; Recall@20 "
+                f"{served_results[0].metrics['recall@20']:.4f}, NDCG@20 {served_results[0].metrics['ndcg@20']:.4f}")
+        out += metric_rows(f"{checkpoint.version} (in process)", "test", cutoff, evaluate(served, holdout))
+        out += metric_rows(f"{checkpoint.version} (model only, no blend)", "test", cutoff,
+                           evaluate(Scorer(served.signals, {"model": 1.0}, served.embeddings), holdout))
         for name, weights in BASELINES.items():
-            record(name, "test", cutoff, evaluate(Scorer(served.signals, weights), holdout))
-        if ablations:
-            validation = validation_split(conn, spec, cutoff - dt.timedelta(days=config.validation_days), cutoff,
-                                          graph_at)
-            variants = {"MF ablation (no graph, no pretraining)": (mf_config(config), None, False),
-                        "full model from scratch (no pretraining), blended": (config, text, True)}
-            for name, (variant_config, variant_text, blend) in variants.items():
-                fitted = fit_recommender(conn, spec, cutoff, variant_config, graph_at, variant_text, None, validation,
-                                         blend=blend, log=log)
-                record(name, "test", cutoff, evaluate(fitted.scorer(blend), holdout))
-                if blend:
-                    record(name.replace("blended", "model only"), "test", cutoff,
-                           evaluate(fitted.scorer(False), holdout))
+            out += metric_rows(name, "test", cutoff, evaluate(Scorer(served.signals, weights), holdout))
+        for kind, label in ABLATION_LABELS.items():
+            ablation = store.latest(kind, run_date, partition_from=run_date)
+            if ablation is not None:
+                out += metric_rows(label, "test", cutoff, evaluate(
+                    served_scorer(conn, spec, ablation, run_date, text), holdout))
     elif log:
         log(f"no events after {cutoff} in the warehouse yet: validation metrics only")
+    write_metrics(conn, run_date, out, run_id)
+    return EvaluationResult(out, checkpoint.version, len(holdout.users), unserved)
+
+
+def write_metrics(conn: duckdb.DuckDBPyConnection, partition: dt.date, metrics: list[MetricRow],
+                  run_id: str | None) -> None:
+    """Replace the partition's rows of eval.metrics: a re-run replaces, it never adds."""
     ensure_schema(conn)
+    columns = ["model", "cutoff", "split", "slice", "metric", "k", "value", "users"]
+    table = pa.table({name: [astuple(m)[i] for m in metrics] for i, name in enumerate(columns)},
+                     schema=pa.schema([("model", pa.string()), ("cutoff", pa.date32()), ("split", pa.string()),
+                                       ("slice", pa.string()), ("metric", pa.string()), ("k", pa.int32()),
+                                       ("value", pa.float64()), ("users", pa.int64())]))
     with transaction(conn):
-        conn.execute("DELETE FROM eval.metrics WHERE (split = 'test' AND cutoff = $c) OR "
-                     "(split = 'validation' AND model = $m)", {"c": cutoff, "m": checkpoint.version})
-        columns = list(zip(*out)) if out else [[]] * 8
-        conn.register("new_metrics", pa.table(dict(zip(
-            ["model", "cutoff", "split", "slice", "metric", "k", "value", "users"], [list(c) for c in columns]))))
-        conn.execute("INSERT INTO eval.metrics SELECT model, cutoff, split, slice, metric, k, value, users, $run, now() "
-                     "FROM new_metrics", {"run": run_id})
+        conn.execute("DELETE FROM eval.metrics WHERE partition_date = $d", {"d": partition})
+        conn.register("new_metrics", table)
+        conn.execute("INSERT INTO eval.metrics BY NAME SELECT $d AS partition_date, *, $run AS run_id, "
+                     "now() AS computed_at FROM new_metrics", {"d": partition, "run": run_id})
         conn.unregister("new_metrics")
-    return out
-
-
-def comparison_table(rows_: list[tuple], split: str = "test", slice_: str = "all") -> str:
-    """Markdown: one line per model, Recall/NDCG/HitRate@20, MRR, coverage@20, users."""
-    table: dict[str, dict[str, float]] = {}
-    users: dict[str, int] = {}
-    for model, _, s, sl, metric, k, value, n in rows_:
-        if s == split and sl == slice_:
-            table.setdefault(model, {})[f"{metric}@{k}" if k else metric] = value
-            users[model] = n
-    lines = ["| model | Recall@20 | NDCG@20 | HitRate@20 | MRR | coverage@20 | users |", "|---|---|---|---|---|---|---|"]
-    for model, m in sorted(table.items(), key=lambda kv: -kv[1].get("recall@20", 0)):
-        cells = [f"{m[c]:.4f}" if c in m else "" for c in ("recall@20", "ndcg@20", "hitrate@20", "mrr", "coverage@20")]
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {users[model]} |")
-    return "\n".join(lines)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import duckdb
 
-SCHEMAS = ("raw", "kg", "features", "serving", "eval")
+SCHEMAS = ("meta", "raw", "kg", "features", "serving", "eval")
 
 TABLES = {
+    # One row: a random id given when the warehouse is created, so that what belongs to this
+    # warehouse outside it (model checkpoints) is found again, and never another warehouse's.
+    "meta.warehouse": """
+        warehouse_id VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    """,
     "raw.events": """
         partition_date DATE NOT NULL,
         user_id VARCHAR NOT NULL,
@@ -137,7 +143,9 @@ TABLES = {
         generated_at TIMESTAMP NOT NULL
     """,
     # split: "validation" (the window before the cutoff, used for choices) or "test" (after it, report only).
+    # partition_date: the model_evaluation partition that wrote the row (its re-run replaces them).
     "eval.metrics": """
+        partition_date DATE,
         model VARCHAR NOT NULL,
         cutoff DATE NOT NULL,
         split VARCHAR NOT NULL,
@@ -158,10 +166,27 @@ VIEWS = {
 }
 
 
+# Columns added since a table was first shipped: warehouses created before get them on the next write.
+ADDED_COLUMNS = {
+    "eval.metrics": ["partition_date DATE"],
+}
+
+
+def warehouse_id(conn: duckdb.DuckDBPyConnection) -> str:
+    """This warehouse's id, created on first use."""
+    ensure_schema(conn)
+    conn.execute("INSERT INTO meta.warehouse SELECT substr(replace(CAST(uuid() AS VARCHAR), '-', ''), 1, 12), now() "
+                 "WHERE NOT EXISTS (SELECT 1 FROM meta.warehouse)")
+    return conn.execute("SELECT warehouse_id FROM meta.warehouse").fetchall()[0][0]
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     for schema in SCHEMAS:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table, columns in TABLES.items():
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    for table, columns in ADDED_COLUMNS.items():
+        for column in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
     for view, query in VIEWS.items():
         conn.execute(f"CREATE VIEW IF NOT EXISTS {view} AS {query}")

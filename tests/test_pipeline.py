@@ -1,0 +1,66 @@
+"""The whole asset graph materialized by Dagster on two small synthetic shops, one after the
+other, with the same models folder: switching the dataset and the warehouse needs nothing by hand."""
+
+import datetime as dt
+
+import dagster as dg
+import yaml
+
+from unirec_dagster.defs.evaluation import model_evaluation
+from unirec_dagster.defs.features import item_text_embeddings
+from unirec_dagster.defs.graph import knowledge_graph
+from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
+from unirec_dagster.defs.serving import recommendations, similar_items
+from unirec_dagster.defs.training import finetuned_recommender, pretrained_encoder
+from unirec_dagster.synthetic import generate, write_dataset
+from unirec_dagster.training.steps import SERVED
+from unirec_dagster.warehouse import connect, rows
+from tests.conftest import warehouse_resources
+
+START, RUN_DATE = dt.date(2010, 12, 1), dt.date(2010, 12, 28)  # inside the sample's partition calendar
+SMALL = {"ops": {
+    "pretrained_encoder": {"config": {"epochs": 3, "encoder": {"dim": 16}}},
+    "finetuned_recommender": {"config": {"max_epochs": 6, "patience": 2, "encoder": {"dim": 16}}},
+    "knowledge_graph": {"config": {"validation_days": 7}},
+}}
+
+
+def shop(tmp_path, name: str, seed: int):
+    spec_path = write_dataset(generate(6000, n_days=40, n_items=150, start=START, seed=seed), tmp_path / name)
+    spec = yaml.safe_load(spec_path.read_text())
+    spec_path.write_text(yaml.safe_dump({**spec, "name": name}, sort_keys=False))
+    return spec_path
+
+
+def materialize_everything(resources: dict) -> dg.ExecuteInProcessResult:
+    last = RUN_DATE + dt.timedelta(days=9)
+    assert dg.materialize([raw_events], resources=resources, tags={
+        "dagster/asset_partition_range_start": START.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat()}).success
+    assert dg.materialize([raw_items, raw_users, item_text_embeddings], resources=resources).success
+    return dg.materialize([knowledge_graph, pretrained_encoder, finetuned_recommender, recommendations,
+                           model_evaluation, similar_items], resources=resources, partition_key=RUN_DATE.isoformat(),
+                          run_config=SMALL, selection=None)
+
+
+def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
+    models = tmp_path / "models"
+    for name, seed in (("shop-a", 0), ("shop-b", 1)):
+        warehouse = tmp_path / f"{name}.duckdb"
+        result = materialize_everything(warehouse_resources(warehouse, models, shop(tmp_path, name, seed)))
+        assert result.success
+        gate = [c for c in result.get_asset_check_evaluations() if c.check_name == "quality_gate"]
+        assert len(gate) == 1
+        evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
+        conn = connect(warehouse, read_only=True)
+        users_with_history = rows(conn, "SELECT count(DISTINCT user_id) FROM raw.events WHERE ts < $c",
+                                  {"c": RUN_DATE + dt.timedelta(days=1)})[0][0]
+        served_users = rows(conn, "SELECT count(DISTINCT user_id) FROM serving.recommendations "
+                                  "WHERE partition_date = $d", {"d": RUN_DATE})[0][0]
+        assert served_users == users_with_history, "everyone with history gets a list"
+        assert evaluation["users_without_a_row"].value == 0
+        served = rows(conn, "SELECT users FROM eval.metrics WHERE model = $m AND split = 'test' AND slice = 'all' "
+                            "AND metric = 'recall' AND k = 20", {"m": SERVED})
+        assert served and served[0][0] == evaluation["evaluated_users"].value > 0
+        conn.close()
+    assert sorted(p.name.split("-")[1] for p in models.iterdir()) == ["a", "b"], "one model folder per warehouse"

@@ -1,0 +1,44 @@
+"""model_evaluation: the served table scored on EVALUATION.md's protocol, beside in-process
+comparisons with the ablations and baselines."""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from unirec_dagster.defs.dataset import daily_partitions, partition_date
+from unirec_dagster.defs.ingest import raw_events
+from unirec_dagster.defs.presentation import comparison_table
+from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
+from unirec_dagster.defs.serving import recommendations
+from unirec_dagster.defs.training import finetuned_recommender
+from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
+from unirec_dagster.training.steps import run_evaluation
+
+
+class EvaluationConfig(dg.Config):
+    window_days: int = TEST_WINDOW_DAYS  # the test window [C, C + window_days)
+
+
+@dg.asset(group_name="evaluation", kinds={"duckdb"}, partitions_def=daily_partitions,
+          deps=[recommendations, finetuned_recommender,
+                # the test window: the days after the partition (absent for the newest partitions)
+                dg.AssetDep(raw_events, partition_mapping=dg.TimeWindowPartitionMapping(
+                    start_offset=1, end_offset=TEST_WINDOW_DAYS, allow_nonexistent_upstream_partitions=True))],
+          pool=WAREHOUSE_POOL, code_version="3",
+          description="eval.metrics: the rows of serving.recommendations for the partition scored on the test "
+                      "window after the cutoff (when the warehouse has it), every evaluated user counting; beside "
+                      "them the fine-tuned model in process, its ablations and the baselines, per slice.")
+def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, duckdb: DuckDBResource,
+                     dataset: DatasetResource, model_store: ModelStoreResource):
+    spec, run_date = dataset.load(), partition_date(context)
+    with duckdb.get_connection() as conn:
+        result = run_evaluation(conn, spec, run_date, model_store.for_warehouse(conn, spec), config.window_days,
+                                context.run.run_id, log=context.log.info)
+    headline = result.headline()
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(result.rows), "model": result.model_version,
+        "evaluated_users": result.test_users, "users_without_a_row": result.unserved_users,
+        **{f"served_{name}": value for name, value in headline.items() if name in ("recall@20", "ndcg@20")},
+        "test_comparison": comparison_table(result.rows, "test"),
+        "cold_users": comparison_table(result.rows, "test", "cold_users"),
+        "new_items": comparison_table(result.rows, "test", "new_items"),
+        "validation": comparison_table(result.rows, "validation")})
