@@ -25,7 +25,7 @@ from unirec_dagster.defs.presentation import comparison_table
 from unirec_dagster.graph import build_partition
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
-from unirec_dagster.training.context import served_scorer
+from unirec_dagster.training.context import served_model
 from unirec_dagster.training.steps import run_evaluation, run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect, rows
 
@@ -56,8 +56,9 @@ def main() -> None:
         pretrained = run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), store, log=print)
         finetuned = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print)
         print(finetuned.gate.reason)
-        write_recommendations(conn, spec, run_date, served_scorer(conn, spec, finetuned.checkpoint, run_date),
-                              finetuned.checkpoint.version, None, ServingSettings())
+        served = served_model(conn, spec, finetuned.checkpoint, run_date)
+        write_recommendations(conn, spec, run_date, served.scorer, finetuned.checkpoint.version, None,
+                              ServingSettings(), served.graph)
         result = run_evaluation(conn, spec, run_date, store, args.window_days, log=print)
     wall = time.perf_counter() - started
     for slice_ in ("all", "cold_users", "warm_users", "new_items", "tail_items"):

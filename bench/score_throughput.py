@@ -27,6 +27,7 @@ import torch
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.evaluation.split import TrainingData
+from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.serving.recommend import score_users
 from unirec_dagster.ranking.topk import block_rows, top_k
 
@@ -70,7 +71,7 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
     elif method == "blend":
         scorer = Scorer(signals, {"model": 0.4, "co_purchase": 0.3, "recent_popularity": 0.2, "popularity": 0.1},
                         embeddings)
-        score_users(scorer, user_ids, k, exclude_purchased=True)
+        score_users(scorer, user_ids, k, True, Explainer(scorer, None))
     else:  # baseline: one full matrix
         scored = min(users, int(baseline_gib * 2**30 / 4 / items))
         full = embeddings[:scored] @ item_vectors.T

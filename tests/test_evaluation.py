@@ -14,6 +14,7 @@ from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_hol
 from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.serving.reasons import POSITIVE, Explainer
 from unirec_dagster.serving.recommend import ServingSettings, score_users, write_recommendations, write_similar_items
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.steps import GateResult
@@ -102,7 +103,7 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp
         by_user.setdefault(user, []).append(reason)
     # u4 and u5 have one purchase (< min_history 2): recently popular in their country.
     assert all(r.startswith("popular recently") for r in by_user["u4"] + by_user["u5"])
-    assert "u6" not in by_user  # no event up to the run date: not active yet
+    assert "u6" not in by_user  # no event up to the run date: no history, no list
     assert len(recs) == len({(u, i) for u, i, _ in recs})
     conn.close()  # the viewer opens the file read-only
     assert show.main(["--user", "u4", "--warehouse", str(tmp_path / "warehouse.duckdb")]) == 0
@@ -131,12 +132,21 @@ def test_blocked_blend_ranks_as_the_full_matrix():
     r, c = scorer.signals.exclusions(users)
     full[r, c] = float("-inf")
     expected = torch.topk(full, 10, dim=1)
-    scores, items, reasons = score_users(scorer, users, 10, exclude_purchased=True, chunk=16)
+    top = score_users(scorer, users, 10, True, Explainer(scorer, None), chunk=16)
+    items = top.items
     assert torch.equal(items, expected.indices)
-    assert torch.allclose(scores, expected.values, atol=1e-4)
-    stacked = torch.stack([p.expand(num_users, -1).gather(1, items) for p in parts.values()], -1)
-    assert torch.equal(reasons, stacked.argmax(-1))
+    assert torch.allclose(top.scores, expected.values, atol=1e-4)
     assert not set(zip(r.tolist(), c.tolist())) & {(u, int(i)) for u in range(num_users) for i in items[u]}
+    # Each reason is the template of the signal that contributed most; an anchor is a past purchase.
+    lead = torch.stack([p.expand(num_users, -1).gather(1, items) for p in parts.values()], -1).argmax(-1)
+    bought = {(u, i) for u, i in zip(r.tolist(), c.tolist())}
+    for u in range(num_users):
+        for j in range(10):
+            name, text = list(weights)[lead[u, j]], top.templates[top.reasons[u, j]]
+            assert text.startswith(POSITIVE[name].split("{")[0]) or text == "similar shoppers bought it", (name, text)
+            anchor = int(top.anchors[u, j])
+            assert anchor == -1 or (u, anchor) in bought
+            assert ("{anchor}" in text) == (anchor >= 0)
 
 
 def test_blend_learns_a_trending_signal():

@@ -126,7 +126,7 @@ def test_text_only_item_lands_near_items_with_similar_text():
     result = pretrain(graph, text, config(link_weight=1.0, align_weight=1.0).model_copy(update={"epochs": 80}), "purchase")
     model = result.model
     with torch.no_grad():
-        emb = torch.nn.functional.normalize(model(Propagation.from_graph(graph), text), dim=-1)
+        emb = torch.nn.functional.normalize(model(Propagation.from_graph(graph, model.config), text), dim=-1)
     for cluster in range(CLUSTERS):
         new_item_text = centres[cluster] + 0.3 * torch.randn(TEXT_DIM, generator=torch.Generator().manual_seed(9))
         cold = torch.nn.functional.normalize(model.cold_item_embedding(new_item_text.unsqueeze(0)), dim=-1)

@@ -62,5 +62,15 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         served = rows(conn, "SELECT users FROM eval.metrics WHERE model = $m AND split = 'test' AND slice = 'all' "
                             "AND metric = 'recall' AND k = 20", {"m": SERVED})
         assert served and served[0][0] == evaluation["evaluated_users"].value > 0
+        # Reasons name the user's own past purchase (by title), and an attribute it shares, if any.
+        anchored = rows(conn, """
+            SELECT r.user_id, r.reason, EXISTS (
+                SELECT 1 FROM raw.events ev JOIN raw.items i USING (item_id)
+                WHERE ev.user_id = r.user_id AND ev.ts < $c AND ev.event_type = 'purchase'
+                  AND r.reason LIKE '%' || i.title || '%')
+            FROM serving.recommendations r
+            WHERE r.partition_date = $d AND (r.reason LIKE 'bought together with %' OR r.reason LIKE 'because you bought %')
+            """, {"d": RUN_DATE, "c": RUN_DATE + dt.timedelta(days=1)})
+        assert anchored and all(found for _, _, found in anchored), anchored[:3]
         conn.close()
     assert sorted(p.name.split("-")[1] for p in models.iterdir()) == ["a", "b"], "one model folder per warehouse"

@@ -11,7 +11,7 @@ from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, Model
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.serving.recommend import (ServingSettings, refresh_similar_items, users_short_of_k,
                                               write_recommendations)
-from unirec_dagster.training.context import served_scorer, text_view
+from unirec_dagster.training.context import served_model, text_view
 from unirec_dagster.training.steps import promoted_checkpoint
 
 
@@ -31,8 +31,9 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
     settings = ServingSettings(**config.model_dump())
     with duckdb.get_connection() as conn:
         checkpoint = promoted_checkpoint(model_store.for_warehouse(conn, spec), run_date)
-        scorer = served_scorer(conn, spec, checkpoint, run_date)
-        stats = write_recommendations(conn, spec, run_date, scorer, checkpoint.version, context.run.run_id, settings)
+        served = served_model(conn, spec, checkpoint, run_date)
+        stats = write_recommendations(conn, spec, run_date, served.scorer, checkpoint.version, context.run.run_id,
+                                      settings, served.graph)
         short = users_short_of_k(conn, run_date, settings.k)
     context.log.info(f"{stats.users:,} users ({stats.fallback_users:,} fallback), {stats.rows:,} rows, "
                      f"{stats.users_per_second:,.0f} users/s")

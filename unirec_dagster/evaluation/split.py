@@ -2,7 +2,8 @@
 
 Training data: events with ts < C only. Test (or validation) pairs: positive events in
 [C, window_end) on items the user had no positive event on before C, for users with any event
-before C. Candidates: items with any event before C. Everything is indexed by KG entity id
+before C. Candidates: items with any event before C, and the items listed in an item file (a
+catalog item is known before anyone buys it). Everything is indexed by KG entity id
 (users) and by position in the candidate list (items).
 """
 
@@ -44,6 +45,11 @@ class TrainingData:
     popularity: torch.Tensor        # (I,) distinct users with a positive event on the item, all history
     recent_popularity: torch.Tensor  # (I,) the same, in the last `recent_share` of the span
     positive_counts: torch.Tensor   # (I,) positive events on the item, all history
+    interacted: torch.Tensor | None = None  # (I,) bool: any event before C (else only listed in the catalog)
+
+    def __post_init__(self):
+        if self.interacted is None:
+            self.interacted = torch.ones(len(self.items), dtype=torch.bool)
 
     @property
     def num_items(self) -> int:
@@ -88,10 +94,12 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     params = {"c": _as_ts(cutoff), "pos": spec.events.positive_event_type}
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE eval_items AS
-        SELECT ie.entity_id, row_number() OVER (ORDER BY ie.entity_id) - 1 AS position
-        FROM (SELECT DISTINCT item_id FROM raw.events WHERE ts < $c) ev {_entity_join('item', 'ev.item_id')}""",
+        SELECT ie.entity_id, row_number() OVER (ORDER BY ie.entity_id) - 1 AS position,
+               ev.item_id IN (SELECT item_id FROM raw.events WHERE ts < $c) AS interacted
+        FROM (SELECT DISTINCT item_id FROM raw.events WHERE ts < $c
+              UNION SELECT item_id FROM raw.items WHERE listed) ev {_entity_join('item', 'ev.item_id')}""",
                  {"c": params["c"]})
-    items = conn.sql("SELECT entity_id FROM eval_items ORDER BY position").to_arrow_table()
+    items = conn.sql("SELECT entity_id, interacted FROM eval_items ORDER BY position").to_arrow_table()
     pairs = conn.sql(f"""
         SELECT ue.entity_id AS user_id, ei.position AS item, count(*) AS events,
                (epoch($c) - epoch(max(ev.ts))) / 86400.0 AS last_days
@@ -117,7 +125,7 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     events[position] = _column(popularity, "events", np.float32)
     return TrainingData(cutoff, _column(items, "entity_id"), _column(pairs, "user_id"), _column(pairs, "item"),
                         _column(pairs, "last_days", np.float32), _column(pairs, "events"), popular, recent,
-                        events)
+                        events, torch.from_numpy(items.column("interacted").to_numpy(zero_copy_only=False).astype(bool)))
 
 
 def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: TrainingData,

@@ -134,6 +134,7 @@ def _catalog_query(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str
         )
         SELECT coalesce(attrs.entity_id, seen.entity_id) AS {id_column}, attrs.* EXCLUDE (entity_id),
                seen.first_seen, seen.last_seen, coalesce(seen.event_count, 0) AS event_count,
+               {p.add(entity.file is not None, 'BOOLEAN')} AND attrs.entity_id IS NOT NULL AS listed,
                {p.add(dt.datetime.now(), 'TIMESTAMP')} AS updated_at
         FROM attrs FULL OUTER JOIN seen ON attrs.entity_id = seen.entity_id
     """
@@ -143,11 +144,14 @@ def _catalog_query(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str
 def catalog_as_of(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, before: dt.datetime) -> str:
     """Items or users with the attributes known before `before`, in a temp table; returns its name.
 
-    Entities first seen later are left out, so an as-of build never learns of the future.
+    Entities first seen in an event later are left out, so an as-of build never learns of the
+    future; entities listed in an attribute file are known at any date (the file has no time), so
+    catalog items nobody has bought yet are entities and candidates too.
     """
     query, params, _ = _catalog_query(conn, spec, kind, None, before)
     table = f"catalog_{kind}"
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({query}) WHERE first_seen IS NOT NULL", params)
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({query}) "
+                 "WHERE first_seen IS NOT NULL OR listed", params)
     return table
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -11,6 +13,10 @@ class EncoderConfig(BaseModel):
     use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings (MF ablation).")
     use_text: bool = Field(True, description="Fuse each item's projected text vector into its embedding (gated sum).")
     init_std: float = Field(0.1, gt=0)
+    edge_weights: bool = Field(False, description="Propagate with the KG's edge weights (time decay, idf, Jaccard) "
+                                                  "instead of 0/1 edges.")
+    readout_relation: str | None = Field(None, description="Time-aware user readout over this user->item relation's "
+                                                           "decayed weights (set from the dataset's positive type).")
 
 
 class PretrainConfig(BaseModel):
@@ -40,6 +46,9 @@ class FinetuneConfig(BaseModel):
     lr: float = Field(0.005, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
     half_life_days: float = Field(60.0, gt=0, description="Recent purchases weigh more: weight halves every this many days.")
+    loss: Literal["softmax", "bpr"] = Field("softmax", description="Sampled softmax over the batch's shared "
+                                            "negatives, or BPR with one negative per pair.")
+    loss_temperature: float = Field(0.1, gt=0, description="Temperature of the softmax over cosine similarities.")
     align_weight: float = Field(0.1, ge=0, description="Keep the text view aligned while fine-tuning (cold items).")
     temperature: float = Field(0.1, gt=0)
     seed: int = 0

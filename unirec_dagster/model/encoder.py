@@ -17,15 +17,27 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import EncoderConfig
 
 
-def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """Symmetric D^-1/2 A D^-1/2 of the undirected graph of one relation, as a sparse CSR matrix."""
+def normalized_adjacency(edge_index: torch.Tensor, num_nodes: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric D^-1/2 A D^-1/2 of the undirected graph of one relation, as a sparse CSR matrix;
+    with `weight`, A holds the edge weights and D their sums."""
     heads, tails = edge_index
     src = torch.cat([heads, tails])
     dst = torch.cat([tails, heads])
-    degree = torch.bincount(src, minlength=num_nodes).float().clamp(min=1)
-    values = degree[src].rsqrt() * degree[dst].rsqrt()
+    w = torch.ones(len(src)) if weight is None else torch.cat([weight, weight]).float().clamp(min=0)
+    degree = torch.zeros(num_nodes).index_add_(0, src, w).clamp(min=1e-6 if weight is not None else 1)
+    values = w * degree[src].rsqrt() * degree[dst].rsqrt()
     return torch.sparse_coo_tensor(torch.stack([src, dst]), values, (num_nodes, num_nodes),
                                    check_invariants=False).coalesce().to_sparse_csr()
+
+
+def readout_matrix(edge_index: torch.Tensor, weight: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-normalised head -> tail weights (each head's weights sum to 1) and their transpose, CSR."""
+    heads, tails = edge_index
+    total = torch.zeros(num_nodes).index_add_(0, heads, weight.float()).clamp(min=1e-12)
+    values = weight.float() / total[heads]
+    a = torch.sparse_coo_tensor(torch.stack([heads, tails]), values, (num_nodes, num_nodes),
+                                check_invariants=False).coalesce()
+    return a.to_sparse_csr(), a.t().coalesce().to_sparse_csr()
 
 
 class SymmetricSparseMM(torch.autograd.Function):
@@ -42,6 +54,20 @@ class SymmetricSparseMM(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (a,) = ctx.saved_tensors
         return None, a @ grad
+
+
+class SparseMM(torch.autograd.Function):
+    """a @ x for a sparse `a` whose transpose is given, so backward needs no transpose per step."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a_t)
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (a_t,) = ctx.saved_tensors
+        return None, None, a_t @ grad
 
 
 @dataclass
@@ -65,24 +91,32 @@ class TextView:
 
 @dataclass
 class Propagation:
-    """The adjacency matrices the encoder propagates over, keyed by relation id."""
+    """The adjacency matrices the encoder propagates over, keyed by relation id, and the optional
+    time-aware user readout (row-normalised time-decayed interaction weights, and its transpose)."""
 
     adjacency: dict[int, torch.Tensor]
+    readout: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_graph(cls, graph: KnowledgeGraph, drop: dict[str, torch.Tensor] | None = None) -> "Propagation":
+    def from_graph(cls, graph: KnowledgeGraph, config: EncoderConfig,
+                   drop: dict[str, torch.Tensor] | None = None) -> "Propagation":
         """`drop` maps a relation name to a boolean mask of its edges to leave out (masked attributes)."""
         adjacency = {}
         for rid, name in enumerate(graph.relation_names):
-            edges = graph.edge_index[name]
+            edges, weight = graph.edge_index[name], graph.edge_weight[name]
             if drop and name in drop:
-                edges = edges[:, ~drop[name]]
+                edges, weight = edges[:, ~drop[name]], weight[~drop[name]]
             if edges.shape[1]:
-                adjacency[rid] = normalized_adjacency(edges, graph.num_entities)
-        return cls(adjacency)
+                adjacency[rid] = normalized_adjacency(edges, graph.num_entities, weight if config.edge_weights else None)
+        readout = None
+        if config.readout_relation and graph.edge_index.get(config.readout_relation, torch.empty(2, 0)).shape[1]:
+            readout = readout_matrix(graph.edge_index[config.readout_relation],
+                                     graph.edge_weight[config.readout_relation], graph.num_entities)
+        return cls(adjacency, readout)
 
     def to(self, device: torch.device) -> "Propagation":
-        return Propagation({rid: a.to(device) for rid, a in self.adjacency.items()})
+        return Propagation({rid: a.to(device) for rid, a in self.adjacency.items()},
+                           tuple(a.to(device) for a in self.readout) if self.readout else None)
 
 
 class GraphEncoder(nn.Module):
@@ -93,6 +127,7 @@ class GraphEncoder(nn.Module):
         nn.init.normal_(self.embedding.weight, std=config.init_std)
         self.relation_logits = nn.Parameter(torch.zeros(num_relations))      # propagation weight per relation
         self.relation_vectors = nn.Parameter(torch.ones(num_relations, config.dim))  # DistMult diagonal
+        self.readout_gate = nn.Parameter(torch.zeros(config.dim))
         self.text_dim = text_dim if config.use_text else 0
         if self.text_dim:
             self.text_in = nn.Linear(self.text_dim, config.dim)
@@ -117,7 +152,13 @@ class GraphEncoder(nn.Module):
         for _ in range(self.config.layers):
             layer = sum(weights[rid] * SymmetricSparseMM.apply(a, layer) for rid, a in propagation.adjacency.items())
             total = total + layer
-        return total / (self.config.layers + 1)
+        out = total / (self.config.layers + 1)
+        if propagation.readout is not None:
+            # A user also reads their items through the time-decayed interaction weights of the
+            # snapshot: recent purchases count most, and a user the last training never saw (or
+            # saw with an older history) still gets a vector from what they did since.
+            out = out + torch.sigmoid(self.readout_gate) * SparseMM.apply(*propagation.readout, out)
+        return out
 
     @torch.no_grad()
     def get_embedding(self, propagation: Propagation | None, text: TextView | None = None) -> torch.Tensor:
@@ -131,7 +172,7 @@ class GraphEncoder(nn.Module):
     def embed_graph(self, graph: KnowledgeGraph, text: TextView | None = None) -> torch.Tensor:
         """`get_embedding` over a KG snapshot, on the model's device."""
         device = self.embedding.weight.device
-        propagation = Propagation.from_graph(graph).to(device) if self.config.use_graph else None
+        propagation = Propagation.from_graph(graph, self.config).to(device) if self.config.use_graph else None
         return self.get_embedding(propagation, text.for_model(self, device) if text is not None else None)
 
     def text_embedding(self, text_vectors: torch.Tensor) -> torch.Tensor:

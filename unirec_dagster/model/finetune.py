@@ -12,7 +12,7 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import bpr_loss
+from unirec_dagster.model.objectives import bpr_loss, sampled_softmax_loss
 from unirec_dagster.model.pretrain import alignment_loss
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
@@ -22,8 +22,8 @@ def recency_weights(last_days: torch.Tensor, half_life_days: float) -> torch.Ten
 
 
 class FinetuneTask:
-    """BPR on the positive pairs (negatives drawn from the candidate items), plus a little
-    text-graph alignment so that items known by their text alone stay placeable."""
+    """A sampled softmax (or BPR) on the positive pairs, negatives drawn from the candidate items,
+    plus a little text-graph alignment so that items known by their text alone stay placeable."""
 
     unit = "pairs"
 
@@ -34,7 +34,7 @@ class FinetuneTask:
         self.graph, self.config, self.text = graph, config, text
         self.users, self.items, self.pair_weights, self.candidates = users, items, weights, candidate_items
         self.examples_per_epoch = len(users)
-        self.weights = {"bpr": 1.0}
+        self.weights = {config.loss: 1.0}
         if text is not None and len(text.ids) and config.align_weight:
             self.weights["align"] = config.align_weight
 
@@ -42,7 +42,7 @@ class FinetuneTask:
         if not self.config.encoder.use_graph:
             return None
         if not hasattr(self, "_propagation"):  # the graph does not change between epochs
-            self._propagation = Propagation.from_graph(self.graph)
+            self._propagation = Propagation.from_graph(self.graph, self.config.encoder)
         return self._propagation
 
     def batches(self, generator: torch.Generator):
@@ -55,9 +55,13 @@ class FinetuneTask:
              generator: torch.Generator) -> dict[str, torch.Tensor]:
         device = emb.device
         negatives = self.candidates[torch.randint(len(self.candidates), (len(batch),), generator=generator)]
-        losses = {"bpr": bpr_loss(emb, self.users[batch].to(device), self.items[batch].to(device),
-                                  negatives.to(device), self.pair_weights[batch].to(device),
-                                  l2=self.config.weight_decay)}
+        users, items = self.users[batch].to(device), self.items[batch].to(device)
+        weights, negatives = self.pair_weights[batch].to(device), negatives.to(device)
+        if self.config.loss == "softmax":
+            losses = {"softmax": sampled_softmax_loss(emb, users, items, negatives, weights,
+                                                      self.config.loss_temperature, l2=self.config.weight_decay)}
+        else:
+            losses = {"bpr": bpr_loss(emb, users, items, negatives, weights, l2=self.config.weight_decay)}
         if "align" in self.weights:
             if self.text.vectors.device != device:
                 self.text = self.text.to(device)

@@ -18,6 +18,23 @@ def bpr_loss(emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, ne
     return loss
 
 
+def sampled_softmax_loss(emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                         weights: torch.Tensor, temperature: float, l2: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of each user's item against the batch's shared sampled items, on cosine
+    similarities over a temperature. On Online Retail's validation window it reached Recall@20
+    0.111 at epoch 7 where BPR reached 0.103 at epoch 15 (BENCHMARKS.md)."""
+    u = F.normalize(emb[users], dim=-1)                    # (B, d)
+    p = F.normalize(emb[positives], dim=-1)                # (B, d)
+    n = F.normalize(emb[negatives], dim=-1)                # (S, d), shared by the batch
+    positive = (u * p).sum(-1, keepdim=True) / temperature  # (B, 1)
+    logits = torch.cat([positive, u @ n.T / temperature], 1)  # (B, 1 + S)
+    losses = torch.logsumexp(logits, 1) - positive.squeeze(1)
+    loss = (losses * weights).sum() / weights.sum()
+    if l2:
+        loss = loss + l2 * (emb[users].pow(2).sum(-1) + emb[positives].pow(2).sum(-1)).mean()
+    return loss
+
+
 def distmult_loss(emb: torch.Tensor, relation_vectors: torch.Tensor, heads: torch.Tensor, relations: torch.Tensor,
                   tails: torch.Tensor, negative_tails: torch.Tensor) -> torch.Tensor:
     """KG triple completion: <h, r, t> of a true triple above that of a corrupted tail."""

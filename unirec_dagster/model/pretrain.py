@@ -117,7 +117,7 @@ class PretrainTask:
         self.masked_items = self.mask_edges[0, hidden]
         self.masked_values = self.position[self.mask_edges[1, hidden]]
         # The hidden attribute edges are left out of this epoch's propagation.
-        return Propagation.from_graph(self.graph, {self.masked: hidden} if self.masked else None)
+        return Propagation.from_graph(self.graph, self.config.encoder, {self.masked: hidden} if self.masked else None)
 
     def batches(self, generator: torch.Generator):
         order = torch.randperm(self.examples_per_epoch, generator=generator)

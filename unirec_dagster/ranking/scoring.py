@@ -41,15 +41,21 @@ class Scorer:
             self._centered_items = self._item_vectors - self._item_vectors.mean(0, keepdim=True)
             self._item_covariance = self._centered_items.T @ self._centered_items / max(len(self._item_vectors) - 1, 1)
 
-    def feature(self, name: str, users: torch.Tensor) -> torch.Tensor:
-        """The raw signal, (len(users), items); (1, items) for popularity, which is the same for every user."""
+    def feature(self, name: str, users: torch.Tensor, blended: bool = False) -> torch.Tensor:
+        """The raw signal, (len(users), items); (1, items) for popularity, which is the same for every
+        user. In a blend (`blended`), an item nobody has interacted with yet (listed in the catalog
+        only) has an unknown popularity, not a zero one: it gets the mean, and the model decides."""
         data = self.signals.data
         if name == "model":
             return (self.embeddings[users.to(self.embeddings.device)] @ self._item_vectors.T).float().cpu()
         if name == "co_purchase":
             return self.signals.knn_scores(users)
         source = data.recent_popularity if name == "recent_popularity" else data.popularity
-        return torch.log1p(source).unsqueeze(0)
+        popularity = torch.log1p(source)
+        new = ~data.interacted
+        if blended and new.any() and not new.all():
+            popularity[new] = popularity[~new].mean()
+        return popularity.unsqueeze(0)
 
     @property
     def feature_names(self) -> list[str]:
@@ -63,12 +69,14 @@ class Scorer:
 
     def features(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every standardised feature as a (len(users), items) view (for fitting the blend)."""
-        return {name: standardize_(self.feature(name, users)).expand(len(users), -1) for name in self.feature_names}
+        return {name: standardize_(self.feature(name, users, blended=True)).expand(len(users), -1)
+                for name in self.feature_names}
 
     def parts(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each weighted, standardised signal, (len(users) or 1, items); they sum to the blend."""
         return {name: self._standardized_model(users).mul_(self.weights[name]) if name == "model"
-                else standardize_(self.feature(name, users)).mul_(self.weights[name]) for name in self.active_features}
+                else standardize_(self.feature(name, users, blended=True)).mul_(self.weights[name])
+                for name in self.active_features}
 
     def _standardized_model(self, users: torch.Tensor) -> torch.Tensor:
         """standardize_(feature("model")) without a pass over the score block: a user's scores e.v_i

@@ -23,20 +23,9 @@ from unirec_dagster.ranking.scoring import Scorer, total
 from unirec_dagster.graph import KnowledgeGraph, load_graph
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView
+from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
-
-REASONS = {"model": "graph model: similar shoppers and items", "co_purchase": "bought together with your past items",
-           "recent_popularity": "popular recently", "popularity": "a best seller"}
-# A learned blend may weigh a signal negatively (all-time popularity, against recent popularity:
-# trending); an item then gains from being low on it.
-NEGATIVE_REASONS = {"model": "outside your usual items", "co_purchase": "something different from your past items",
-                    "recent_popularity": "not yet widely bought lately", "popularity": "trending: rising, not yet a best seller"}
-
-
-def reason_text(feature: str, weight: float) -> str:
-    return (REASONS if weight >= 0 else NEGATIVE_REASONS)[feature]
-
 
 class ServingSettings(BaseModel):
     """What the nightly table holds; the recommendations asset's run config is this same model."""
@@ -59,12 +48,25 @@ class ServingStats:
     users_per_second: float
 
 
-def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool,
-                chunk: int | None = None,
-                never: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(scores, candidate positions, reason), each (len(users), k), in blocks of users. The reason is
-    the index in `scorer.active_features` of the signal that contributed most to the item's score.
-    `never`: candidate positions recommended to nobody (scored -inf)."""
+@dataclass
+class ScoredUsers:
+    """A top-K per user, each tensor (users, k): scores, candidate positions, and the reason as a
+    template id of `templates` with its anchor (candidate position, -1 for none) and shared value
+    (entity id, -1 for none)."""
+
+    scores: torch.Tensor
+    items: torch.Tensor
+    reasons: torch.Tensor
+    anchors: torch.Tensor
+    values: torch.Tensor
+    templates: list[str]
+
+
+def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool, explainer: Explainer,
+                chunk: int | None = None, never: torch.Tensor | None = None) -> ScoredUsers:
+    """The top-K of `users` by the scorer's blend, in blocks of users, with reasons: the signal that
+    contributed most to each item's score, made concrete by `explainer`. `never`: candidate
+    positions recommended to nobody (scored -inf)."""
     excluded = scorer.signals.exclusions(users) if exclude_purchased else (None, None)
     parts: dict[str, torch.Tensor] = {}
 
@@ -73,24 +75,26 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
         parts = scorer.parts(users[rows_])
         return total(parts, rows_.stop - rows_.start)
 
-    scores, items, reasons = [], [], []
+    out: list[tuple[torch.Tensor, ...]] = []
     chunk = chunk or block_rows(scorer.signals.data.num_items)
     for rows_, top_scores, top_items in top_k_blocks(block, len(users), k, *excluded, chunk=chunk, never=never):
         n = rows_.stop - rows_.start
         chosen = torch.stack([p.expand(n, -1).gather(1, top_items) for p in parts.values()], -1)
-        scores.append(top_scores.cpu())
-        items.append(top_items.cpu())
-        reasons.append(chosen.argmax(-1).cpu())
-    if not scores:
+        top_items = top_items.cpu()
+        out.append((top_scores.cpu(), top_items, *explainer.explain(users[rows_], top_items, chosen.argmax(-1).cpu(),
+                                                                     list(parts))))
+    if not out:
         empty = torch.empty((0, k), dtype=torch.long)
-        return torch.empty((0, k)), empty, empty
-    return torch.cat(scores), torch.cat(items), torch.cat(reasons)
+        return ScoredUsers(torch.empty((0, k)), empty, empty, empty, empty, explainer.templates)
+    return ScoredUsers(*(torch.cat(column) for column in zip(*out)), explainer.templates)
 
 
 def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
-                          model_version: str, run_id: str | None, settings: ServingSettings) -> ServingStats:
+                          model_version: str, run_id: str | None, settings: ServingSettings,
+                          graph: KnowledgeGraph | None = None) -> ServingStats:
     """Replace the partition `run_date` of serving.recommendations: K items for every user with
-    any event before the cutoff (the end of run_date), in one transaction."""
+    any event before the cutoff (the end of run_date), in one transaction. With `graph`, reasons
+    also name an attribute or keyword the item shares with its anchor."""
     started = time.perf_counter()
     ensure_schema(conn)
     k, exclude_purchased = settings.k, settings.exclude_purchased
@@ -107,18 +111,25 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     modelled = (data.positive_events_of(user_ids) >= settings.min_history) & recent
     scored_users = user_ids[modelled]
     never = _never_recommended_positions(conn, spec, data.items)
-    scores, positions, why = score_users(scorer, scored_users, k, exclude_purchased, never=never)
-    reasons = np.array([reason_text(n, scorer.weights[n]) for n in scorer.active_features], dtype=object)
-    table = _ranked_table(scored_users, scores, data.items[positions], reason=reasons[why.numpy()])
+    top = score_users(scorer, scored_users, k, exclude_purchased, Explainer(scorer, graph), never=never)
+    anchors = torch.where(top.anchors >= 0, data.items[top.anchors.clamp(min=0)], -1)
+    table = _ranked_table(scored_users, top.scores, data.items[top.items],
+                          reason=np.array(top.templates, dtype=object)[top.reasons.numpy()],
+                          anchor=anchors.numpy(), shared=top.values.numpy())
     fallback_users = pa.table({"user_id": users.column("user_id").filter(pa.array((~modelled).numpy()))})
     with transaction(conn):
         conn.execute("DELETE FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})
         conn.register("new_recommendations", table)
+        # The reason's {anchor} and {value} become the anchor item's title and the shared value.
         conn.execute("""
             INSERT INTO serving.recommendations
-            SELECT $d, u.natural_key, i.natural_key, r.rank, r.score, r.reason, $v, $run, now()
+            SELECT $d, u.natural_key, i.natural_key, r.rank, r.score,
+                   replace(replace(r.reason, '{anchor}', coalesce(a.display_name, '')),
+                           '{value}', coalesce(v.display_name, '')), $v, $run, now()
             FROM new_recommendations r JOIN kg.entities u ON u.entity_id = r.source
-            JOIN kg.entities i ON i.entity_id = r.target""", {"d": run_date, "v": model_version, "run": run_id})
+            JOIN kg.entities i ON i.entity_id = r.target
+            LEFT JOIN kg.entities a ON a.entity_id = r.anchor LEFT JOIN kg.entities v ON v.entity_id = r.shared""",
+                     {"d": run_date, "v": model_version, "run": run_id})
         conn.unregister("new_recommendations")
         conn.register("fallback_users", fallback_users)
         _insert_fallback(conn, spec, run_date, cutoff, k, model_version, run_id, exclude_purchased)

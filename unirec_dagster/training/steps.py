@@ -20,7 +20,7 @@ from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainC
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.trainer import Log
 from unirec_dagster.ranking.scoring import Scorer
-from unirec_dagster.training.context import served_scorer, text_view
+from unirec_dagster.training.context import served_model, text_view
 from unirec_dagster.training.fit import FittedRecommender, cutoff_data, fit_recommender, recall_at_20, validation_split
 from unirec_dagster.warehouse import ensure_schema, transaction
 
@@ -202,7 +202,7 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                      "all", metric.split("@")[0], 20, checkpoint.manifest["validation"][metric],
                      checkpoint.manifest["validation"]["users"]) for metric in ("recall@20", "ndcg@20")]
     text = text_view(conn)
-    served = served_scorer(conn, spec, checkpoint, run_date, text)
+    served = served_model(conn, spec, checkpoint, run_date, text).scorer
     holdout = load_holdout(conn, spec, served.signals.data, window_end)
     unserved = 0
     if len(holdout.users):
@@ -220,7 +220,7 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
             ablation = store.latest(kind, run_date, partition_from=run_date)
             if ablation is not None:
                 out += metric_rows(label, "test", cutoff, evaluate(
-                    served_scorer(conn, spec, ablation, run_date, text), holdout))
+                    served_model(conn, spec, ablation, run_date, text).scorer, holdout))
     elif log:
         log(f"no events after {cutoff} in the warehouse yet: validation metrics only")
     write_metrics(conn, run_date, out, run_id)

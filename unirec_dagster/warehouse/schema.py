@@ -63,6 +63,7 @@ TABLES = {
         first_seen TIMESTAMP,
         last_seen TIMESTAMP,
         event_count BIGINT,
+        listed BOOLEAN,
         updated_at TIMESTAMP NOT NULL
     """,
     "raw.users": """
@@ -71,6 +72,7 @@ TABLES = {
         first_seen TIMESTAMP,
         last_seen TIMESTAMP,
         event_count BIGINT,
+        listed BOOLEAN,
         updated_at TIMESTAMP NOT NULL
     """,
     # Entity ids are given once and never change: row i of every embedding table is entity i.
@@ -169,6 +171,8 @@ VIEWS = {
 # Columns added since a table was first shipped: warehouses created before get them on the next write.
 ADDED_COLUMNS = {
     "eval.metrics": ["partition_date DATE"],
+    "raw.items": ["listed BOOLEAN"],   # in the item file (a catalog item, known with or without events)
+    "raw.users": ["listed BOOLEAN"],
 }
 
 

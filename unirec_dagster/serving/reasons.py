@@ -1,0 +1,141 @@
+"""Reasons a person understands: every personalised recommendation names its anchor, the user's own
+past item it is most tied to, and a shared attribute or keyword when there is one.
+
+- co-purchase led: "bought together with <past item>", the past item with the highest co-purchase
+  similarity to the recommendation;
+- model led: "because you bought <past item>", the past item nearest in the model's space;
+- an item nobody has interacted with yet: "new in the catalog, like <past item>" (the model places
+  it through its text and attributes);
+- popularity led: "popular recently", "a best seller", "trending: ..." (no anchor);
+- "(also <value>)": an attribute value or keyword the item shares with the anchor.
+
+Templates hold `{anchor}` and `{value}`, filled with the entities' display names when the rows are
+written, so the scoring loop handles ids only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.ranking.scoring import Scorer
+
+POSITIVE = {"model": "because you bought {anchor}", "co_purchase": "bought together with {anchor}",
+            "recent_popularity": "popular recently", "popularity": "a best seller"}
+# A learned blend may weigh a signal negatively (all-time popularity, against recent popularity:
+# trending); an item then gains from being low on it.
+NEGATIVE = {"model": "outside your usual items", "co_purchase": "something different from your past items",
+            "recent_popularity": "not yet widely bought lately", "popularity": "trending: rising, not yet a best seller"}
+NEW_ITEM = "new in the catalog, like {anchor}"
+SHARED = " (also {value})"
+ANCHORED = {"model", "co_purchase"}
+GENERIC_RELATIONS = {"item_co_occurs", "item_price_band"}  # a shared price band or basket is no reason
+HISTORY = 50          # the user's most recent purchases an anchor is chosen from
+MAX_VALUES = 12       # attribute values and keywords per item considered for "(also ...)"
+
+
+class Explainer:
+    """Anchors and shared values for the top-K of a scorer, block by block."""
+
+    def __init__(self, scorer: Scorer, graph: KnowledgeGraph | None):
+        self.scorer = scorer
+        data = scorer.signals.data
+        self.templates: list[str] = []
+        self._template_id: dict[str, int] = {}
+        # The most recent purchases of every user with history, (users, HISTORY) positions, -1 pad.
+        order = torch.argsort(data.train_users * 1e7 + data.train_last_days.double(), stable=True)
+        users, items = data.train_users[order], data.train_items[order]
+        self.user_ids, counts = torch.unique_consecutive(users, return_counts=True)
+        rank = torch.arange(len(users)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        keep = rank < HISTORY
+        self.history = torch.full((len(self.user_ids), HISTORY), -1, dtype=torch.long)
+        self.history[torch.repeat_interleave(torch.arange(len(self.user_ids)), counts)[keep], rank[keep]] = items[keep]
+        self.vectors = (F.normalize(scorer.embeddings[data.items.to(scorer.embeddings.device)].float(), dim=-1).cpu()
+                        if scorer.embeddings is not None else None)
+        similarity = scorer.signals.similarity.to_sparse_coo().coalesce()
+        rows, cols = similarity.indices()
+        self.pair_keys = rows * data.num_items + cols      # sorted: coalesced indices are row-major
+        self.pair_values = similarity.values()
+        self.values = self._item_values(graph, data.items) if graph is not None else None
+
+    def _item_values(self, graph: KnowledgeGraph, items: torch.Tensor) -> torch.Tensor:
+        """(items, MAX_VALUES) entity ids of each candidate's attribute values then keywords, -1 pad."""
+        position = torch.full((graph.num_entities,), -1, dtype=torch.long)
+        position[items] = torch.arange(len(items))
+        names = [n for n, (head, _) in zip(graph.relation_names, graph.relation_types)
+                 if head == "item" and n.startswith("item_") and n not in GENERIC_RELATIONS]
+        names.sort(key=lambda n: n == "item_keyword")  # the spec's attributes before keywords
+        heads = torch.cat([graph.edge_index[n][0] for n in names]) if names else torch.empty(0, dtype=torch.long)
+        tails = torch.cat([graph.edge_index[n][1] for n in names]) if names else torch.empty(0, dtype=torch.long)
+        keep = position[heads] >= 0
+        heads, tails = position[heads[keep]], tails[keep]
+        order = torch.argsort(heads, stable=True)
+        heads, tails = heads[order], tails[order]
+        counts = torch.bincount(heads, minlength=len(items))
+        rank = torch.arange(len(heads)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        values = torch.full((len(items), MAX_VALUES), -1, dtype=torch.long)
+        keep = rank < MAX_VALUES
+        values[heads[keep], rank[keep]] = tails[keep]
+        return values
+
+    def template(self, text: str) -> int:
+        if text not in self._template_id:
+            self._template_id[text] = len(self.templates)
+            self.templates.append(text)
+        return self._template_id[text]
+
+    def _co_purchase(self, anchors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Co-purchase similarity of anchor position -> item position, elementwise (0 where none or pad)."""
+        keys = anchors.clamp(min=0) * self.scorer.signals.data.num_items + items
+        at = torch.searchsorted(self.pair_keys, keys.reshape(-1)).clamp(max=max(len(self.pair_keys) - 1, 0))
+        found = (self.pair_keys[at] == keys.reshape(-1)) if len(self.pair_keys) else torch.zeros_like(at, dtype=torch.bool)
+        values = torch.where(found, self.pair_values[at] if len(self.pair_values) else 0.0, 0.0)
+        return values.reshape(keys.shape).masked_fill(anchors < 0, 0.0)
+
+    def explain(self, users: torch.Tensor, top: torch.Tensor, lead: torch.Tensor,
+                lead_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(template ids, anchor positions or -1, shared value entity ids or -1), each like `top`
+        (n, k) candidate positions; `lead` indexes `lead_names`, the signal that led each item."""
+        n, k = top.shape
+        data = self.scorer.signals.data
+        at = torch.searchsorted(self.user_ids, users).clamp(max=max(len(self.user_ids) - 1, 0))
+        known = (self.user_ids[at] == users) if len(self.user_ids) else torch.zeros(n, dtype=torch.bool)
+        history = torch.where(known.unsqueeze(1), self.history[at], -1)             # (n, H)
+        pad = history < 0
+        hist = history.unsqueeze(1).expand(n, k, HISTORY)                           # (n, k, H)
+        co = self._co_purchase(hist, top.unsqueeze(2).expand(n, k, HISTORY))        # (n, k, H)
+        if self.vectors is not None:
+            near = torch.einsum("nkd,nhd->nkh", self.vectors[top], self.vectors[history.clamp(min=0)])
+        else:
+            near = co.clone()
+        near = near.masked_fill(pad.unsqueeze(1), float("-inf"))
+        by_co = torch.gather(hist, 2, co.argmax(2, keepdim=True)).squeeze(2)
+        by_near = torch.gather(hist, 2, near.argmax(2, keepdim=True)).squeeze(2)
+        has_co = co.max(2).values > 0
+        new = ~data.interacted[top]
+        lead_is = {name: lead == i for i, name in enumerate(lead_names)}
+        use_co = lead_is.get("co_purchase", torch.zeros_like(new)) & has_co
+        anchored = (use_co | new | lead_is.get("model", torch.zeros_like(new))) & ~pad.all(1, keepdim=True)
+        anchor = torch.where(use_co, by_co, by_near).masked_fill(~anchored, -1)
+
+        shared = torch.full_like(top, -1)
+        if self.values is not None:
+            mine, theirs = self.values[top], self.values[anchor.clamp(min=0)]        # (n, k, V)
+            match = (mine.unsqueeze(3) == theirs.unsqueeze(2)).any(3) & (mine >= 0)  # (n, k, V)
+            first = match.float().argmax(2, keepdim=True)
+            shared = torch.where(match.any(2) & (anchor >= 0), torch.gather(mine, 2, first).squeeze(2), -1)
+
+        codes = torch.empty_like(top)
+        for i, name in enumerate(lead_names):
+            weight = self.scorer.weights[name]
+            text = (POSITIVE if weight >= 0 else NEGATIVE)[name]
+            mask = lead == i
+            codes[mask] = self.template(text)
+            if name in ANCHORED and weight >= 0:
+                # a model-led item with no anchor (no purchase history) keeps a plain reason
+                codes[mask & (anchor < 0)] = self.template("similar shoppers bought it")
+                codes[mask & (anchor >= 0) & (shared >= 0)] = self.template(text + SHARED)
+        codes[new & (anchor >= 0)] = self.template(NEW_ITEM)
+        codes[new & (anchor >= 0) & (shared >= 0)] = self.template(NEW_ITEM + SHARED)
+        return codes, anchor, shared
