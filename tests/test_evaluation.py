@@ -9,11 +9,14 @@ import torch
 from unirec_dagster.evaluation.metrics import ranking_metrics
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.evaluation.cold_start import choose_hidden_items, hide_items
 from unirec_dagster.evaluation.evaluate import evaluate
 from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
 from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
+from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings
 from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.serving.reasons import POSITIVE, Explainer
 from unirec_dagster.serving.recommend import ServingSettings, score_users, write_recommendations, write_similar_items
 from unirec_dagster.training.blend import fit_blend
@@ -193,3 +196,60 @@ def test_never_recommended_items_are_not_served(conn, shop):
     pairs = rows(conn, "SELECT item_id, similar_item_id FROM serving.similar_items")
     assert {i for i, _ in pairs} == {"A", "B", "C", "D"} and "D" not in {j for _, j in pairs}
     assert len(pairs) == 3 * 2 + 3  # A, B, C: the two others but not D; D: A, B and C
+
+
+def test_hidden_items_lose_their_training_events_but_stay_candidates(conn, shop, tmp_path):
+    cutoff = dt.date(2024, 1, 4)
+    hidden = choose_hidden_items(conn, cutoff, share=0.25, seed=0)  # one of the four items
+    assert len(hidden) == 1
+    conn.close()
+    scratch = hide_items(tmp_path / "warehouse.duckdb", tmp_path / "hidden.duckdb", cutoff, hidden)
+    assert rows(scratch, "SELECT count(*) FROM raw.events WHERE ts < $c AND item_id = $i",
+                {"c": dt.datetime(2024, 1, 4), "i": hidden[0]})[0][0] == 0
+    assert rows(scratch, "SELECT listed FROM raw.items WHERE item_id = $i", {"i": hidden[0]})[0][0]
+    build_snapshot(scratch, shop, cutoff - dt.timedelta(days=1))
+    data = load_training(scratch, shop, cutoff)
+    trained = set(keys(scratch, "item", data.items[data.train_items]))
+    assert hidden[0] not in trained, "no training interaction of a hidden item"
+    assert hidden[0] in keys(scratch, "item", data.items), "still a candidate: a catalog item nobody has bought"
+    assert not data.interacted[keys(scratch, "item", data.items).index(hidden[0])]
+    scratch.close()
+
+
+def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommended(tmp_path, load, conn):
+    write_text(tmp_path / "2024-01-01.csv", """
+        user,item,ts
+        u1,A,2024-01-01 10:00:00
+        u1,B,2024-01-01 11:00:00
+        u2,B,2024-01-01 12:00:00
+        """)
+    write_text(tmp_path / "items.csv", """
+        item,title
+        A,red enamel mug
+        B,wooden doormat
+        Z,blue enamel mug
+        """)
+    spec = load({}, items={"file": {"path": "items.csv"}, "id": "item", "title": "title"})
+    ingest_days(conn, spec, [dt.date(2024, 1, 1)])
+    for kind in ("items", "users"):
+        build_catalog(conn, spec, kind)
+    build_snapshot(conn, spec, dt.date(2024, 1, 1))
+    assert rows(conn, "SELECT count(*) FROM kg.entities WHERE entity_type = 'item' AND natural_key = 'Z'")[0][0] == 1
+    refresh_text_embeddings(conn, TextEncoder())
+    ids, _ = load_item_text_vectors(conn)
+    z = keys(conn, "item", ids).index("Z")
+    assert z >= 0, "the new item has a text vector"
+
+    data = load_training(conn, spec, dt.date(2024, 1, 2))
+    items = keys(conn, "item", data.items)
+    assert "Z" in items and not data.interacted[items.index("Z")]
+    entity = {name: int(data.items[i]) for i, name in enumerate(items)}
+    u1 = int(rows(conn, "SELECT entity_id FROM kg.entities WHERE natural_key = 'u1'")[0][0])
+    num_entities = rows(conn, "SELECT count(*) FROM kg.entities")[0][0]
+    embeddings = torch.randn(num_entities, 4, generator=torch.Generator().manual_seed(0))
+    embeddings[entity["Z"]] = embeddings[entity["A"]] + 0.01   # the model places Z beside A (its text)
+    embeddings[u1] = embeddings[entity["A"]]
+    scorer = Scorer(Signals(data), {"model": 1.0}, embeddings)
+    write_recommendations(conn, spec, dt.date(2024, 1, 1), scorer, "v1", "run", ServingSettings(k=1))
+    assert rows(conn, "SELECT item_id, reason FROM serving.recommendations WHERE user_id = 'u1'") == \
+        [("Z", "new in the catalog, like red enamel mug")]

@@ -44,7 +44,7 @@ def slice_metrics(top: torch.Tensor, holdout: HoldoutPairs, data: TrainingData,
     before C), tail items (fewer than 5 positives before C). A slice has its own users and pairs."""
     everyone = torch.ones(len(holdout.users), dtype=torch.bool)
     every_pair = torch.ones(len(holdout.pair_items), dtype=torch.bool)
-    results = [_subset("all", top, holdout, everyone, every_pair, data.num_items)]
+    results = [subset_metrics("all", top, holdout, every_pair, data.num_items, everyone)]
     if not slices:
         return results
     cold = data.positive_events_of(holdout.users) < COLD_USER_POSITIVES
@@ -52,16 +52,19 @@ def slice_metrics(top: torch.Tensor, holdout: HoldoutPairs, data: TrainingData,
     pair_slices = {"new_items": holdout.unseen_item_pair,
                    "tail_items": (holdout.pair_items >= 0) & (item_positives < TAIL_ITEM_POSITIVES)}
     for name, keep in (("cold_users", cold), ("warm_users", ~cold)):
-        results.append(_subset(name, top, holdout, keep, every_pair, data.num_items))
+        results.append(subset_metrics(name, top, holdout, every_pair, data.num_items, keep))
     for name, keep_pairs in pair_slices.items():
-        has_pair = torch.zeros(len(holdout.users), dtype=torch.bool)
-        has_pair[holdout.pair_users[keep_pairs]] = True
-        results.append(_subset(name, top, holdout, has_pair, keep_pairs, data.num_items))
+        results.append(subset_metrics(name, top, holdout, keep_pairs, data.num_items))
     return results
 
 
-def _subset(name: str, top: torch.Tensor, holdout: HoldoutPairs, keep_users: torch.Tensor, keep_pairs: torch.Tensor,
-            num_items: int) -> SliceResult:
+def subset_metrics(name: str, top: torch.Tensor, holdout: HoldoutPairs, keep_pairs: torch.Tensor,
+                   num_items: int, keep_users: torch.Tensor | None = None) -> SliceResult:
+    """Metrics over the pairs where `keep_pairs` is set, for `keep_users` (default: the users who
+    have such a pair)."""
+    if keep_users is None:
+        keep_users = torch.zeros(len(holdout.users), dtype=torch.bool)
+        keep_users[holdout.pair_users[keep_pairs]] = True
     sub = holdout.subset(keep_users, keep_pairs)
     if not len(sub.users):
         return SliceResult(name, 0, {}, 0)

@@ -150,8 +150,17 @@ def catalog_as_of(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str,
     """
     query, params, _ = _catalog_query(conn, spec, kind, None, before)
     table = f"catalog_{kind}"
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({query}) "
-                 "WHERE first_seen IS NOT NULL OR listed", params)
+    id_column = "item_id" if kind == "items" else "user_id"
+    # Listed entities the source rows do not describe (a catalog kept in raw.{kind} itself) come
+    # with the attributes stored there.
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        WITH known AS (SELECT * FROM ({query}) WHERE first_seen IS NOT NULL OR listed)
+        SELECT * FROM known
+        UNION ALL BY NAME
+        SELECT * EXCLUDE (first_seen, last_seen, event_count), NULL::TIMESTAMP AS first_seen,
+               NULL::TIMESTAMP AS last_seen, 0 AS event_count
+        FROM raw.{kind} WHERE listed AND {id_column} NOT IN (SELECT {id_column} FROM known)""", params)
     return table
 
 

@@ -49,6 +49,7 @@ class FinetuneConfig(BaseModel):
     loss: Literal["softmax", "bpr"] = Field("softmax", description="Sampled softmax over the batch's shared "
                                             "negatives, or BPR with one negative per pair.")
     loss_temperature: float = Field(0.1, gt=0, description="Temperature of the softmax over cosine similarities.")
+    negatives: int = Field(1024, ge=1, description="Sampled items each step's softmax shares as negatives.")
     align_weight: float = Field(0.1, ge=0, description="Keep the text view aligned while fine-tuning (cold items).")
     temperature: float = Field(0.1, gt=0)
     seed: int = 0

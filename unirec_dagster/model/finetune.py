@@ -54,7 +54,9 @@ class FinetuneTask:
     def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: torch.Tensor,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
         device = emb.device
-        negatives = self.candidates[torch.randint(len(self.candidates), (len(batch),), generator=generator)]
+        # the softmax shares `negatives` sampled items across the batch; BPR draws one per pair
+        draws = self.config.negatives if self.config.loss == "softmax" else len(batch)
+        negatives = self.candidates[torch.randint(len(self.candidates), (draws,), generator=generator)]
         users, items = self.users[batch].to(device), self.items[batch].to(device)
         weights, negatives = self.pair_weights[batch].to(device), negatives.to(device)
         if self.config.loss == "softmax":

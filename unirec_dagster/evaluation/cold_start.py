@@ -1,0 +1,122 @@
+"""EVALUATION.md's strict item cold start, for datasets whose catalog is only what was bought.
+
+A seeded random share (10%) of the candidate items loses every training event (ts < C) in a
+scratch copy of the warehouse; their text and attributes stay, as catalog items nobody has
+interacted with (`raw.items.listed`). The pipeline then trains and serves there as usual, and the
+test pairs of the hidden items are scored for the served table and two baselines on the same
+split: content (cosine of the item's text vector to the mean of the user's past items' vectors)
+and attribute popularity (how often the item's attribute values and keywords occur among the
+user's past items).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from unirec_dagster.evaluation.evaluate import SliceResult, subset_metrics
+from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData
+from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.model.encoder import TextView
+from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.ranking.topk import block_rows, top_k
+from unirec_dagster.warehouse import connect, ensure_schema, rows
+
+HIDDEN_SHARE = 0.1
+COPIED = ("raw.events", "raw.items", "raw.users", "features.text_embeddings", "features.item_texts")
+
+
+def choose_hidden_items(conn: duckdb.DuckDBPyConnection, cutoff: dt.date, share: float = HIDDEN_SHARE,
+                        seed: int = 0) -> list[str]:
+    """A seeded random `share` of the items with an event before `cutoff` (the candidates)."""
+    items = [r[0] for r in rows(conn, "SELECT DISTINCT item_id FROM raw.events WHERE ts < $c ORDER BY 1",
+                                {"c": dt.datetime.combine(cutoff, dt.time())})]
+    pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:round(share * len(items))]
+    return sorted(items[i] for i in pick.tolist())
+
+
+def hide_items(source: Path, target: Path, cutoff: dt.date, hidden: list[str]) -> duckdb.DuckDBPyConnection:
+    """A scratch warehouse at `target`: `source` without any event of the hidden items before the
+    cutoff, the hidden items kept in raw.items as listed catalog items. Returns a connection to it."""
+    target.unlink(missing_ok=True)
+    conn = connect(target)
+    ensure_schema(conn)
+    conn.execute(f"ATTACH '{Path(source).resolve()}' AS source (READ_ONLY)")
+    conn.register("hidden_items", pa.table({"item_id": pa.array(hidden, pa.string())}))
+    try:
+        for table in COPIED:
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM source.{table}")
+        conn.execute("DELETE FROM raw.events WHERE ts < $c AND item_id IN (SELECT item_id FROM hidden_items)",
+                     {"c": dt.datetime.combine(cutoff, dt.time())})
+        conn.execute("UPDATE raw.items SET listed = true WHERE item_id IN (SELECT item_id FROM hidden_items)")
+    finally:
+        conn.unregister("hidden_items")
+        conn.execute("DETACH source")
+    return conn
+
+
+def hidden_pairs(conn: duckdb.DuckDBPyConnection, data: TrainingData, holdout: HoldoutPairs,
+                 hidden: list[str]) -> torch.Tensor:
+    """(pairs,) bool: the holdout pairs whose item is hidden."""
+    ids = torch.tensor([r[0] for r in rows(conn, """
+        SELECT entity_id FROM kg.entities WHERE entity_type = 'item' AND list_contains($h, natural_key)""",
+                                           {"h": hidden})], dtype=torch.long)
+    return (holdout.pair_items >= 0) & torch.isin(data.items[holdout.pair_items.clamp(min=0)], ids)
+
+
+ScoreFunction = Callable[[torch.Tensor], torch.Tensor]  # user entity ids -> (users, items) scores
+
+
+def content_scores(signals: Signals, text: TextView) -> ScoreFunction:
+    """Cosine of each item's text vector to the mean text vector of the user's past items."""
+    data = signals.data
+    position = torch.full((int(max(data.items.max(), text.ids.max())) + 1,), -1, dtype=torch.long)
+    position[data.items] = torch.arange(data.num_items)
+    vectors = torch.zeros(data.num_items, text.dim)
+    placed = position[text.ids] >= 0
+    vectors[position[text.ids[placed]]] = F.normalize(text.vectors[placed], dim=-1)
+
+    def scores(users: torch.Tensor) -> torch.Tensor:
+        profile = torch.sparse.mm(signals.history_of(users), vectors)               # (users, text dim)
+        return F.normalize(profile, dim=-1) @ vectors.T
+    return scores
+
+
+def attribute_popularity_scores(signals: Signals, graph: KnowledgeGraph) -> ScoreFunction:
+    """How often each of the item's attribute values and keywords occurs among the user's past items."""
+    data = signals.data
+    position = torch.full((graph.num_entities,), -1, dtype=torch.long)
+    position[data.items] = torch.arange(data.num_items)
+    names = [n for n, (head, _) in zip(graph.relation_names, graph.relation_types)
+             if head == "item" and n.startswith("item_") and n != "item_co_occurs"]
+    heads = torch.cat([graph.edge_index[n][0] for n in names]) if names else torch.empty(0, dtype=torch.long)
+    tails = torch.cat([graph.edge_index[n][1] for n in names]) if names else torch.empty(0, dtype=torch.long)
+    keep = position[heads] >= 0
+    values, column = torch.unique(tails[keep], return_inverse=True)
+    incidence = torch.zeros(data.num_items, len(values))                              # (items, values)
+    incidence[position[heads[keep]], column] = 1.0
+
+    def scores(users: torch.Tensor) -> torch.Tensor:
+        profile = torch.sparse.mm(signals.history_of(users), incidence)               # (users, values)
+        return profile @ incidence.T
+    return scores
+
+
+def rank_with(scores: ScoreFunction, signals: Signals, users: torch.Tensor, k: int = 50) -> torch.Tensor:
+    """(len(users), k) candidate positions by `scores`, the users' past purchases excluded."""
+    exclude_rows, exclude_items = signals.exclusions(users)
+    _, top = top_k(lambda r: scores(users[r]), len(users), k, exclude_rows, exclude_items,
+                   block_rows(signals.data.num_items))
+    return top
+
+
+def hidden_item_metrics(top: torch.Tensor, holdout: HoldoutPairs, hidden: torch.Tensor,
+                        num_items: int) -> SliceResult:
+    """Metrics over the hidden items' test pairs only, for the users who have one."""
+    return subset_metrics("hidden_items", top, holdout, hidden, num_items)
