@@ -34,7 +34,8 @@ def write_spec(directory: Path, events: dict, **extra) -> Path:
         "event_type": "purchase",
         "positive_event_type": "purchase",
     }
-    spec = {"name": "test", "events": {**base, **events}, **extra}
+    # Test files are mostly dirt on purpose: only days over 90% rejected are refused unless a test says otherwise.
+    spec = {"name": "test", "events": {**base, **events}, "max_reject_rate": 0.9, **extra}
     path = directory / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

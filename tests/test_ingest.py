@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from unirec_dagster.datasets import SpecError
-from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.ingest import IngestRefused, build_catalog, ingest_days
 from unirec_dagster.warehouse import rows, scalar
 from tests.conftest import write_text
 
@@ -211,3 +211,89 @@ def test_undecodable_bytes_are_quarantined(tmp_path, conn, load):
     ingest_days(conn, load({}), [DAY1])
     assert table_counts(conn) == (1, 1)
     assert reasons(conn) == {"bad_encoding": 1}
+
+
+def day1_events(conn):
+    return rows(conn, "SELECT user_id, item_id, ts FROM raw.events WHERE partition_date = $d ORDER BY ALL", {"d": DAY1})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("typo", "matches no file for any date"),
+    ("empty", "no data line, but the day holds"),
+    ("header only", "no data line, but the day holds"),
+    ("timestamp format", "rejected, above max_reject_rate 50%; mostly bad_timestamp"),
+])
+def test_a_stored_day_is_never_replaced_by_nothing(tmp_path, conn, load, damage, message):
+    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\nu1,A,2024-01-01 10:00:00\nu2,B,2024-01-01 11:00:00\n")
+    spec = load({}, max_reject_rate=0.5)
+    ingest_days(conn, spec, [DAY1])
+    stored = day1_events(conn)
+    assert len(stored) == 2
+    if damage == "typo":
+        spec = load({"path": "{date}.cvs"}, max_reject_rate=0.5)
+    elif damage == "empty":
+        (tmp_path / "2024-01-01.csv").write_text("")
+    elif damage == "header only":
+        (tmp_path / "2024-01-01.csv").write_text("user,item,ts\n")
+    else:
+        spec = load({"timestamp": {"column": "ts", "format": "%d/%m/%Y %H:%M"}}, max_reject_rate=0.5)
+    with pytest.raises(IngestRefused, match=message) as refused:
+        ingest_days(conn, spec, [DAY1])
+    assert ("{date}.cvs" if damage == "typo" else "2024-01-01.csv") in str(refused.value)
+    assert day1_events(conn) == stored, "the stored day is untouched"
+    if damage != "typo":
+        override = {"force": True} if damage == "timestamp format" else {"allow_empty": True}
+        ingest_days(conn, spec, [DAY1], **override)  # the operator says so: the day is replaced
+        assert day1_events(conn) == []
+
+
+def test_refused_day_names_an_example_line_and_the_other_days_are_written(tmp_path, conn, load):
+    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\nu1,A,01/01/2024\nu2,B,01/01/2024\n")
+    write_text(tmp_path / "2024-01-02.csv", "user,item,ts\nu3,C,2024-01-02 10:00:00\n")
+    spec = load({}, max_reject_rate=0.5)
+    with pytest.raises(IngestRefused, match=r"1 of 2 days not replaced:\n2024-01-01 .*line 2: 'u1,A,01/01/2024'"):
+        ingest_days(conn, spec, [DAY1, DAY2])
+    assert rows(conn, "SELECT user_id FROM raw.events") == [("u3",)]
+
+
+def test_an_unclosed_quote_costs_only_its_own_line(tmp_path, conn, load):
+    lines = [f"u{i},A{i},2024-01-01 10:{i:02d}:00" for i in range(20)]
+    lines[5] = 'u5,"A5,2024-01-01 10:05:00'  # the quote is never closed
+    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\n" + "\n".join(lines) + "\n")
+    stats = ingest_days(conn, load({}), [DAY1])
+    assert stats[0].lines_read == 20 and stats[0].accepted == 19
+    assert rows(conn, "SELECT source_line, reason, raw_content FROM raw.rejected_events") == [
+        (7, "malformed_record", 'u5,"A5,2024-01-01 10:05:00')]  # line 7: the header is line 1
+    assert rows(conn, "SELECT max(source_line) FROM raw.events")[0][0] == 21
+
+
+def test_a_bom_a_nul_byte_and_a_one_mib_field(tmp_path, conn, load):
+    big = "x" * (1 << 20)
+    content = ("\ufeffuser,item,ts,note\n"
+               "u1,A,2024-01-01 10:00:00,short\n"
+               f"u2,B,2024-01-01 10:01:00,{big}\n"
+               "u3,C\x00,2024-01-01 10:02:00,nul\n"
+               "u4,D,2024-01-01 10:03:00,last\n")
+    (tmp_path / "2024-01-01.csv").write_bytes(content.encode("utf-8"))
+    spec = load({"context": ["note"]})
+    stats = ingest_days(conn, spec, [DAY1])
+    assert stats[0].accepted == 3 and stats[0].rejected_by_reason == {"malformed_record": 1}
+    assert rows(conn, "SELECT user_id, length(context['note']) FROM raw.events ORDER BY 1") == [
+        ("u1", 5), ("u2", 1 << 20), ("u4", 4)]
+    assert rows(conn, "SELECT source_line, detail FROM raw.rejected_events") == [(4, "NUL byte in the line")]
+
+
+def test_nan_and_infinite_numbers_are_rejected(tmp_path, conn, load):
+    write_text(tmp_path / "2024-01-01.csv", """
+        user,item,ts,qty,price
+        u1,A,2024-01-01 10:00:00,1,2.5
+        u2,B,2024-01-01 10:00:00,nan,2.5
+        u3,C,2024-01-01 10:00:00,1,inf
+        u4,D,2024-01-01 10:00:00,-inf,1
+        u5,E,2024-01-01 10:00:00,1e400,1
+        u6,F,2024-01-01 10:00:00,2,NaN
+        """)
+    ingest_days(conn, load({"value": "qty", "price": "price"}), [DAY1])
+    assert rows(conn, "SELECT user_id FROM raw.events") == [("u1",)]
+    assert rows(conn, "SELECT source_line, reason FROM raw.rejected_events ORDER BY 1") == [
+        (3, "bad_value"), (4, "bad_price"), (5, "bad_value"), (6, "bad_value"), (7, "bad_price")]

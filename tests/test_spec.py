@@ -83,3 +83,9 @@ def test_date_placeholder_formats(tmp_path):
 
     spec = load_spec(write_spec(tmp_path, {"path": "logs/{date:%Y%m%d}.tsv"}))
     assert spec.events_file_for(dt.date(2024, 3, 5)) == (tmp_path / "logs" / "20240305.tsv").resolve()
+
+
+def test_attribute_named_like_a_built_in_entity_type_is_refused(tmp_path):
+    path = write_spec(tmp_path, {}, items={"attributes": {"item": "group"}})
+    with pytest.raises(SpecError, match=r"items\.attributes\.item.*built-in entity type"):
+        load_spec(path)

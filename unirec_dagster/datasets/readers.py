@@ -38,10 +38,21 @@ class RawRecords:
     table: pa.Table
     rejects: list[Reject] = field(default_factory=list)
     blank_lines: int = 0
+    header_lines: int = 0
 
     @property
     def lines_read(self) -> int:
         return self.table.num_rows + len(self.rejects)
+
+
+def physical_lines(path: Path) -> int:
+    """Lines in a text file, counted from its bytes (a last line without a break counts)."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
 
 
 def read_records(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
@@ -57,77 +68,81 @@ def _table(columns: dict[str, list], lines: list[int], raws: list[str]) -> pa.Ta
     return pa.table(arrays)
 
 
-class _LineRecorder:
-    """Feeds decoded lines to csv.reader and remembers them, so each record's raw text is known."""
+# One field may be large (a long description); the limit only guards against a runaway parse.
+csv.field_size_limit(1 << 30)
 
-    def __init__(self, handle, encoding: str):
-        self._handle = handle
-        self._encoding = encoding
-        self._lines: list[str] = []
-        self.bad_encoding = False
 
-    def __iter__(self):
-        return self
+def _decode(data: bytes, encoding: str) -> tuple[str, bool]:
+    """(text without the line break, whether the bytes were not valid in `encoding`)."""
+    try:
+        return data.decode(encoding).rstrip("\r\n"), False
+    except UnicodeDecodeError:
+        return data.decode(encoding, errors="replace").rstrip("\r\n"), True
 
-    def __next__(self) -> str:
-        data = next(self._handle)
-        try:
-            line = data.decode(self._encoding)
-        except UnicodeDecodeError:
-            line = data.decode(self._encoding, errors="replace")
-            self.bad_encoding = True
-        self._lines.append(line)
-        return line
 
-    def take(self) -> tuple[str, bool]:
-        text = "".join(self._lines).rstrip("\r\n")
-        bad = self.bad_encoding
-        self._lines.clear()
-        self.bad_encoding = False
-        return text, bad
+def _fields(text: str, delimiter: str) -> list[str]:
+    """The fields of one physical line. Lines without quotes (nearly all) are split directly; a
+    quoted line goes through the csv module in strict mode, so an unclosed quote is an error for
+    that line alone instead of swallowing the lines after it."""
+    if '"' not in text:
+        return text.split(delimiter)
+    return next(csv.reader([text], delimiter=delimiter, strict=True))
+
+
+def _positions(path: Path, names: list[str], wanted: list[str]) -> list[int]:
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise SpecError(f"{path}: column(s) {missing} named in the dataset spec are not in the file; the file has "
+                        f"{names}. Fix the column names in the spec.")
+    return [names.index(c) for c in wanted]
 
 
 def _read_csv(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
+    """Every physical line is one record or one reject, with its true line number: a record never
+    spans lines, so one broken line (an unclosed quote, a NUL byte, bad bytes) costs only itself.
+    A UTF-8 byte-order mark at the start of the file is dropped."""
+    columns: dict[str, list] = {c: [] for c in wanted}
+    lines: list[int] = []
+    raws: list[str] = []
+    rejects: list[Reject] = []
+    blank = 0
+    names: list[str] | None = None if source.header else list(source.columns)
+    positions = None if names is None else _positions(path, names, wanted)
     with open(path, "rb") as handle:
-        recorder = _LineRecorder(handle, source.encoding)
-        reader = csv.reader(recorder, delimiter=source.delimiter)
-        if source.header:
-            try:
-                names = [n.strip() for n in next(reader)]
-            except StopIteration:
-                names = list(source.columns or wanted)
-            recorder.take()
-        else:
-            names = list(source.columns)
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise SpecError(
-                f"{path}: column(s) {missing} named in the dataset spec are not in the file;"
-                f" the file has {names}. Fix the column names in the spec."
-            )
-        positions = [names.index(c) for c in wanted]
-        width = len(names)
-        columns: dict[str, list] = {c: [] for c in wanted}
-        lines: list[int] = []
-        raws: list[str] = []
-        rejects: list[Reject] = []
-        blank = 0
-        for fields in reader:
-            line = reader.line_num
-            text, bad_encoding = recorder.take()
-            if not fields:
+        for number, data in enumerate(handle, start=1):
+            text, bad_encoding = _decode(data, source.encoding)
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            if names is None:  # the header line
+                try:
+                    names = [n.strip() for n in _fields(text, source.delimiter)]
+                except csv.Error as error:
+                    raise SpecError(f"{path}: line 1, the header, cannot be read ({error}): {text[:200]!r}") from None
+                positions = _positions(path, names, wanted)
+                continue
+            if not text.strip():
                 blank += 1
                 continue
             if bad_encoding:
-                rejects.append(Reject(line, "bad_encoding", f"not valid {source.encoding}", text))
-            elif len(fields) != width:
-                rejects.append(Reject(line, "wrong_column_count", f"expected {width} fields, found {len(fields)}", text))
-            else:
-                for name, pos in zip(wanted, positions):
-                    columns[name].append(fields[pos])
-                lines.append(line)
-                raws.append(text)
-    return RawRecords(path, _table(columns, lines, raws), rejects, blank)
+                rejects.append(Reject(number, "bad_encoding", f"not valid {source.encoding}", text))
+                continue
+            if "\x00" in text:
+                rejects.append(Reject(number, "malformed_record", "NUL byte in the line", text.replace("\x00", "\\0")))
+                continue
+            try:
+                fields = _fields(text, source.delimiter)
+            except csv.Error as error:
+                rejects.append(Reject(number, "malformed_record", f"unreadable CSV line: {error}", text))
+                continue
+            if len(fields) != len(names):
+                rejects.append(Reject(number, "wrong_column_count",
+                                      f"expected {len(names)} fields, found {len(fields)}", text))
+                continue
+            for name, pos in zip(wanted, positions):
+                columns[name].append(fields[pos])
+            lines.append(number)
+            raws.append(text)
+    return RawRecords(path, _table(columns, lines, raws), rejects, blank, int(source.header and names is not None))
 
 
 def _text(value) -> str | None:
@@ -172,12 +187,7 @@ def _read_jsonl(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords
 
 def _read_parquet(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
     table = pq.read_table(path)
-    missing = [c for c in wanted if c not in table.column_names]
-    if missing:
-        raise SpecError(
-            f"{path}: column(s) {missing} named in the dataset spec are not in the file;"
-            f" the file has {table.column_names}. Fix the column names in the spec."
-        )
+    _positions(path, table.column_names, wanted)
     # Vectorised: a row's raw content is `name=value` pairs of all its columns, tab-separated.
     text = {name: _column_text(table.column(name)) for name in table.column_names}
     pairs = [pc.binary_join_element_wise(pa.scalar(name), text[name], "=") for name in table.column_names]

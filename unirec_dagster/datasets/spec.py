@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DATE_PLACEHOLDER = re.compile(r"\{date(?::([^}]+))?\}")
 
 
+# Entity types the knowledge graph gives itself; an attribute of the same name would merge with them.
+BUILT_IN_ENTITY_TYPES = ("user", "item", "keyword", "price_band")
+
+
 class SpecError(ValueError):
     """A dataset spec that cannot be used, with a message that says where and how to fix it."""
 
@@ -218,6 +222,17 @@ class DatasetSpec(_Strict):
             raise ValueError("'never_recommend' lists item ids: put it under 'items', not 'users'")
         return self
 
+    @model_validator(mode="after")
+    def _attribute_names_are_not_entity_types(self):
+        # An attribute's name becomes the entity type of its values in the knowledge graph.
+        for kind in ("items", "users"):
+            for name in getattr(self, kind).attributes:
+                if name in BUILT_IN_ENTITY_TYPES:
+                    raise ValueError(f"attribute '{kind}.attributes.{name}': '{name}' is a built-in entity type "
+                                     f"({', '.join(BUILT_IN_ENTITY_TYPES)}); rename the attribute, e.g. "
+                                     f"'{name}_{'group' if name in ('item', 'user') else 'value'}'")
+        return self
+
     # -- paths -------------------------------------------------------------------------------
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -232,9 +247,13 @@ class DatasetSpec(_Strict):
         path = DATE_PLACEHOLDER.sub(lambda m: day.strftime(m.group(1) or "%Y-%m-%d"), self.events.path)
         return self.resolve(path)
 
+    def events_glob(self) -> str:
+        """The events path as a glob: a daily layout's date placeholder matches any date."""
+        return str(self.resolve(DATE_PLACEHOLDER.sub("*", self.events.path)))
+
     def events_files(self) -> list[Path]:
-        """All files of a glob layout, sorted (for the daily layout use events_file_for)."""
-        return sorted(Path(p) for p in glob.glob(str(self.resolve(self.events.path))))
+        """Every file the events path matches (any date of a daily layout), sorted."""
+        return sorted(Path(p) for p in glob.glob(self.events_glob()))
 
     # -- columns ------------------------------------------------------------------------------
     def event_source_columns(self) -> list[str]:

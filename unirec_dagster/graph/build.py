@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import duckdb
 
 from unirec_dagster.datasets import DatasetSpec
+from unirec_dagster.datasets.spec import BUILT_IN_ENTITY_TYPES
 from unirec_dagster.graph.params import KGParams
 from unirec_dagster.graph.stopwords import STOP_WORDS
 from unirec_dagster.ingest import catalog_as_of
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
-USER, ITEM, KEYWORD, PRICE_BAND = "user", "item", "keyword", "price_band"
+USER, ITEM, KEYWORD, PRICE_BAND = BUILT_IN_ENTITY_TYPES
 CO_OCCURS = "item_co_occurs"
 
 

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from unirec_dagster.datasets import DatasetSpec, RawRecords, read_records
-from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN
+from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN, physical_lines
 from unirec_dagster.ingest import sql
 from unirec_dagster.progress import Progress
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
@@ -187,54 +187,121 @@ def _write_partition(conn: duckdb.DuckDBPyConnection, stats: PartitionStats, run
         )
 
 
-def _check_accounted(stats: PartitionStats, batches: list[RawRecords]) -> None:
-    """The 'nothing lost' invariant: every line read is either accepted or rejected."""
+def _check_accounted(stats: PartitionStats, batches: list[RawRecords], spec: DatasetSpec) -> None:
+    """The 'nothing lost' invariant, on physical lines: every line of a text file is the header, a
+    blank line, an accepted event or a rejected one."""
     read = sum(b.lines_read for b in batches)
     if read != stats.accepted + stats.rejected:
-        raise RuntimeError(
-            f"{stats.partition_date}: read {read} lines but accounted for {stats.accepted} accepted +"
-            f" {stats.rejected} rejected; refusing to write a partition that loses rows"
-        )
+        raise RuntimeError(f"{stats.partition_date}: read {read} lines but accounted for {stats.accepted} accepted + "
+                           f"{stats.rejected} rejected; refusing to write a partition that loses rows")
+    if spec.events.format != "parquet":
+        for b in batches:
+            lines = physical_lines(b.path)
+            if lines != b.header_lines + b.blank_lines + b.lines_read:
+                raise RuntimeError(f"{b.path}: {lines} lines in the file but {b.header_lines} header + "
+                                   f"{b.blank_lines} blank + {b.lines_read} read; refusing to write a partition "
+                                   "that loses lines")
+
+
+class IngestRefused(RuntimeError):
+    """Some days were not replaced because what was read for them is not believable; the message
+    names each day, its file and why. The other days of the run were written."""
+
+
+def _refusal(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stats: PartitionStats, held: int,
+             allow_empty: bool, force: bool) -> str | None:
+    """Why `stats` must not replace a day that holds `held` events, or None when it may."""
+    where = f"{stats.partition_date} ({stats.source_file})"
+    rate = stats.rejected / stats.lines_read if stats.lines_read else 0.0
+    if rate > spec.max_reject_rate and not force:
+        reason, count = max(stats.rejected_by_reason.items(), key=lambda kv: kv[1])
+        example = rows(conn, """
+            SELECT source_line, raw_content, detail FROM (
+                SELECT source_line, raw_content, detail, reason, partition_date FROM staged_events
+                UNION ALL SELECT source_line, raw_content, detail, reason, partition_date FROM staged_structural)
+            WHERE reason = $r AND partition_date IS NOT DISTINCT FROM $d ORDER BY source_line LIMIT 1""",
+                       {"r": reason, "d": stats.partition_date})[0]
+        return (f"{where}: {rate:.0%} of {stats.lines_read:,} lines rejected, above max_reject_rate "
+                f"{spec.max_reject_rate:.0%}; mostly {reason} ({count:,}), e.g. line {example[0]}: {example[1]!r}"
+                f"{f' ({example[2]})' if example[2] else ''}. The stored day is kept. Fix the spec or the file, or "
+                "run with force: true to accept the day as it is.")
+    if stats.accepted == 0 and held and not (allow_empty or (force and stats.lines_read)):
+        what = "no file" if not stats.file_found else (
+            "no data line" if not stats.lines_read else f"no accepted line of {stats.lines_read:,}")
+        return (f"{where}: {what}, but the day holds {held:,} events; the stored day is kept. Check events.path "
+                "and the file, or run with allow_empty: true to empty the day.")
+    return None
+
+
+def _held_events(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
+    return rows(conn, "SELECT count(*) FROM raw.events WHERE partition_date = $d", {"d": day})[0][0]
 
 
 def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[dt.date],
-                run_id: str | None = None, log: Callable[[str], None] | None = None) -> list[PartitionStats]:
-    """Ingest each of `days` into raw.events / raw.rejected_events, replacing those partitions."""
+                run_id: str | None = None, log: Callable[[str], None] | None = None, allow_empty: bool = False,
+                force: bool = False) -> list[PartitionStats]:
+    """Ingest each of `days` into raw.events / raw.rejected_events, replacing those partitions.
+
+    A day is only replaced by something believable: a missing or empty file (or one with no
+    accepted line) for a day that holds events needs `allow_empty`, and a reject rate above the
+    spec's max_reject_rate needs `force`. Refused days keep what they held; the others are written,
+    then IngestRefused names every refused day. A path that matches no file for any of the days
+    fails before anything is written."""
     ensure_schema(conn)
     wanted = spec.event_source_columns()
     progress = Progress(len(days), "days", log, label="raw_events")
     results: list[PartitionStats] = []
+    refused: list[str] = []
+
+    def finish(stats: PartitionStats, started: float) -> None:
+        stats.seconds = time.perf_counter() - started
+        reason = _refusal(conn, spec, stats, _held_events(conn, stats.partition_date), allow_empty, force)
+        if reason:
+            refused.append(reason)
+            if log:
+                log(f"refused {reason}")
+        else:
+            _write_partition(conn, stats, run_id)
+        results.append(stats)
+        progress.advance(1, f"{stats.partition_date}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
+
     if spec.is_daily_layout:
+        paths = {day: spec.events_file_for(day) for day in days}
+        if not allow_empty and not spec.events_files():
+            raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any date ({spec.events_glob()});"
+                                " nothing was written. Check the path in the dataset spec.")
+        if len(days) > 1 and not allow_empty and not any(path.is_file() for path in paths.values()):
+            raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any of the {len(days)} days "
+                                f"{days[0]}..{days[-1]} (e.g. {paths[days[0]]}); nothing was written. Check the "
+                                "path, or run with allow_empty: true for days that truly have no events.")
         for day in days:
             started = time.perf_counter()
-            path = spec.events_file_for(day)
+            path = paths[day]
             batches = [read_records(path, spec.events, wanted)] if path.is_file() else []
             stats = PartitionStats(day, str(path), file_found=bool(batches))
             _stage_records(conn, spec, batches, day)
             stats.accepted, stats.rejected_by_reason = _counts(conn, day)
             stats.lines_read = stats.accepted + stats.rejected
             stats.blank_lines = sum(b.blank_lines for b in batches)
-            _check_accounted(stats, batches)
-            stats.seconds = time.perf_counter() - started
-            _write_partition(conn, stats, run_id)
-            results.append(stats)
-            progress.advance(1, f"{day}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
-        return results
-
-    # Glob layout: files hold many days, so read them once and place each row on its own date.
-    started = time.perf_counter()
-    files = spec.events_files()
-    batches = [read_records(path, spec.events, wanted) for path in files]
-    _stage_records(conn, spec, batches, None)
-    for day in days:
-        stats = PartitionStats(day, spec.events.path, file_found=bool(files))
-        stats.accepted, stats.rejected_by_reason = _counts(conn, day)
-        stats.lines_read = stats.accepted + stats.rejected
-        stats.seconds = time.perf_counter() - started
-        _write_partition(conn, stats, run_id)
-        results.append(stats)
-        progress.advance(1)
-    _write_undated_rejects(conn, run_id)
+            _check_accounted(stats, batches, spec)
+            finish(stats, started)
+    else:
+        # Glob layout: files hold many days, so read them once and place each row on its own date.
+        started = time.perf_counter()
+        files = spec.events_files()
+        if not files and not allow_empty:
+            raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
+                                "the glob in the dataset spec.")
+        batches = [read_records(path, spec.events, wanted) for path in files]
+        _stage_records(conn, spec, batches, None)
+        for day in days:
+            stats = PartitionStats(day, spec.events.path, file_found=bool(files))
+            stats.accepted, stats.rejected_by_reason = _counts(conn, day)
+            stats.lines_read = stats.accepted + stats.rejected
+            finish(stats, started)
+        _write_undated_rejects(conn, run_id)
+    if refused:
+        raise IngestRefused(f"{len(refused)} of {len(days)} days not replaced:\n" + "\n".join(refused))
     return results
 
 

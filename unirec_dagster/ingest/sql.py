@@ -27,7 +27,9 @@ def identifier(ref: ColumnRef) -> str:
 
 
 def number(column: str) -> str:
-    return f"TRY_CAST({text(column)} AS DOUBLE)"
+    """A numeric column; NaN, infinities and overflowing values (1e400) are no number."""
+    value = f"TRY_CAST({text(column)} AS DOUBLE)"
+    return f"CASE WHEN isfinite({value}) THEN {value} END"
 
 
 def timestamp(spec: TimestampSpec, params: Params) -> str:

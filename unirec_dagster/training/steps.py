@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from unirec_dagster.datasets import DatasetSpec
+from unirec_dagster.evaluation.als import fit_als
 from unirec_dagster.evaluation.evaluate import SliceResult, evaluate
 from unirec_dagster.evaluation.served import evaluate_served
 from unirec_dagster.evaluation.split import load_holdout
@@ -216,6 +217,8 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                            evaluate(Scorer(served.signals, {"model": 1.0}, served.embeddings), holdout))
         for name, weights in BASELINES.items():
             out += metric_rows(name, "test", cutoff, evaluate(Scorer(served.signals, weights), holdout))
+        out += metric_rows("ALS (64 factors)", "test", cutoff,
+                           evaluate(Scorer(served.signals, {"model": 1.0}, fit_als(served.signals.data)), holdout))
         for kind, label in ABLATION_LABELS.items():
             ablation = store.latest(kind, run_date, partition_from=run_date)
             if ablation is not None:
