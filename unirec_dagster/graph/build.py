@@ -171,7 +171,7 @@ def _stage_candidates(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> Non
     """)
 
 
-def _register_ids(conn: duckdb.DuckDBPyConnection) -> int:
+def _register_ids(conn: duckdb.DuckDBPyConnection, positive_event_type: str) -> int:
     """Give new entities and relations the next free ids; refresh names and seen-times of known ones."""
     new = rows(conn, """
         SELECT count(*) FROM kg_candidate_entities c
@@ -202,6 +202,9 @@ def _register_ids(conn: duckdb.DuckDBPyConnection) -> int:
                     ELSE head_type || ' attributes' END
         FROM (SELECT DISTINCT relation, head_type, tail_type FROM kg_candidate_triples) c
         ANTI JOIN kg.relations r ON r.name = c.relation""")
+    # The target behaviour's relation is marked, so models read it without knowing the spec.
+    conn.execute("""UPDATE kg.relations SET source = CASE WHEN name = $p THEN 'positive events' ELSE 'events' END
+                    WHERE head_type = 'user' AND tail_type = 'item'""", {"p": positive_event_type})
     return new
 
 
@@ -217,7 +220,7 @@ def build_snapshot(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, snapshot_
     _stage_inputs(conn, spec, before, params)
     _stage_candidates(conn, spec)
     with transaction(conn):
-        new = _register_ids(conn)
+        new = _register_ids(conn, spec.events.positive_event_type)
         conn.execute("DELETE FROM kg.triples WHERE snapshot_date = $d", {"d": snapshot_date})
         conn.execute("""
             INSERT INTO kg.triples

@@ -26,6 +26,7 @@ class KnowledgeGraph:
     relation_types: list[tuple[str, str]]  # (head type, tail type) per relation_id
     edge_index: dict[str, torch.Tensor]    # relation name -> (2, E) long: head ids, tail ids
     edge_weight: dict[str, torch.Tensor]   # relation name -> (E,) float
+    positive_relation: str | None = None   # the user -> item relation of the target behaviour
 
     def nodes_of_type(self, name: str) -> torch.Tensor:
         return torch.nonzero(self.entity_type == self.type_names.index(name), as_tuple=True)[0]
@@ -35,7 +36,7 @@ class KnowledgeGraph:
             self.snapshot_date, self.num_entities, self.entity_type.to(device), self.type_names,
             self.relation_names, self.relation_types,
             {k: v.to(device) for k, v in self.edge_index.items()},
-            {k: v.to(device) for k, v in self.edge_weight.items()},
+            {k: v.to(device) for k, v in self.edge_weight.items()}, self.positive_relation,
         )
 
 
@@ -67,9 +68,10 @@ def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = 
     entity_type = torch.full((num_entities,), -1, dtype=torch.long)
     entity_type[torch.from_numpy(ids)] = torch.from_numpy(type_codes.astype(np.int64))
 
-    relations = rows(conn, "SELECT relation_id, name, head_type, tail_type FROM kg.relations ORDER BY relation_id")
-    relation_names = [name for _, name, _, _ in relations]
-    relation_types = [(head, tail) for _, _, head, tail in relations]
+    relations = rows(conn, "SELECT relation_id, name, head_type, tail_type, source FROM kg.relations ORDER BY relation_id")
+    relation_names = [name for _, name, _, _, _ in relations]
+    relation_types = [(head, tail) for _, _, head, tail, _ in relations]
+    positive = next((name for _, name, _, _, source in relations if source == "positive events"), None)
 
     triples = conn.sql(
         "SELECT relation_id, head_id, tail_id, weight FROM kg.triples WHERE snapshot_date = $d ORDER BY relation_id",
@@ -86,7 +88,7 @@ def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = 
         edge_index[name] = torch.stack([heads[lo:hi], tails[lo:hi]])
         edge_weight[name] = weights[lo:hi]
     return KnowledgeGraph(snapshot_date, num_entities, entity_type, [str(t) for t in type_names], relation_names,
-                          relation_types, edge_index, edge_weight)
+                          relation_types, edge_index, edge_weight, positive)
 
 
 def entity_fingerprint(conn: duckdb.DuckDBPyConnection, num_entities: int) -> str:

@@ -15,9 +15,9 @@ class EncoderConfig(BaseModel):
     init_std: float = Field(0.1, gt=0)
     edge_weights: bool = Field(False, description="Propagate with the KG's edge weights (time decay, idf, Jaccard) "
                                                   "instead of 0/1 edges.")
-    user_readout: bool = Field(True, description="Time-aware user side: a user also reads their items through "
-                                                 "the snapshot's time-decayed interaction weights (every user->item "
-                                                 "relation, each with a learned weight).")
+    user_readout: bool = Field(True, description="Time-aware user side: a user also reads the items of their "
+                                                 "target behaviour (purchases) through the snapshot's time-decayed "
+                                                 "weights.")
 
 
 class PretrainConfig(BaseModel):
