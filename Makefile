@@ -31,6 +31,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 MODEL_ASSETS := knowledge_graph,pretrained_encoder,finetuned_recommender,recommendations,model_evaluation,similar_items
 
 run: setup
+	$(PY) -m unirec_dagster.slots  # a killed earlier run must not keep the warehouse slot
 	$(DAGSTER) asset materialize $(MODULE) --select raw_events \
 		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
 	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users,item_text_embeddings'

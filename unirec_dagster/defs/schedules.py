@@ -6,6 +6,7 @@ import dagster as dg
 
 from unirec_dagster.defs.dataset import daily_partitions
 from unirec_dagster.defs.resources import DatasetResource
+from unirec_dagster.slots import free_stuck_slots
 
 nightly_assets = dg.AssetSelection.assets(
     "raw_events", "raw_items", "raw_users", "knowledge_graph", "item_text_embeddings", "finetuned_recommender",
@@ -48,7 +49,16 @@ def new_event_file_sensor(context: dg.SensorEvaluationContext, dataset: DatasetR
     return requests or dg.SkipReason("no new event files")
 
 
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Frees concurrency-pool slots held by runs that were killed or ended without releasing "
+                       "them, so the next warehouse writer never waits on a dead run (unirec_dagster.slots).")
+def free_stuck_slots_sensor(context: dg.SensorEvaluationContext):
+    freed = free_stuck_slots(context.instance, log=context.log.warning)
+    return dg.SkipReason(f"freed {len(freed)} stuck slot(s)" if freed else "no stuck slots")
+
+
 @dg.definitions
 def orchestration() -> dg.Definitions:
     return dg.Definitions(jobs=[ingest_day_job, nightly_recommendations_job, weekly_pretraining_job],
-                          schedules=[nightly_schedule, weekly_pretraining_schedule], sensors=[new_event_file_sensor])
+                          schedules=[nightly_schedule, weekly_pretraining_schedule],
+                          sensors=[new_event_file_sensor, free_stuck_slots_sensor])
