@@ -2,6 +2,8 @@
 
 import datetime as dt
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,7 +20,8 @@ from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddi
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.serving.reasons import POSITIVE, Explainer
-from unirec_dagster.serving.recommend import ServingSettings, score_users, write_recommendations, write_similar_items
+from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, score_users,
+                                              write_recommendations, write_similar_items)
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
@@ -253,3 +256,23 @@ def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommen
     write_recommendations(conn, spec, dt.date(2024, 1, 1), scorer, "v1", "run", ServingSettings(k=1))
     assert rows(conn, "SELECT item_id, reason FROM serving.recommendations WHERE user_id = 'u1'") == \
         [("Z", "new in the catalog, like red enamel mug")]
+
+
+def test_show_reads_the_published_partition_while_a_run_writes(conn, shop, tmp_path, capsys):
+    run_date = dt.date(2024, 1, 3)
+    data = load_training(conn, shop, run_date + dt.timedelta(days=1))
+    write_recommendations(conn, shop, run_date, Scorer(Signals(data), {"popularity": 1.0}), "v1", "run",
+                          ServingSettings(k=2))
+    warehouse = tmp_path / "warehouse.duckdb"
+    publish_recommendations(conn, run_date, warehouse)
+    conn.close()
+    writer = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('locked', flush=True); time.sleep(60)", str(warehouse)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        assert show.main(["--user", "u1", "--warehouse", str(warehouse)]) == 0
+        out = capsys.readouterr()
+        assert "published snapshot" in out.err and "u1, recommendations for 2024-01-03" in out.out
+    finally:
+        writer.kill()

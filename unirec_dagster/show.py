@@ -1,6 +1,9 @@
 """Show a user's latest recommendations with titles and reasons.
 
     python -m unirec_dagster.show --user 12347 [--date 2011-11-24] [--limit 20]
+
+While a Dagster run holds the warehouse file (DuckDB lets one process open it for writing and no
+one else meanwhile), the partition is read from its published Parquet snapshot instead.
 """
 
 from __future__ import annotations
@@ -8,9 +11,42 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
+
+import duckdb
 
 from unirec_dagster import settings
+from unirec_dagster.serving.recommend import published_dir
 from unirec_dagster.warehouse import connect, rows
+
+QUERY = """SELECT rank, item_id, coalesce(title, ''), score, reason, model_version FROM {source}
+           WHERE partition_date = $d AND user_id = $u ORDER BY rank LIMIT $n"""
+
+
+def _from_warehouse(path: str, user: str, day: dt.date | None, limit: int) -> tuple[dt.date | None, list, str]:
+    conn = connect(path, read_only=True)
+    try:
+        day = day or rows(conn, "SELECT max(partition_date) FROM serving.recommendations")[0][0]
+        found = rows(conn, QUERY.format(source="serving.recommendations r LEFT JOIN raw.items i USING (item_id)"),
+                     {"d": day, "u": user, "n": limit})
+        last = rows(conn, "SELECT max(ts) FROM raw.events WHERE user_id = $u AND ts < $d + INTERVAL 1 DAY",
+                    {"u": user, "d": day})[0][0] if day else None
+    finally:
+        conn.close()
+    why = (f"their last event before then was {last:%Y-%m-%d}, but the partition has no row for them" if last
+           else "they have no event up to then")
+    return day, found, why
+
+
+def _from_published(path: str, user: str, day: dt.date | None, limit: int) -> tuple[dt.date | None, list, str]:
+    files = sorted(published_dir(Path(path)).glob("*.parquet"))
+    chosen = [f for f in files if day is None or f.stem == day.isoformat()]
+    if not chosen:
+        raise LookupError(f"no published partition{f' for {day}' if day else ''} in {published_dir(Path(path))}")
+    conn = duckdb.connect()
+    found = rows(conn, QUERY.format(source=f"read_parquet('{chosen[-1]}')"),
+                 {"d": dt.date.fromisoformat(chosen[-1].stem), "u": user, "n": limit})
+    return dt.date.fromisoformat(chosen[-1].stem), found, "the published partition has no row for them"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,18 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--warehouse", default=str(settings.duckdb_path()))
     args = parser.parse_args(argv)
-    conn = connect(args.warehouse, read_only=True)
-    day = args.date or rows(conn, "SELECT max(partition_date) FROM serving.recommendations")[0][0]
-    found = rows(conn, """
-        SELECT r.rank, r.item_id, coalesce(i.title, ''), r.score, r.reason, r.model_version
-        FROM serving.recommendations r LEFT JOIN raw.items i USING (item_id)
-        WHERE r.partition_date = $d AND r.user_id = $u ORDER BY r.rank LIMIT $n""",
-                 {"d": day, "u": args.user, "n": args.limit})
+    try:
+        day, found, why = _from_warehouse(args.warehouse, args.user, args.date, args.limit)
+    except duckdb.IOException as error:
+        if "lock" not in str(error).lower():
+            raise
+        print(f"{args.warehouse} is being written by another process (a Dagster run); reading the published "
+              "snapshot instead", file=sys.stderr)
+        try:
+            day, found, why = _from_published(args.warehouse, args.user, args.date, args.limit)
+        except LookupError as missing:
+            print(f"{missing}; try again when the run has finished", file=sys.stderr)
+            return 1
     if not found:
-        last = rows(conn, "SELECT max(ts) FROM raw.events WHERE user_id = $u AND ts < $d + INTERVAL 1 DAY",
-                    {"u": args.user, "d": day})[0][0] if day else None
-        why = (f"their last event before then was {last:%Y-%m-%d}, outside the look-back window" if last
-               else "they have no event up to then")
         print(f"no recommendations for user {args.user!r} on {day} in {args.warehouse}: {why}", file=sys.stderr)
         return 1
     print(f"user {args.user}, recommendations for {day} (model {found[0][5]}):")

@@ -1,6 +1,8 @@
 """What the business reads: serving.recommendations (one partition per run date) and
 serving.similar_items, from the newest promoted model that knows nothing after that date."""
 
+from pathlib import Path
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -9,8 +11,8 @@ from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
 from unirec_dagster.defs.training import finetuned_recommender
-from unirec_dagster.serving.recommend import (ServingSettings, refresh_similar_items, users_short_of_k,
-                                              write_recommendations)
+from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, refresh_similar_items,
+                                              users_short_of_k, write_recommendations)
 from unirec_dagster.training.context import served_model, text_view
 from unirec_dagster.training.steps import promoted_checkpoint
 
@@ -35,13 +37,15 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         stats = write_recommendations(conn, spec, run_date, served.scorer, checkpoint.version, context.run.run_id,
                                       settings, served.graph)
         short = users_short_of_k(conn, run_date, settings.k)
+        published = publish_recommendations(conn, run_date, Path(duckdb.database))
     context.log.info(f"{stats.users:,} users ({stats.fallback_users:,} fallback), {stats.rows:,} rows, "
                      f"{stats.users_per_second:,.0f} users/s")
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": stats.rows, "users": stats.users, "model_users": stats.model_users,
         "fallback_users": stats.fallback_users, "users_per_second": stats.users_per_second,
         "model_version": checkpoint.version, "kg_snapshot": checkpoint.manifest["kg_snapshot"],
-        "pretrained_parent": checkpoint.manifest["parent"], "blend": checkpoint.manifest["blend"]})
+        "pretrained_parent": checkpoint.manifest["parent"], "blend": checkpoint.manifest["blend"],
+        "published": dg.MetadataValue.path(str(published))})
     yield dg.AssetCheckResult(check_name="coverage", passed=short == 0,
                               severity=dg.AssetCheckSeverity.WARN, metadata={"users_short_of_k": short})
 

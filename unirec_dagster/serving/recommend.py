@@ -9,7 +9,9 @@ attribute, e.g. country) or overall. `reason` names the signal that contributed 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import duckdb
@@ -198,6 +200,28 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
                row_number() OVER (PARTITION BY user_id ORDER BY score DESC, item_id) AS rank,
                CASE WHEN score >= 1e9 THEN score - 1e9 ELSE score END, reason, {p.add(model_version)}, {p.add(run_id)}, now()
         FROM best QUALIFY rank <= {p.add(k, 'BIGINT')}""", p)
+
+
+def published_dir(warehouse: Path) -> Path:
+    """Where the serving partitions are published as Parquet, beside the warehouse file:
+    data/warehouse.duckdb -> data/warehouse.serving/recommendations/<date>.parquet."""
+    return Path(warehouse).with_suffix(".serving") / "recommendations"
+
+
+def publish_recommendations(conn: duckdb.DuckDBPyConnection, run_date: dt.date, warehouse: Path) -> Path:
+    """Write the partition, with item titles, to a Parquet file that readers use while a run holds
+    the warehouse (DuckDB lets one process open a file for writing and no one else meanwhile).
+    Written to a temporary name and renamed, so a reader sees a whole file or the previous one."""
+    folder = published_dir(warehouse)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{run_date.isoformat()}.parquet"
+    staging = folder / f".{final.name}.{os.getpid()}.tmp"
+    conn.execute(f"""
+        COPY (SELECT r.*, i.title FROM serving.recommendations r LEFT JOIN raw.items i USING (item_id)
+              WHERE r.partition_date = $d ORDER BY r.user_id, r.rank)
+        TO '{staging}' (FORMAT parquet)""", {"d": run_date})
+    os.replace(staging, final)
+    return final
 
 
 def users_short_of_k(conn: duckdb.DuckDBPyConnection, run_date: dt.date, k: int) -> int:
