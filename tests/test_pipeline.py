@@ -18,6 +18,8 @@ from unirec_dagster.warehouse import connect, rows
 from tests.conftest import warehouse_resources
 
 START, RUN_DATE = dt.date(2010, 12, 1), dt.date(2010, 12, 28)  # inside the sample's partition calendar
+MODEL_ASSETS = [knowledge_graph, pretrained_encoder, finetuned_recommender, recommendations, model_evaluation,
+                similar_items]
 SMALL = {"ops": {
     "pretrained_encoder": {"config": {"epochs": 3, "encoder": {"dim": 16}}},
     "finetuned_recommender": {"config": {"max_epochs": 6, "patience": 2, "encoder": {"dim": 16}}},
@@ -38,9 +40,7 @@ def materialize_everything(resources: dict) -> dg.ExecuteInProcessResult:
         "dagster/asset_partition_range_start": START.isoformat(),
         "dagster/asset_partition_range_end": last.isoformat()}).success
     assert dg.materialize([raw_items, raw_users, item_text_embeddings], resources=resources).success
-    return dg.materialize([knowledge_graph, pretrained_encoder, finetuned_recommender, recommendations,
-                           model_evaluation, similar_items], resources=resources, partition_key=RUN_DATE.isoformat(),
-                          run_config=SMALL, selection=None)
+    return dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(), run_config=SMALL)
 
 
 def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
@@ -72,5 +72,15 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
             WHERE r.partition_date = $d AND (r.reason LIKE 'bought together with %' OR r.reason LIKE 'because you bought %')
             """, {"d": RUN_DATE, "c": RUN_DATE + dt.timedelta(days=1)})
         assert anchored and all(found for _, _, found in anchored), anchored[:3]
+        first = rows(conn, "SELECT user_id, item_id, rank FROM serving.recommendations ORDER BY ALL")
+        metric_rows = rows(conn, "SELECT count(*) FROM eval.metrics")[0][0]
         conn.close()
+        if name == "shop-a":  # the same partition again, from the same inputs: the same table
+            resources = warehouse_resources(warehouse, models, tmp_path / name / "synthetic.yaml")
+            assert dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(),
+                                  run_config=SMALL).success
+            conn = connect(warehouse, read_only=True)
+            assert rows(conn, "SELECT user_id, item_id, rank FROM serving.recommendations ORDER BY ALL") == first
+            assert rows(conn, "SELECT count(*) FROM eval.metrics")[0][0] == metric_rows, "replaced, not added"
+            conn.close()
     assert sorted(p.name.split("-")[1] for p in models.iterdir()) == ["a", "b"], "one model folder per warehouse"

@@ -74,7 +74,8 @@ def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = 
     positive = next((name for _, name, _, _, source in relations if source == "positive events"), None)
 
     triples = conn.sql(
-        "SELECT relation_id, head_id, tail_id, weight FROM kg.triples WHERE snapshot_date = $d ORDER BY relation_id",
+        "SELECT relation_id, head_id, tail_id, weight FROM kg.triples WHERE snapshot_date = $d "
+        "ORDER BY relation_id, head_id, tail_id",  # a stable order: edge order decides the training batches
         params={"d": snapshot_date},
     ).to_arrow_table()
     relation = triples.column("relation_id").to_numpy().astype(np.int64)
