@@ -49,7 +49,8 @@ def slice_metrics(top: torch.Tensor, holdout: HoldoutPairs, data: TrainingData,
         return results
     cold = data.positive_events_of(holdout.users) < COLD_USER_POSITIVES
     item_positives = torch.cat([data.positive_counts, torch.zeros(1)])[holdout.pair_items]  # -1: unknown item
-    pair_slices = {"new_items": holdout.unseen_item_pair,
+    # new items: in the catalog before C (rankable) with no positive event before C
+    pair_slices = {"new_items": holdout.unseen_item_pair & (holdout.pair_items >= 0),
                    "tail_items": (holdout.pair_items >= 0) & (item_positives < TAIL_ITEM_POSITIVES)}
     for name, keep in (("cold_users", cold), ("warm_users", ~cold)):
         results.append(subset_metrics(name, top, holdout, every_pair, data.num_items, keep))
