@@ -10,7 +10,8 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_checkpoint
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
-from unirec_dagster.model.encoder import GraphEncoder, Propagation, SymmetricSparseMM, TextView, normalized_adjacency
+from unirec_dagster.model.encoder import (GraphEncoder, Propagation, RelationWeightedSpMM, StackedAdjacency, TextView,
+                                         normalized_entries)
 from unirec_dagster.model.pretrain import pretrain
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
@@ -136,14 +137,22 @@ def test_text_only_item_lands_near_items_with_similar_text():
         assert int(torch.argmax(similarity)) // ITEMS_PER == cluster
 
 
-def test_symmetric_propagation_gradient_matches_autograd():
-    edges = torch.randint(0, 30, (2, 80), generator=torch.Generator().manual_seed(0))
-    a = normalized_adjacency(edges, 30)
-    x = torch.randn(30, 4, requires_grad=True)
-    SymmetricSparseMM.apply(a, x).pow(2).sum().backward()
-    ours, x.grad = x.grad.clone(), None
-    (a.to_dense() @ x).pow(2).sum().backward()
-    assert torch.allclose(ours, x.grad, atol=1e-5)
+def test_stacked_propagation_and_its_gradients_match_the_dense_formula():
+    """(Σ_r w_r A_r) x through the stacked CSR: value and gradients (x and the relation weights) as
+    dense autograd computes them, with two relations sharing an edge."""
+    g = torch.Generator().manual_seed(0)
+    edges = [torch.randint(0, 30, (2, 80), generator=g), torch.randint(0, 30, (2, 40), generator=g)]
+    edges[1][:, 0] = edges[0][:, 0]  # the same pair in both relations
+    parts = [(rid, *normalized_entries(e, 30)) for rid, e in enumerate(edges)]
+    stack = StackedAdjacency.from_entries(parts, 30)
+    weights = torch.tensor([0.3, 0.7], requires_grad=True)
+    x = torch.randn(30, 4, generator=g, requires_grad=True)
+    RelationWeightedSpMM.apply(stack, weights, x).pow(2).sum().backward()
+    ours = (x.grad.clone(), weights.grad.clone())
+    x.grad, weights.grad = None, None
+    dense = [torch.sparse_coo_tensor(torch.stack([r, c]), v, (30, 30)).to_dense() for _, r, c, v in parts]
+    ((weights[0] * dense[0] + weights[1] * dense[1]) @ x).pow(2).sum().backward()
+    assert torch.allclose(ours[0], x.grad, atol=1e-5) and torch.allclose(ours[1], weights.grad, atol=1e-4)
 
 
 def test_large_graphs_get_larger_batches():

@@ -13,8 +13,6 @@ class EncoderConfig(BaseModel):
     use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings (MF ablation).")
     use_text: bool = Field(True, description="Fuse each item's projected text vector into its embedding (gated sum).")
     init_std: float = Field(0.1, gt=0)
-    edge_weights: bool = Field(False, description="Propagate with the KG's edge weights (time decay, idf, Jaccard) "
-                                                  "instead of 0/1 edges.")
     user_readout: bool = Field(True, description="Time-aware user side: a user also reads the items of their "
                                                  "target behaviour (purchases) through the snapshot's time-decayed "
                                                  "weights.")
