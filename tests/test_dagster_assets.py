@@ -4,12 +4,14 @@ import csv
 import datetime as dt
 
 import dagster as dg
+import pytest
 
 from unirec_dagster.definitions import defs
 from unirec_dagster.defs.graph import knowledge_graph
-from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
+from unirec_dagster.defs.ingest import IngestConfig, raw_events, raw_items, raw_users
+from unirec_dagster.ingest import IngestRefused
 from unirec_dagster.warehouse import connect, rows
-from tests.conftest import SAMPLE_SPEC, warehouse_resources
+from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH, warehouse_resources
 
 
 def sample_lines(day: str) -> int:
@@ -55,4 +57,23 @@ def test_materialize_partition_range_and_catalog(tmp_path):
                                               (SELECT count(DISTINCT partition_date) FROM raw.events)""")[0]
     assert events + rejected == expected and days == 3
     assert rows(conn, "SELECT count(*) > 1000, count(title) > 1000 FROM raw.items")[0] == (True, True)
+    conn.close()
+
+
+def test_raw_events_called_directly_refuses_to_empty_a_stored_day(tmp_path):
+    """The asset function itself, as project_fully_featured's tests call theirs: with a typo in the
+    dataset's path it fails clearly and the stored day stays."""
+    db = tmp_path / "w.duckdb"
+    assert dg.materialize([raw_events], resources=warehouse_resources(db, tmp_path / "models"),
+                          partition_key="2010-12-01").success
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(SAMPLE_SPEC_PATH.read_text().replace("../sample/by-day/{date}.csv",
+                                                         str(SAMPLE_SPEC_PATH.parent / "../sample/by-day/{date}.cvs")))
+    context = dg.build_asset_context(partition_key="2010-12-01",
+                                     resources=warehouse_resources(db, tmp_path / "models", typo))
+    with pytest.raises(IngestRefused, match=r"matches no file for any date .*by-day/\*\.cvs"):
+        list(raw_events(context, IngestConfig()))
+    conn = connect(db, read_only=True)
+    assert rows(conn, "SELECT count(*) FROM raw.events")[0][0] == sample_lines("2010-12-01") - rows(
+        conn, "SELECT count(*) FROM raw.rejected_events")[0][0]
     conn.close()

@@ -32,7 +32,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     spec, run_date = dataset.load(), partition_date(context)
     with duckdb.get_connection() as conn:
         result = run_evaluation(conn, spec, run_date, model_store.for_warehouse(conn, spec), config.window_days,
-                                context.run.run_id, log=context.log.info)
+                                context.run_id, log=context.log.info)
     headline = result.headline()
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(result.rows), "model": result.model_version,

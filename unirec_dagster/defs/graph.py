@@ -39,7 +39,7 @@ def knowledge_graph(context: dg.AssetExecutionContext, config: KnowledgeGraphCon
     day = partition_date(context)
     params = KGParams(**config.model_dump())
     with duckdb.get_connection() as conn:
-        served, validation = build_partition(conn, dataset.load(), day, params, run_id=context.run.run_id)
+        served, validation = build_partition(conn, dataset.load(), day, params, run_id=context.run_id)
         integrity = check_snapshot(conn, day, params)
     context.log.info(f"KG {day}: {sum(served.entities_by_type.values()):,} entities ({served.new_entities:,} new), "
                      f"{served.triples:,} triples in {served.seconds:.1f}s; validation snapshot "

@@ -32,7 +32,7 @@ def raw_events(context: dg.AssetExecutionContext, config: IngestConfig, duckdb: 
     spec = dataset.load()
     days = partition_days(context)
     with duckdb.get_connection() as conn:
-        stats = ingest_days(conn, spec, days, run_id=context.run.run_id, log=context.log.info,
+        stats = ingest_days(conn, spec, days, run_id=context.run_id, log=context.log.info,
                             allow_empty=config.allow_empty, force=config.force)
     lines = sum(s.lines_read for s in stats)
     accepted = sum(s.accepted for s in stats)
@@ -81,7 +81,7 @@ def _catalog_asset(kind: str):
     def catalog(context: dg.AssetExecutionContext, duckdb: DuckDBResource,
                 dataset: DatasetResource) -> dg.MaterializeResult:
         with duckdb.get_connection() as conn:
-            stats = build_catalog(conn, dataset.load(), kind, run_id=context.run.run_id)
+            stats = build_catalog(conn, dataset.load(), kind, run_id=context.run_id)
         context.log.info(f"raw.{kind}: {stats.entities:,} rows, {stats.rejected:,} attribute rows rejected")
         return dg.MaterializeResult(metadata={
             "dagster/row_count": stats.entities,

@@ -34,7 +34,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
     with duckdb.get_connection() as conn:
         checkpoint = promoted_checkpoint(model_store.for_warehouse(conn, spec), run_date)
         served = served_model(conn, spec, checkpoint, run_date)
-        stats = write_recommendations(conn, spec, run_date, served.scorer, checkpoint.version, context.run.run_id,
+        stats = write_recommendations(conn, spec, run_date, served.scorer, checkpoint.version, context.run_id,
                                       settings, served.graph)
         short = users_short_of_k(conn, run_date, settings.k)
         published = publish_recommendations(conn, run_date, Path(duckdb.database))

@@ -59,10 +59,10 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
           pool=WAREHOUSE_POOL, code_version="3",
           check_specs=[dg.AssetCheckSpec(
               "quality_gate", asset="finetuned_recommender", blocking=True,
-              description="Promote only a model that beats RecentPopular and the MF ablation on validation Recall@20.")],
+              description="Promote only a model that beats RecentPopular and BPR-MF on validation Recall@20.")],
           description="Fine-tuned from the newest pretrained_encoder partition of the last 7 days for serving on the "
                       "partition date: early-stopped and blended on the validation window before the cutoff, then "
-                      "retrained up to it. Also trains the MF ablation (the gate's reference) on the same splits.")
+                      "retrained up to it. Also trains BPR-MF (the gate's reference) on the same splits.")
 def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningConfig, duckdb: DuckDBResource,
                           dataset: DatasetResource, model_store: ModelStoreResource):
     spec = dataset.load()

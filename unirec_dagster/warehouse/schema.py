@@ -6,6 +6,16 @@ import duckdb
 
 SCHEMAS = ("meta", "raw", "kg", "features", "serving", "eval")
 
+# The columns raw.items and raw.users share after their own.
+CATALOG_COLUMNS = """
+        attributes MAP(VARCHAR, VARCHAR[]),
+        first_seen TIMESTAMP,
+        last_seen TIMESTAMP,
+        event_count BIGINT,
+        listed BOOLEAN,
+        updated_at TIMESTAMP NOT NULL
+"""
+
 TABLES = {
     # One row: a random id given when the warehouse is created, so that what belongs to this
     # warehouse outside it (model checkpoints) is found again, and never another warehouse's.
@@ -54,27 +64,9 @@ TABLES = {
         run_id VARCHAR,
         ingested_at TIMESTAMP NOT NULL
     """,
-    "raw.items": """
-        item_id VARCHAR PRIMARY KEY,
-        title VARCHAR,
-        description VARCHAR,
-        price DOUBLE,
-        attributes MAP(VARCHAR, VARCHAR[]),
-        first_seen TIMESTAMP,
-        last_seen TIMESTAMP,
-        event_count BIGINT,
-        listed BOOLEAN,
-        updated_at TIMESTAMP NOT NULL
-    """,
-    "raw.users": """
-        user_id VARCHAR PRIMARY KEY,
-        attributes MAP(VARCHAR, VARCHAR[]),
-        first_seen TIMESTAMP,
-        last_seen TIMESTAMP,
-        event_count BIGINT,
-        listed BOOLEAN,
-        updated_at TIMESTAMP NOT NULL
-    """,
+    # listed: in the item (user) file, a catalog entry known with or without events.
+    "raw.items": "item_id VARCHAR PRIMARY KEY, title VARCHAR, description VARCHAR, price DOUBLE," + CATALOG_COLUMNS,
+    "raw.users": "user_id VARCHAR PRIMARY KEY," + CATALOG_COLUMNS,
     # Entity ids are given once and never change: row i of every embedding table is entity i.
     "kg.entities": """
         entity_id BIGINT NOT NULL,
