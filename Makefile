@@ -27,7 +27,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 # Materialize the whole graph: the daily partitions of the dataset in one single-run backfill,
 # the catalogs and the text view, then the model and serving assets for the last day. Then the
 # same for a historic day that has a test window after it (`--historic`), with the from-scratch
-# comparison, so that model_evaluation shows the full table on the served partition.
+# comparison, so that model_evaluation shows the full table on the served partition, and its
+# pretraining in two data-parallel workers (torchrun, gloo on CPU), whose checkpoint the last day's
+# fine-tuning then starts from.
 MODEL_ASSETS := knowledge_graph,pretrained_encoder,finetuned_recommender,recommendations,model_evaluation,similar_items
 
 run: setup
@@ -37,7 +39,7 @@ run: setup
 	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users,item_text_embeddings'
 	$(DAGSTER) asset materialize $(MODULE) --select '$(MODEL_ASSETS)' \
 		--partition "$$($(PY) -m unirec_dagster.partitions --historic)" \
-		--config-json '{"ops": {"finetuned_recommender": {"config": {"from_scratch": true}}}}'
+		--config-json '{"ops": {"finetuned_recommender": {"config": {"from_scratch": true}}, "pretrained_encoder": {"config": {"world_size": 2}}}}'
 	$(DAGSTER) asset materialize $(MODULE) --select '$(MODEL_ASSETS)' \
 		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings
@@ -20,7 +21,7 @@ SAMPLE_SPEC = load_spec(SAMPLE_SPEC_PATH)
 def warehouse_resources(warehouse: Path, models: Path, spec_path: Path = SAMPLE_SPEC_PATH) -> dict:
     """The Dagster resources of a test: its own warehouse file and models folder, a chosen dataset."""
     return {"duckdb": DuckDBResource(database=str(warehouse)), "dataset": DatasetResource(spec_path=str(spec_path)),
-            "model_store": ModelStoreResource(root=str(models))}
+            "model_store": ModelStoreResource(root=str(models)), "pipes_subprocess_client": dg.PipesSubprocessClient()}
 
 
 def write_spec(directory: Path, events: dict, **extra) -> Path:

@@ -84,3 +84,20 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
             assert rows(conn, "SELECT count(*) FROM eval.metrics")[0][0] == metric_rows, "replaced, not added"
             conn.close()
     assert sorted(p.name.split("-")[1] for p in models.iterdir()) == ["a", "b"], "one model folder per warehouse"
+
+
+def test_pretraining_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path):
+    models = tmp_path / "models"
+    resources = warehouse_resources(tmp_path / "w.duckdb", models, shop(tmp_path, "shop", 0))
+    two_workers = {"ops": {**SMALL["ops"], "pretrained_encoder": {"config": {
+        **SMALL["ops"]["pretrained_encoder"]["config"], "world_size": 2}}}}
+    last = RUN_DATE + dt.timedelta(days=9)
+    assert dg.materialize([raw_events], resources=resources, tags={
+        "dagster/asset_partition_range_start": START.isoformat(),
+        "dagster/asset_partition_range_end": last.isoformat()}).success
+    assert dg.materialize([raw_items, raw_users, item_text_embeddings], resources=resources).success
+    result = dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(), run_config=two_workers)
+    assert result.success
+    pretrained = result.asset_materializations_for_node("pretrained_encoder")[0].metadata
+    assert pretrained["world_size"].value == 2 and pretrained["epochs"].value == 3
+    assert result.asset_materializations_for_node("recommendations")[0].metadata["users"].value > 0

@@ -58,6 +58,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
                                  # a plain value: Dagster resolves EnvVar fields, not values inside a dict
                                  connection_config=connection_config()),
         "model_store": ModelStoreResource(root=env_or_default(settings.MODELS_DIR_ENV, str(settings.DEFAULT_MODELS_DIR))),
+        # launches distributed training workers (torchrun) and streams their logs back to the run
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
 

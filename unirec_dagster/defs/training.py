@@ -8,7 +8,9 @@ from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.presentation import history_table
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
+from unirec_dagster.defs.distributed import torchrun_pretrainer
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
+from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.training.steps import PRETRAINED_WINDOW_DAYS, run_finetuning, run_pretraining
 
 
@@ -33,21 +35,25 @@ class FinetuningConfig(FinetuneConfig, dg.Config):
 @dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
           deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="3",
           description="Self-supervised multi-task pretraining on the partition's validation KG snapshot (as of "
-                      "validation_days before the day), warm-started from an earlier partition (weekly schedule).")
+                      "validation_days before the day), warm-started from an earlier partition (weekly schedule); "
+                      "with world_size > 1 in torchrun workers under DistributedDataParallel, through Dagster Pipes.")
 def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingConfig, duckdb: DuckDBResource,
-                       dataset: DatasetResource, model_store: ModelStoreResource):
+                       dataset: DatasetResource, model_store: ModelStoreResource,
+                       pipes_subprocess_client: dg.PipesSubprocessClient):
     spec = dataset.load()
+    settings = PretrainConfig(**config.model_dump())
+    pretrainer = torchrun_pretrainer(context, pipes_subprocess_client) if settings.world_size > 1 else pretrain
     with duckdb.get_connection() as conn:
         store = model_store.for_warehouse(conn, spec)
-        checkpoint = run_pretraining(conn, spec, partition_date(context), PretrainConfig(**config.model_dump()),
-                                     store, log=context.log.info)
+        checkpoint = run_pretraining(conn, spec, partition_date(context), settings, store, log=context.log.info,
+                                     pretrainer=pretrainer)
     m = checkpoint.manifest
     return dg.MaterializeResult(metadata={
         "version": m["version"], "path": str(checkpoint.path), "kg_snapshot": m["kg_snapshot"],
         "parent": m["parent"] or "", "epochs": len(m["history"]), "device": m["device"],
         "parameters": m["parameters"], "edges_per_second": m["edges_per_second"], "seconds": m["seconds"],
         "final_losses": m["final_losses"], "loss_curves": history_table(m["history"]),
-        "relation_weights": m["relation_weights"]})
+        "relation_weights": m["relation_weights"], "world_size": m["world_size"]})
 
 
 @dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from unirec_dagster.graph.params import KGParams
 from unirec_dagster.warehouse import rows
@@ -38,6 +42,30 @@ class KnowledgeGraph:
             {k: v.to(device) for k, v in self.edge_index.items()},
             {k: v.to(device) for k, v in self.edge_weight.items()}, self.positive_relation,
         )
+
+
+def save_graph_file(graph: KnowledgeGraph, path: Path) -> None:
+    """The snapshot's tensors as safetensors, its names and types as the file's metadata: what a
+    training worker in another process (or on another machine) needs instead of the warehouse."""
+    tensors = {"entity_type": graph.entity_type.contiguous()}
+    for name in graph.relation_names:
+        tensors[f"edge_index/{name}"] = graph.edge_index[name].contiguous()
+        tensors[f"edge_weight/{name}"] = graph.edge_weight[name].contiguous()
+    about = {"snapshot_date": graph.snapshot_date.isoformat(), "num_entities": graph.num_entities,
+             "type_names": graph.type_names, "relation_names": graph.relation_names,
+             "relation_types": graph.relation_types, "positive_relation": graph.positive_relation}
+    save_file(tensors, str(path), metadata={"graph": json.dumps(about)})
+
+
+def load_graph_file(path: Path) -> KnowledgeGraph:
+    with safe_open(str(path), "pt") as handle:
+        about = json.loads(handle.metadata()["graph"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    names = about["relation_names"]
+    return KnowledgeGraph(dt.date.fromisoformat(about["snapshot_date"]), about["num_entities"], tensors["entity_type"],
+                          about["type_names"], names, [tuple(t) for t in about["relation_types"]],
+                          {n: tensors[f"edge_index/{n}"] for n in names}, {n: tensors[f"edge_weight/{n}"] for n in names},
+                          about["positive_relation"])
 
 
 def latest_snapshot(conn: duckdb.DuckDBPyConnection) -> dt.date | None:

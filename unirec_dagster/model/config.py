@@ -35,6 +35,9 @@ class PretrainConfig(BaseModel):
     temperature: float = Field(0.1, gt=0, description="InfoNCE temperature.")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (UNIREC_DEVICE overrides auto).")
+    world_size: int = Field(1, ge=1, description="Processes of data-parallel training (torchrun workers under "
+                                                 "DistributedDataParallel, gloo on CPU, NCCL on CUDA); 1 trains in "
+                                                 "the asset's own process.")
 
 
 class FinetuneConfig(BaseModel):

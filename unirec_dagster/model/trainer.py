@@ -4,6 +4,10 @@ A task says what an epoch's batches are and what each batch's losses are, in the
 `KGEModel.loss`; the loop does the rest once: seeding, the device, warm start, the optimizer, the
 autocast context (built once, as in nanoGPT's train.py), one propagation of the whole KG per step,
 loss history, progress with rate and ETA, timing, and early stopping on a validation metric.
+
+Under torch.distributed (workers started by torchrun, `model.distributed`), the same loop runs in
+every worker: the step is wrapped in DistributedDataParallel, each worker computes the losses of
+its shard of every batch, and the averaged gradients keep the workers' models identical.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import EncoderConfig
@@ -72,6 +79,27 @@ def build_model(graph: KnowledgeGraph, text: TextView | None, encoder: EncoderCo
     return model
 
 
+class _Step(nn.Module):
+    """One training step's forward: the propagation and the task's losses, in one module, so that
+    DistributedDataParallel sees every parameter the losses use."""
+
+    def __init__(self, model: GraphEncoder, task: Task, autocast: torch.autocast):
+        super().__init__()
+        self.model, self.task, self.autocast = model, task, autocast
+
+    def forward(self, propagation, text, batch, generator) -> dict[str, torch.Tensor]:
+        emb = self.model(propagation, text)  # sparse products stay in float32
+        with self.autocast:
+            return self.task.loss(self.model, emb, batch, generator)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings,
           validate: Callable[[torch.Tensor], float] | None = None, log: Log | None = None,
           label: str = "training") -> TrainResult:
@@ -85,7 +113,12 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
     text_on_device = text.for_model(model, device) if text is not None else None
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    progress = Progress(settings.epochs * task.examples_per_epoch, task.unit, log, label=label)
+    rank, world_size = world()
+    step = _Step(model, task, autocast)
+    if world_size > 1:
+        step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=True)
+    progress = Progress(settings.epochs * task.examples_per_epoch, task.unit, log if rank == 0 else None, label=label)
     result = TrainResult(model, device=str(device))
     best, best_state, stale = -math.inf, None, 0
     started = time.perf_counter()
@@ -96,9 +129,7 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
         totals = dict.fromkeys(task.weights, 0.0)
         steps = 0
         for batch in task.batches(generator):
-            emb = model(propagation, text_on_device)  # sparse products stay in float32
-            with autocast:
-                losses = task.loss(model, emb, batch, generator)
+            losses = step(propagation, text_on_device, batch[rank::world_size], generator)  # this worker's shard
             loss = sum(task.weights[name] * value.float() for name, value in losses.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -116,7 +147,7 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
             else:
                 stale += 1
         result.history.append(row)
-        if log:
+        if log and rank == 0:
             log(f"{label} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
         if validate is not None and settings.patience is not None and stale >= settings.patience:
             break

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import astuple, dataclass, field
+from typing import Callable
 
 import duckdb
 import pyarrow as pa
@@ -19,7 +20,7 @@ from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
 from unirec_dagster.model.checkpoint import Checkpoint, CheckpointStore, check_compatible
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
-from unirec_dagster.model.trainer import Log
+from unirec_dagster.model.trainer import Log, TrainResult
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.training.context import served_model, text_view
 from unirec_dagster.training.fit import FittedRecommender, cutoff_data, fit_recommender, recall_at_20, validation_split
@@ -41,10 +42,14 @@ def validation_days(conn: duckdb.DuckDBPyConnection, run_date: dt.date) -> int:
     return snapshot_params(conn, run_date).validation_days
 
 
+Pretrainer = Callable[..., TrainResult]  # pretrain's signature: in process, or workers it launches
+
+
 def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: PretrainConfig,
-                    store: CheckpointStore, log: Log | None = None) -> Checkpoint:
+                    store: CheckpointStore, log: Log | None = None, pretrainer: Pretrainer = pretrain) -> Checkpoint:
     """Pretrain on the KG as of run_date - validation_days (so fine-tuning's validation window stays
-    unseen), warm-started from the newest pretrained checkpoint of an earlier partition."""
+    unseen), warm-started from the newest pretrained checkpoint of an earlier partition.
+    `pretrainer` trains: `pretrain` in this process, or a launcher of distributed workers."""
     as_of = run_date - dt.timedelta(days=validation_days(conn, run_date))
     graph = load_graph(conn, as_of)
     text = text_view(conn) if config.encoder.use_text else None
@@ -54,14 +59,13 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
         if log:
             log(f"warm start from {previous.version} ({previous.manifest['num_entities']:,} entities; "
                 f"{graph.num_entities - previous.manifest['num_entities']:,} new)")
-    result = pretrain(graph, text, config, spec.events.positive_event_type,
-                      previous.state if previous else None, log)
+    result = pretrainer(graph, text, config, spec.events.positive_event_type, previous.state if previous else None, log)
     return store.save(
         PRETRAINED, run_date, result.model, as_of, graph.relation_names, entity_fingerprint(conn, graph.num_entities),
         config=config.model_dump(), parent=previous.version if previous else None, history=result.history,
         final_losses={k: v for k, v in result.history[-1].items() if k != "epoch"}, seconds=result.seconds,
         edges_per_second=result.examples_per_second, device=result.device,
-        relation_weights=result.model.relation_weights(graph.relation_names))
+        relation_weights=result.model.relation_weights(graph.relation_names), world_size=config.world_size)
 
 
 @dataclass
