@@ -14,6 +14,13 @@ from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.training.steps import PRETRAINED_WINDOW_DAYS, run_finetuning, run_pretraining
 
 
+# On Kubernetes (deploy/: the K8s run launcher or k8s_job_executor) the training steps ask for a GPU;
+# elsewhere these tags are ignored and the device is chosen as usual (CUDA when present).
+GPU_STEP = {"dagster-k8s/config": {"container_config": {"resources": {
+    "requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
+    "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"}}}}}
+
+
 class EncoderRunConfig(EncoderConfig, dg.Config):
     """The EncoderConfig fields (Dagster config nests only dg.Config classes)."""
 
@@ -33,7 +40,7 @@ class FinetuningConfig(FinetuneConfig, dg.Config):
 
 
 @dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
-          deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="3",
+          deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="3", op_tags=GPU_STEP,
           description="Self-supervised multi-task pretraining on the partition's validation KG snapshot (as of "
                       "validation_days before the day), warm-started from an earlier partition (weekly schedule); "
                       "with world_size > 1 in torchrun workers under DistributedDataParallel, through Dagster Pipes.")
@@ -62,7 +69,7 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
                 dg.AssetDep(pretrained_encoder, partition_mapping=dg.TimeWindowPartitionMapping(
                     start_offset=-(PRETRAINED_WINDOW_DAYS - 1), end_offset=0,
                     allow_nonexistent_upstream_partitions=True))],
-          pool=WAREHOUSE_POOL, code_version="3",
+          pool=WAREHOUSE_POOL, code_version="3", op_tags=GPU_STEP,
           check_specs=[dg.AssetCheckSpec(
               "quality_gate", asset="finetuned_recommender", blocking=True,
               description="Promote only a model that beats RecentPopular and BPR-MF on validation Recall@20.")],
