@@ -31,7 +31,7 @@ NEW_ITEM = "new in the catalog, like {anchor}"
 SHARED = " (also {value})"
 ANCHORED = {"model", "co_purchase"}
 GENERIC_RELATIONS = {"item_co_occurs", "item_price_band"}  # a shared price band or basket is no reason
-HISTORY = 50          # the user's most recent purchases an anchor is chosen from
+HISTORY = 20          # the user's most recent purchases an anchor is chosen from
 MAX_VALUES = 12       # attribute values and keywords per item considered for "(also ...)"
 
 
@@ -96,35 +96,41 @@ class Explainer:
     def explain(self, users: torch.Tensor, top: torch.Tensor, lead: torch.Tensor,
                 lead_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(template ids, anchor positions or -1, shared value entity ids or -1), each like `top`
-        (n, k) candidate positions; `lead` indexes `lead_names`, the signal that led each item."""
-        n, k = top.shape
+        (n, k) candidate positions; `lead` indexes `lead_names`, the signal that led each item.
+        Anchors are looked for only where a reason names one."""
         data = self.scorer.signals.data
         at = torch.searchsorted(self.user_ids, users).clamp(max=max(len(self.user_ids) - 1, 0))
-        known = (self.user_ids[at] == users) if len(self.user_ids) else torch.zeros(n, dtype=torch.bool)
-        history = torch.where(known.unsqueeze(1), self.history[at], -1)             # (n, H)
-        pad = history < 0
-        hist = history.unsqueeze(1).expand(n, k, HISTORY)                           # (n, k, H)
-        co = self._co_purchase(hist, top.unsqueeze(2).expand(n, k, HISTORY))        # (n, k, H)
-        if self.vectors is not None:
-            near = torch.einsum("nkd,nhd->nkh", self.vectors[top], self.vectors[history.clamp(min=0)])
-        else:
-            near = co.clone()
-        near = near.masked_fill(pad.unsqueeze(1), float("-inf"))
-        by_co = torch.gather(hist, 2, co.argmax(2, keepdim=True)).squeeze(2)
-        by_near = torch.gather(hist, 2, near.argmax(2, keepdim=True)).squeeze(2)
-        has_co = co.max(2).values > 0
+        known = (self.user_ids[at] == users) if len(self.user_ids) else torch.zeros(len(users), dtype=torch.bool)
         new = ~data.interacted[top]
-        lead_is = {name: lead == i for i, name in enumerate(lead_names)}
-        use_co = lead_is.get("co_purchase", torch.zeros_like(new)) & has_co
-        anchored = (use_co | new | lead_is.get("model", torch.zeros_like(new))) & ~pad.all(1, keepdim=True)
-        anchor = torch.where(use_co, by_co, by_near).masked_fill(~anchored, -1)
+        led_by = {name: lead == i for i, name in enumerate(lead_names)}
+        by_co = led_by.get("co_purchase", torch.zeros_like(new)) & (self.scorer.weights.get("co_purchase", 0) > 0)
+        by_model = led_by.get("model", torch.zeros_like(new)) & (self.scorer.weights.get("model", 0) > 0)
+        rows, cols = torch.nonzero((by_co | by_model | new) & known.unsqueeze(1), as_tuple=True)
+
+        anchor = torch.full_like(top, -1)
+        if len(rows):
+            history = self.history[at[rows]]                                        # (m, H), -1 padded
+            items = top[rows, cols]                                                 # (m,)
+            co = torch.zeros(history.shape)                                         # (m, H)
+            wanted = by_co[rows, cols] if self.vectors is not None else torch.ones(len(rows), dtype=torch.bool)
+            co[wanted] = self._co_purchase(history[wanted], items[wanted].unsqueeze(1).expand(-1, HISTORY))
+            if self.vectors is not None:
+                near = torch.einsum("md,mhd->mh", self.vectors[items], self.vectors[history.clamp(min=0)])
+            else:
+                near = co.clone()
+            near = near.masked_fill(history < 0, float("-inf"))
+            use_co = by_co[rows, cols] & (co.max(1).values > 0) & ~new[rows, cols]
+            chosen = torch.where(use_co, co.argmax(1), near.argmax(1))
+            found = (history >= 0).any(1) & (use_co | ~by_co[rows, cols] | new[rows, cols])
+            anchor[rows[found], cols[found]] = history[found, chosen[found]]
 
         shared = torch.full_like(top, -1)
         if self.values is not None:
-            mine, theirs = self.values[top], self.values[anchor.clamp(min=0)]        # (n, k, V)
-            match = (mine.unsqueeze(3) == theirs.unsqueeze(2)).any(3) & (mine >= 0)  # (n, k, V)
-            first = match.float().argmax(2, keepdim=True)
-            shared = torch.where(match.any(2) & (anchor >= 0), torch.gather(mine, 2, first).squeeze(2), -1)
+            r, c = torch.nonzero(anchor >= 0, as_tuple=True)
+            mine, theirs = self.values[top[r, c]], self.values[anchor[r, c]]        # (p, V)
+            match = (mine.unsqueeze(2) == theirs.unsqueeze(1)).any(2) & (mine >= 0)
+            first = torch.gather(mine, 1, match.float().argmax(1, keepdim=True)).squeeze(1)
+            shared[r, c] = torch.where(match.any(1), first, -1)
 
         codes = torch.empty_like(top)
         for i, name in enumerate(lead_names):
@@ -133,7 +139,7 @@ class Explainer:
             mask = lead == i
             codes[mask] = self.template(text)
             if name in ANCHORED and weight >= 0:
-                # a model-led item with no anchor (no purchase history) keeps a plain reason
+                # a model- or co-purchase-led item with no anchor keeps a plain reason
                 codes[mask & (anchor < 0)] = self.template("similar shoppers bought it")
                 codes[mask & (anchor >= 0) & (shared >= 0)] = self.template(text + SHARED)
         codes[new & (anchor >= 0)] = self.template(NEW_ITEM)
