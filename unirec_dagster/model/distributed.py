@@ -20,8 +20,10 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -81,6 +83,20 @@ def as_train_result(result: WorkerResult, graph: KnowledgeGraph, text: TextView 
     model = build_model(graph, text, config.encoder, config.seed)
     model.load_state_dict(result.state)
     return TrainResult(model.eval(), result.history, result.seconds, result.examples_per_second, result.device)
+
+
+def train_in_workers(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfig,
+                     positive_relation: str | None, initial_state: dict[str, torch.Tensor] | None,
+                     log: Callable[[str], None] | None = None, *, run: Callable[[list[str]], object]) -> TrainResult:
+    """Pretrain in `config.world_size` workers (`pretrain`'s signature, plus how to run them): write
+    the job, `run` the torchrun command (a subprocess, or a Dagster Pipes client), read the result."""
+    with tempfile.TemporaryDirectory(prefix="unirec-pretraining-") as folder:
+        job = write_job(Path(folder), graph, text, config, positive_relation, initial_state)
+        command = torchrun_command(job, config.world_size)
+        if log:
+            log(f"launching {config.world_size} workers: {' '.join(command)}")
+        run(command)
+        return as_train_result(read_result(job), graph, text, config)
 
 
 def main(argv: list[str] | None = None) -> None:

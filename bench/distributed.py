@@ -1,0 +1,69 @@
+"""Pretraining in one process against two data-parallel workers (torchrun, gloo on CPU) on the
+embedded sample, then the same fine-tuning from each: wall time of the pretraining, and the
+validation Recall@20 the fine-tuned model reaches from it (seed noise for scale: two seeds).
+
+    .venv/bin/python bench/distributed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from unirec_dagster.datasets import load_spec
+from unirec_dagster.features import refresh_text_embeddings
+from unirec_dagster.graph import build_partition
+from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.model.checkpoint import CheckpointStore
+from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
+from unirec_dagster.model.distributed import train_in_workers
+from unirec_dagster.model.pretrain import pretrain
+from unirec_dagster.model.text_encoder import TextEncoder
+from unirec_dagster.settings import DEFAULT_DATASET
+from unirec_dagster.training.steps import run_finetuning, run_pretraining
+from unirec_dagster.warehouse import connect
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-date", default="2011-01-01")
+    parser.add_argument("--seeds", default="0,1")
+    args = parser.parse_args()
+    spec = load_spec(DEFAULT_DATASET)
+    run_date = dt.date.fromisoformat(args.run_date)
+    with tempfile.TemporaryDirectory() as scratch:
+        conn = connect(Path(scratch) / "sample.duckdb")
+        days = [spec.events.start_date + dt.timedelta(days=i)
+                for i in range((spec.events.end_date - spec.events.start_date).days + 1)]
+        ingest_days(conn, spec, days)
+        build_catalog(conn, spec, "items")
+        build_catalog(conn, spec, "users")
+        refresh_text_embeddings(conn, TextEncoder())
+        build_partition(conn, spec, run_date)
+        rows = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for world_size in (1, 2):
+                store = CheckpointStore(Path(scratch) / f"models-{seed}-{world_size}")
+                config = PretrainConfig(seed=seed, world_size=world_size)
+                started = time.perf_counter()
+                run_pretraining(conn, spec, run_date, config, store,
+                                pretrainer=pretrain if world_size == 1 else partial(
+                                    train_in_workers, run=partial(subprocess.run, check=True)))
+                seconds = time.perf_counter() - started
+                fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(seed=seed), store)
+                validation = fitted.checkpoint.manifest["validation"]
+                rows.append((seed, world_size, seconds, validation["model_recall@20"], validation["recall@20"]))
+                print(rows[-1], flush=True)
+    print("\n| seed | pretraining processes | pretraining wall s | validation Recall@20, model | blended |")
+    print("|---|---|---|---|---|")
+    for seed, world_size, seconds, model, blended in rows:
+        print(f"| {seed} | {world_size} | {seconds:.1f} | {model:.4f} | {blended:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
