@@ -11,6 +11,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -72,12 +73,16 @@ def _table(columns: dict[str, list], lines: list[int], raws: list[str]) -> pa.Ta
 csv.field_size_limit(1 << 30)
 
 
-def _decode(data: bytes, encoding: str) -> tuple[str, bool]:
-    """(text without the line break, whether the bytes were not valid in `encoding`)."""
-    try:
-        return data.decode(encoding).rstrip("\r\n"), False
-    except UnicodeDecodeError:
-        return data.decode(encoding, errors="replace").rstrip("\r\n"), True
+def _each_line(path: Path, encoding: str) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text without the line break, whether its bytes were not valid in `encoding`)
+    for every physical line; a UTF-8 byte-order mark at the start of the file is dropped."""
+    with open(path, "rb") as handle:
+        for number, data in enumerate(handle, start=1):
+            try:
+                text, bad = data.decode(encoding).rstrip("\r\n"), False
+            except UnicodeDecodeError:
+                text, bad = data.decode(encoding, errors="replace").rstrip("\r\n"), True
+            yield number, text.removeprefix("\ufeff") if number == 1 else text, bad
 
 
 def _fields(text: str, delimiter: str) -> list[str]:
@@ -108,40 +113,36 @@ def _read_csv(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
     blank = 0
     names: list[str] | None = None if source.header else list(source.columns)
     positions = None if names is None else _positions(path, names, wanted)
-    with open(path, "rb") as handle:
-        for number, data in enumerate(handle, start=1):
-            text, bad_encoding = _decode(data, source.encoding)
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            if names is None:  # the header line
-                try:
-                    names = [n.strip() for n in _fields(text, source.delimiter)]
-                except csv.Error as error:
-                    raise SpecError(f"{path}: line 1, the header, cannot be read ({error}): {text[:200]!r}") from None
-                positions = _positions(path, names, wanted)
-                continue
-            if not text.strip():
-                blank += 1
-                continue
-            if bad_encoding:
-                rejects.append(Reject(number, "bad_encoding", f"not valid {source.encoding}", text))
-                continue
-            if "\x00" in text:
-                rejects.append(Reject(number, "malformed_record", "NUL byte in the line", text.replace("\x00", "\\0")))
-                continue
+    for number, text, bad_encoding in _each_line(path, source.encoding):
+        if names is None:  # the header line
             try:
-                fields = _fields(text, source.delimiter)
+                names = [n.strip() for n in _fields(text, source.delimiter)]
             except csv.Error as error:
-                rejects.append(Reject(number, "malformed_record", f"unreadable CSV line: {error}", text))
-                continue
-            if len(fields) != len(names):
-                rejects.append(Reject(number, "wrong_column_count",
-                                      f"expected {len(names)} fields, found {len(fields)}", text))
-                continue
-            for name, pos in zip(wanted, positions):
-                columns[name].append(fields[pos])
-            lines.append(number)
-            raws.append(text)
+                raise SpecError(f"{path}: line 1, the header, cannot be read ({error}): {text[:200]!r}") from None
+            positions = _positions(path, names, wanted)
+            continue
+        if not text.strip():
+            blank += 1
+            continue
+        if bad_encoding:
+            rejects.append(Reject(number, "bad_encoding", f"not valid {source.encoding}", text))
+            continue
+        if "\x00" in text:
+            rejects.append(Reject(number, "malformed_record", "NUL byte in the line", text.replace("\x00", "\\0")))
+            continue
+        try:
+            fields = _fields(text, source.delimiter)
+        except csv.Error as error:
+            rejects.append(Reject(number, "malformed_record", f"unreadable CSV line: {error}", text))
+            continue
+        if len(fields) != len(names):
+            rejects.append(Reject(number, "wrong_column_count",
+                                  f"expected {len(names)} fields, found {len(fields)}", text))
+            continue
+        for name, pos in zip(wanted, positions):
+            columns[name].append(fields[pos])
+        lines.append(number)
+        raws.append(text)
     return RawRecords(path, _table(columns, lines, raws), rejects, blank, int(source.header and names is not None))
 
 
@@ -159,29 +160,25 @@ def _read_jsonl(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords
     raws: list[str] = []
     rejects: list[Reject] = []
     blank = 0
-    with open(path, "rb") as handle:
-        for number, data in enumerate(handle, start=1):
-            try:
-                text = data.decode(source.encoding).rstrip("\r\n")
-            except UnicodeDecodeError:
-                rejects.append(Reject(number, "bad_encoding", f"not valid {source.encoding}",
-                                      data.decode(source.encoding, errors="replace").rstrip("\r\n")))
-                continue
-            if not text.strip():
-                blank += 1
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                rejects.append(Reject(number, "malformed_record", f"invalid JSON: {exc.msg}", text))
-                continue
-            if not isinstance(record, dict):
-                rejects.append(Reject(number, "malformed_record", "a JSON line must be an object", text))
-                continue
-            for name in wanted:
-                columns[name].append(_text(record.get(name)))
-            lines.append(number)
-            raws.append(text)
+    for number, text, bad_encoding in _each_line(path, source.encoding):
+        if bad_encoding:
+            rejects.append(Reject(number, "bad_encoding", f"not valid {source.encoding}", text))
+            continue
+        if not text.strip():
+            blank += 1
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            rejects.append(Reject(number, "malformed_record", f"invalid JSON: {exc.msg}", text))
+            continue
+        if not isinstance(record, dict):
+            rejects.append(Reject(number, "malformed_record", "a JSON line must be an object", text))
+            continue
+        for name in wanted:
+            columns[name].append(_text(record.get(name)))
+        lines.append(number)
+        raws.append(text)
     return RawRecords(path, _table(columns, lines, raws), rejects, blank)
 
 
