@@ -88,7 +88,7 @@ def test_split_keeps_the_test_window_out_of_training(conn, shop):
 def test_gate_blocks_a_model_worse_than_popularity():
     gate = GateResult.judge(model_recall=0.05, recent_popular_recall=0.06, mf_recall=0.02)
     assert not gate.passed and "does not beat" in gate.reason
-    assert not GateResult.judge(0.05, 0.02, 0.05).passed, "a tie with the MF ablation is not a win"
+    assert not GateResult.judge(0.05, 0.02, 0.05).passed, "a tie with BPR-MF is not a win"
     assert GateResult.judge(0.07, 0.06, 0.05).passed
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 class EncoderConfig(BaseModel):
     dim: int = Field(64, ge=4, description="Embedding size of every entity.")
     layers: int = Field(2, ge=0, le=6, description="Propagation layers over the KG (0: plain embeddings, i.e. MF).")
-    use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings (MF ablation).")
+    use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings (BPR-MF, the gate's reference).")
     use_text: bool = Field(True, description="Fuse each item's projected text vector into its embedding (gated sum).")
     init_std: float = Field(0.1, gt=0)
     user_readout: bool = Field(True, description="Time-aware user side: a user also reads the items of their "
