@@ -26,7 +26,11 @@ class PretrainConfig(BaseModel):
                                                            "the batch grows to keep an epoch to this many steps.")
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-6, ge=0, description="L2 on the embedding rows used in a step.")
-    link_weight: float = Field(1.0, ge=0, description="Weight of BPR link prediction on user->item edges.")
+    link_weight: float = Field(1.0, ge=0, description="Weight of link prediction on user->item edges.")
+    link_loss: Literal["softmax", "bpr"] = Field("softmax", description="Link prediction as fine-tuning does it "
+                                                 "(a sampled softmax over shared negatives), or BPR.")
+    negatives: int = Field(1024, ge=1, description="Sampled items the link softmax shares as negatives per step.")
+    loss_temperature: float = Field(0.1, gt=0, description="Temperature of the link softmax.")
     kg_weight: float = Field(0.5, ge=0, description="Weight of DistMult triple completion on attribute/keyword/co-occurrence edges.")
     mask_weight: float = Field(0.5, ge=0, description="Weight of masked attribute prediction.")
     align_weight: float = Field(0.5, ge=0, description="Weight of text-graph InfoNCE alignment.")

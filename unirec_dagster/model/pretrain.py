@@ -1,7 +1,7 @@
 """Multi-task self-supervised pretraining of the graph encoder.
 
 Every step propagates the whole KG once, then adds up, each with its configured weight:
-link prediction (BPR) on user->item edges, DistMult triple completion on the other relations,
+link prediction (a sampled softmax, as fine-tuning) on user->item edges, DistMult triple completion on the other relations,
 masked attribute prediction (an item attribute hidden from the graph for a share of items each
 epoch) and InfoNCE alignment of each item's graph embedding with its text embedding.
 """
@@ -15,7 +15,8 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import bpr_loss, distmult_loss, info_nce, masked_attribute_loss
+from unirec_dagster.model.objectives import (bpr_loss, distmult_loss, info_nce, masked_attribute_loss,
+                                             sampled_softmax_loss)
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 ALIGN_BATCH = 1024  # items per InfoNCE step: in-batch negatives, a 1024 x 1024 logit matrix
@@ -79,7 +80,7 @@ def pretraining_batch_size(edges: int, config: PretrainConfig) -> int:
 
 class PretrainTask:
     """Four self-supervised objectives on one KG, each step on one propagation of the whole graph:
-    BPR link prediction on user->item edges, DistMult triple completion on the other relations,
+    link prediction on user->item edges, DistMult triple completion on the other relations,
     masked attribute prediction (an item attribute hidden from the graph for a share of items
     each epoch) and InfoNCE alignment of each item's graph and text embeddings."""
 
@@ -129,9 +130,15 @@ class PretrainTask:
         device, n, losses = emb.device, len(batch), {}
         if "link" in self.weights:
             users, positives = self.link_edges[:, batch]
-            negatives = self.items[torch.randint(len(self.items), (n,), generator=generator)]
-            losses["link"] = bpr_loss(emb, users.to(device), positives.to(device), negatives.to(device),
-                                      l2=self.config.weight_decay)
+            config = self.config
+            draws = config.negatives if config.link_loss == "softmax" else n
+            negatives = self.items[torch.randint(len(self.items), (draws,), generator=generator)]
+            users, positives, negatives = users.to(device), positives.to(device), negatives.to(device)
+            if config.link_loss == "softmax":
+                losses["link"] = sampled_softmax_loss(emb, users, positives, negatives, torch.ones(n, device=device),
+                                                      config.loss_temperature, l2=config.weight_decay)
+            else:
+                losses["link"] = bpr_loss(emb, users, positives, negatives, l2=config.weight_decay)
         if "kg" in self.weights:
             heads, rels, tails, corrupted = (t.to(device) for t in self.kg.sample(n, generator))
             losses["kg"] = distmult_loss(emb, model.relation_vectors, heads, rels, tails, corrupted)
