@@ -16,17 +16,16 @@ from functools import partial
 from pathlib import Path
 
 from unirec_dagster.datasets import load_spec
-from unirec_dagster.features import refresh_text_embeddings
 from unirec_dagster.graph import build_partition
-from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
 from unirec_dagster.model.distributed import train_in_workers
 from unirec_dagster.model.pretrain import pretrain
-from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.settings import DEFAULT_DATASET
 from unirec_dagster.training.steps import run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect
+
+from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 
 def main() -> None:
@@ -38,12 +37,7 @@ def main() -> None:
     run_date = dt.date.fromisoformat(args.run_date)
     with tempfile.TemporaryDirectory() as scratch:
         conn = connect(Path(scratch) / "sample.duckdb")
-        days = [spec.events.start_date + dt.timedelta(days=i)
-                for i in range((spec.events.end_date - spec.events.start_date).days + 1)]
-        ingest_days(conn, spec, days)
-        build_catalog(conn, spec, "items")
-        build_catalog(conn, spec, "users")
-        refresh_text_embeddings(conn, TextEncoder())
+        load_whole_dataset(conn, spec)
         build_partition(conn, spec, run_date)
         rows = []
         for seed in [int(s) for s in args.seeds.split(",")]:

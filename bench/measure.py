@@ -1,4 +1,5 @@
-"""What the benchmarks share: running one measured case in a fresh process, and its peak memory.
+"""What the benchmarks share: running one measured case in a fresh process, its peak memory, and
+loading a whole finished dataset into a warehouse.
 
 A case runs in its own process so that its peak RSS is its own: the script is started again with
 the given arguments and prints its result as one JSON line last.
@@ -33,3 +34,22 @@ def in_fresh_process(script: str, *args: str) -> dict | None:
         print(f"{Path(script).name} {' '.join(args)}: failed with exit {out.returncode}", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_whole_dataset(conn, spec) -> None:
+    """Every day of a finished dataset, its catalogs and its text view (skipped when the warehouse
+    already holds events)."""
+    import datetime as dt
+
+    from unirec_dagster.features import refresh_text_embeddings
+    from unirec_dagster.ingest import build_catalog, ingest_days
+    from unirec_dagster.model.text_encoder import TextEncoder
+    from unirec_dagster.warehouse import rows
+
+    if not rows(conn, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")[0][0]:
+        days = [spec.events.start_date + dt.timedelta(days=i)
+                for i in range((spec.events.end_date - spec.events.start_date).days + 1)]
+        ingest_days(conn, spec, days)
+        build_catalog(conn, spec, "items")
+        build_catalog(conn, spec, "users")
+    refresh_text_embeddings(conn, TextEncoder())

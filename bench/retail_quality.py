@@ -21,17 +21,16 @@ import time
 from pathlib import Path
 
 from unirec_dagster.datasets import load_spec
-from unirec_dagster.features import refresh_text_embeddings
 from unirec_dagster.graph import build_partition
-from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
-from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
 from unirec_dagster.training.context import served_model
 from unirec_dagster.training.steps import FROM_SCRATCH, run_evaluation, run_finetuning, run_pretraining
-from unirec_dagster.warehouse import connect, rows
+from unirec_dagster.warehouse import connect
+
+from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 SLICES = ("all", "cold_users", "warm_users", "new_items", "tail_items")
 
@@ -86,13 +85,7 @@ def main() -> None:
     spec = load_spec(args.spec)
     conn = connect(args.warehouse)
     started = time.perf_counter()
-    if not rows(conn, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'")[0][0]:
-        days = [spec.events.start_date + dt.timedelta(days=i)
-                for i in range((spec.events.end_date - spec.events.start_date).days + 1)]
-        ingest_days(conn, spec, days)
-        build_catalog(conn, spec, "items")
-        build_catalog(conn, spec, "users")
-    refresh_text_embeddings(conn, TextEncoder())
+    load_whole_dataset(conn, spec)
     run_date = dt.date.fromisoformat(args.run_date)
     build_partition(conn, spec, run_date)
     runs = [one_seed(conn, spec, run_date, int(s), args.window_days, args.pretrain_epochs)
