@@ -297,3 +297,22 @@ def test_nan_and_infinite_numbers_are_rejected(tmp_path, conn, load):
     assert rows(conn, "SELECT user_id FROM raw.events") == [("u1",)]
     assert rows(conn, "SELECT source_line, reason FROM raw.rejected_events ORDER BY 1") == [
         (3, "bad_value"), (4, "bad_price"), (5, "bad_value"), (6, "bad_value"), (7, "bad_price")]
+
+
+def test_days_staged_together_give_the_same_tables_as_one_by_one(conn, retail_like, monkeypatch):
+    # Day 2 also holds the day-2 event that day 1's file carried by mistake: staged together, the
+    # two copies must not make day 2's a duplicate (duplicates are judged within one day's file).
+    day2 = retail_like.events_file_for(DAY2)
+    day2.write_text(day2.read_text() + "9,E,1,2024-01-02 09:00:00,1.5,42,FR\n")
+    query = """SELECT * EXCLUDE (run_id, {}) FROM raw.{} ORDER BY ALL"""
+    from unirec_dagster.ingest import events as events_module
+
+    ingest_days(conn, retail_like, [DAY1, DAY2, DAY3])
+    together = [rows(conn, query.format(*t)) for t in (("ingested_at", "events"), ("rejected_at", "rejected_events"))]
+    monkeypatch.setattr(events_module, "CHUNK_LINES", 1)
+    ingest_days(conn, retail_like, [DAY1, DAY2, DAY3])
+    assert [rows(conn, query.format(*t)) for t in (("ingested_at", "events"), ("rejected_at", "rejected_events"))] == together
+    assert dict(rows(conn, "SELECT reason, count(*) FROM raw.rejected_events WHERE partition_date = ? GROUP BY 1",
+                     [DAY2])) == {}
+    assert scalar(conn, "SELECT count(*) FROM raw.events WHERE partition_date = ?", [DAY2]) == 2
+    assert scalar(conn, "SELECT count(*) FROM raw.ingest_log") == 3

@@ -23,6 +23,10 @@ from unirec_dagster.progress import Progress
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
 FILE_COLUMN = "_file"
+DAY_COLUMN = "_day"
+# A backfill stages and writes days together, up to this many input lines at once: per-statement
+# and per-commit costs are paid per chunk, not per day, while memory stays bounded.
+CHUNK_LINES = 1_000_000
 STRUCTURAL_SCHEMA = pa.schema(
     [("source_file", pa.string()), ("source_line", pa.int64()), ("reason", pa.string()),
      ("detail", pa.string()), ("raw_content", pa.string()), ("partition_date", pa.date32())]
@@ -45,24 +49,26 @@ class PartitionStats:
         return sum(self.rejected_by_reason.values())
 
 
-def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: list[RawRecords],
-                   partition_day: dt.date | None) -> None:
+def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
+                   batches: list[tuple[RawRecords, dt.date | None]]) -> None:
     """Type and check the records of `batches` into temp tables staged_events / staged_structural.
 
-    `partition_day` is the file's day in a daily layout (rows of other days are rejected as
-    outside_partition); None in a glob layout, where each row's own date is its partition.
+    Each batch comes with its file's day in a daily layout (rows of other days are rejected as
+    outside_partition), or None in a glob layout, where each row's own date is its partition.
+    Duplicate lines are found within one day's file (daily) or across all files (glob).
     """
     tables = [b.table.append_column(FILE_COLUMN, pa.array([str(b.path)] * b.table.num_rows, pa.string()))
-              for b in batches]
+              .append_column(DAY_COLUMN, pa.array([day] * b.table.num_rows, pa.date32()))
+              for b, day in batches]
     staged_raw = pa.concat_tables(tables) if tables else None
     structural = pa.table(
         {
-            "source_file": [str(b.path) for b in batches for _ in b.rejects],
-            "source_line": [r.line for b in batches for r in b.rejects],
-            "reason": [r.reason for b in batches for r in b.rejects],
-            "detail": [r.detail for b in batches for r in b.rejects],
-            "raw_content": [r.raw for b in batches for r in b.rejects],
-            "partition_date": [partition_day for b in batches for _ in b.rejects],
+            "source_file": [str(b.path) for b, _ in batches for _ in b.rejects],
+            "source_line": [r.line for b, _ in batches for r in b.rejects],
+            "reason": [r.reason for b, _ in batches for r in b.rejects],
+            "detail": [r.detail for b, _ in batches for r in b.rejects],
+            "raw_content": [r.raw for b, _ in batches for r in b.rejects],
+            "partition_date": [day for b, day in batches for _ in b.rejects],
         },
         schema=STRUCTURAL_SCHEMA,
     )
@@ -79,6 +85,7 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: 
     session = sql.identifier(e.session_id) if e.session_id else "NULL"
     select = f"""
         SELECT {FILE_COLUMN} AS source_file, {LINE_COLUMN} AS source_line, {RAW_COLUMN} AS raw_content,
+               {DAY_COLUMN} AS file_day,
                {sql.identifier(e.user_id)} AS user_id,
                {sql.identifier(e.item_id)} AS item_id,
                {sql.timestamp(e.timestamp, p)} AS ts,
@@ -89,12 +96,11 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: 
                {price} AS price, {price_raw} AS price_raw,
                {sql.string_map(spec.context_columns(), p)} AS context
         FROM staged_raw"""
-    partition = "CAST(ts AS DATE)" if partition_day is None else p.add(partition_day, "DATE")
     query = f"""
         CREATE OR REPLACE TEMP TABLE staged_events AS
         WITH typed AS ({select}),
         checked AS (
-            SELECT *, {partition} AS partition_date,
+            SELECT *, coalesce(file_day, CAST(ts AS DATE)) AS partition_date,
                 CASE
                     WHEN user_id IS NULL THEN 'missing_user_id'
                     WHEN item_id IS NULL THEN 'missing_item_id'
@@ -110,7 +116,7 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: 
                 row_number() OVER same_line AS copy_number,
                 first_value(source_file || ':' || source_line) OVER same_line AS first_copy
             FROM checked
-            WINDOW same_line AS (PARTITION BY reason IS NULL, raw_content ORDER BY source_file, source_line)
+            WINDOW same_line AS (PARTITION BY file_day, reason IS NULL, raw_content ORDER BY source_file, source_line)
         )
         SELECT * REPLACE (
             CASE
@@ -132,7 +138,7 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: 
     if staged_raw is None:
         staged_raw = pa.table({c: pa.array([], pa.string()) for c in spec.event_source_columns()}
                               | {LINE_COLUMN: pa.array([], pa.int64()), RAW_COLUMN: pa.array([], pa.string()),
-                                 FILE_COLUMN: pa.array([], pa.string())})
+                                 FILE_COLUMN: pa.array([], pa.string()), DAY_COLUMN: pa.array([], pa.date32())})
     conn.register("staged_raw", staged_raw)
     try:
         conn.execute(query, p)
@@ -140,50 +146,63 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, batches: 
         conn.unregister("staged_raw")
 
 
+# `partition_date = ANY(?)` takes the list of days being written; undated glob rejects (NULL day)
+# are written by _write_undated_rejects.
 _INSERT_EVENTS = """
     INSERT INTO raw.events
     SELECT partition_date, user_id, item_id, ts, event_type, value, session_id, price, context,
            source_file, source_line, ?, ?
-    FROM staged_events WHERE reason IS NULL AND partition_date IS NOT DISTINCT FROM ?
+    FROM staged_events WHERE reason IS NULL AND partition_date = ANY(?)
 """
-_INSERT_REJECTS = """
+_STAGED_REJECTS = """
+    SELECT partition_date, source_file, source_line, reason, detail, raw_content FROM staged_events
+    WHERE reason IS NOT NULL
+    UNION ALL
+    SELECT partition_date, source_file, source_line, reason, detail, raw_content FROM staged_structural
+"""
+_INSERT_REJECTS = f"""
     INSERT INTO raw.rejected_events
     SELECT partition_date, 'events', source_file, source_line, reason, detail, raw_content, ?, ?
-    FROM (
-        SELECT partition_date, source_file, source_line, reason, detail, raw_content FROM staged_events
-        WHERE reason IS NOT NULL
-        UNION ALL
-        SELECT partition_date, source_file, source_line, reason, detail, raw_content FROM staged_structural
-    ) WHERE partition_date IS NOT DISTINCT FROM ?
+    FROM ({_STAGED_REJECTS}) WHERE partition_date = ANY(?)
+"""
+_INSERT_UNDATED_REJECTS = f"""
+    INSERT INTO raw.rejected_events
+    SELECT partition_date, 'events', source_file, source_line, reason, detail, raw_content, ?, ?
+    FROM ({_STAGED_REJECTS}) WHERE partition_date IS NULL
 """
 
 
-def _counts(conn: duckdb.DuckDBPyConnection, day: dt.date | None) -> tuple[int, dict[str, int]]:
+def _counts(conn: duckdb.DuckDBPyConnection) -> dict[dt.date, tuple[int, dict[str, int]]]:
+    """Per staged day: accepted lines and rejected lines by reason."""
     found = rows(conn, """
-        SELECT coalesce(reason, ''), count(*) FROM (
+        SELECT partition_date, coalesce(reason, ''), count(*) FROM (
             SELECT reason, partition_date FROM staged_events
             UNION ALL SELECT reason, partition_date FROM staged_structural
-        ) WHERE partition_date IS NOT DISTINCT FROM ? GROUP BY 1""", [day])
-    by_reason = {reason: n for reason, n in found}
-    return by_reason.pop("", 0), dict(sorted(by_reason.items()))
+        ) WHERE partition_date IS NOT NULL GROUP BY ALL ORDER BY ALL""")
+    by_day: dict[dt.date, dict[str, int]] = {}
+    for day, reason, n in found:
+        by_day.setdefault(day, {})[reason] = n
+    return {day: (by_reason.pop("", 0), by_reason) for day, by_reason in by_day.items()}
 
 
-def _write_partition(conn: duckdb.DuckDBPyConnection, stats: PartitionStats, run_id: str | None) -> None:
-    """Replace one day in raw.events, raw.rejected_events and raw.ingest_log in one transaction."""
+def _write_partitions(conn: duckdb.DuckDBPyConnection, written: list[PartitionStats], run_id: str | None) -> None:
+    """Replace the days of `written` in raw.events, raw.rejected_events and raw.ingest_log in one
+    transaction: a crash leaves each day either as it was or fully rewritten."""
+    if not written:
+        return
     now = dt.datetime.now()
-    day = stats.partition_date
+    days = [stats.partition_date for stats in written]
     with transaction(conn):
-        conn.execute("DELETE FROM raw.events WHERE partition_date = ?", [day])
-        conn.execute("DELETE FROM raw.rejected_events WHERE source_kind = 'events' AND partition_date = ?", [day])
-        conn.execute("DELETE FROM raw.ingest_log WHERE partition_date = ?", [day])
-        if stats.lines_read:
-            conn.execute(_INSERT_EVENTS, [run_id, now, day])
-            conn.execute(_INSERT_REJECTS, [run_id, now, day])
-        conn.execute(
+        conn.execute("DELETE FROM raw.events WHERE partition_date = ANY(?)", [days])
+        conn.execute("DELETE FROM raw.rejected_events WHERE source_kind = 'events' AND partition_date = ANY(?)", [days])
+        conn.execute("DELETE FROM raw.ingest_log WHERE partition_date = ANY(?)", [days])
+        conn.execute(_INSERT_EVENTS, [run_id, now, days])
+        conn.execute(_INSERT_REJECTS, [run_id, now, days])
+        conn.executemany(
             "INSERT INTO raw.ingest_log VALUES (?, ?, ?, ?, ?, ?, MAP(?::VARCHAR[], ?::BIGINT[]), ?, ?, ?, ?)",
-            [day, stats.source_file, stats.file_found, stats.lines_read, stats.accepted, stats.rejected,
-             list(stats.rejected_by_reason), list(stats.rejected_by_reason.values()), stats.blank_lines,
-             stats.seconds, run_id, now],
+            [[s.partition_date, s.source_file, s.file_found, s.lines_read, s.accepted, s.rejected,
+              list(s.rejected_by_reason), list(s.rejected_by_reason.values()), s.blank_lines, s.seconds, run_id, now]
+             for s in written],
         )
 
 
@@ -233,8 +252,9 @@ def _refusal(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stats: Partitio
     return None
 
 
-def _held_events(conn: duckdb.DuckDBPyConnection, day: dt.date) -> int:
-    return rows(conn, "SELECT count(*) FROM raw.events WHERE partition_date = $d", {"d": day})[0][0]
+def _held_events(conn: duckdb.DuckDBPyConnection, days: list[dt.date]) -> dict[dt.date, int]:
+    return dict(rows(conn, "SELECT partition_date, count(*) FROM raw.events WHERE partition_date = ANY(?) "
+                           "GROUP BY partition_date", [days]))
 
 
 def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[dt.date],
@@ -252,20 +272,38 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
     progress = Progress(len(days), "days", log, label="raw_events")
     results: list[PartitionStats] = []
     refused: list[str] = []
+    daily = spec.is_daily_layout
 
-    def finish(stats: PartitionStats, started: float) -> None:
-        stats.seconds = time.perf_counter() - started
-        reason = _refusal(conn, spec, stats, _held_events(conn, stats.partition_date), allow_empty, force)
-        if reason:
-            refused.append(reason)
-            if log:
-                log(f"refused {reason}")
-        else:
-            _write_partition(conn, stats, run_id)
-        results.append(stats)
-        progress.advance(1, f"{stats.partition_date}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
+    def write_chunk(chunk: list[PartitionStats], files: dict[dt.date | None, list[RawRecords]],
+                    started: float) -> None:
+        """Stage the chunk's files together, judge each day, write the believable ones together.
+        `files` maps each day to its file (daily layout), or None to all files (glob layout)."""
+        _stage_records(conn, spec, [(b, day) for day, batches in files.items() for b in batches])
+        counts = _counts(conn)
+        held = _held_events(conn, [stats.partition_date for stats in chunk])
+        seconds = (time.perf_counter() - started) / len(chunk)
+        written = []
+        for stats in chunk:
+            stats.accepted, stats.rejected_by_reason = counts.get(stats.partition_date, (0, {}))
+            stats.lines_read = stats.accepted + stats.rejected
+            stats.seconds = seconds  # the day's share of its chunk
+            if daily:
+                own = files.get(stats.partition_date, [])
+                stats.blank_lines = sum(b.blank_lines for b in own)
+                _check_accounted(stats, own, spec)
+            reason = _refusal(conn, spec, stats, held.get(stats.partition_date, 0), allow_empty, force)
+            if reason:
+                refused.append(reason)
+                if log:
+                    log(f"refused {reason}")
+            else:
+                written.append(stats)
+            results.append(stats)
+        _write_partitions(conn, written, run_id)
+        for stats in chunk:
+            progress.advance(1, f"{stats.partition_date}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
 
-    if spec.is_daily_layout:
+    if daily:
         paths = {day: spec.events_file_for(day) for day in days}
         if not allow_empty and not spec.events_files():
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any date ({spec.events_glob()});"
@@ -274,31 +312,28 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any of the {len(days)} days "
                                 f"{days[0]}..{days[-1]} (e.g. {paths[days[0]]}); nothing was written. Check the "
                                 "path, or run with allow_empty: true for days that truly have no events.")
+        chunk: list[PartitionStats] = []
+        files: dict[dt.date | None, list[RawRecords]] = {}
+        lines, started = 0, time.perf_counter()
         for day in days:
-            started = time.perf_counter()
             path = paths[day]
-            batches = [read_records(path, spec.events, wanted)] if path.is_file() else []
-            stats = PartitionStats(day, str(path), file_found=bool(batches))
-            _stage_records(conn, spec, batches, day)
-            stats.accepted, stats.rejected_by_reason = _counts(conn, day)
-            stats.lines_read = stats.accepted + stats.rejected
-            stats.blank_lines = sum(b.blank_lines for b in batches)
-            _check_accounted(stats, batches, spec)
-            finish(stats, started)
+            files[day] = [read_records(path, spec.events, wanted)] if path.is_file() else []
+            chunk.append(PartitionStats(day, str(path), file_found=bool(files[day])))
+            lines += sum(b.lines_read for b in files[day])
+            if lines >= CHUNK_LINES or day == days[-1]:
+                write_chunk(chunk, files, started)
+                chunk, files, lines, started = [], {}, 0, time.perf_counter()
     else:
         # Glob layout: files hold many days, so read them once and place each row on its own date.
         started = time.perf_counter()
-        files = spec.events_files()
-        if not files and not allow_empty:
+        paths = spec.events_files()
+        if not paths and not allow_empty:
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
                                 "the glob in the dataset spec.")
-        batches = [read_records(path, spec.events, wanted) for path in files]
-        _stage_records(conn, spec, batches, None)
-        for day in days:
-            stats = PartitionStats(day, spec.events.path, file_found=bool(files))
-            stats.accepted, stats.rejected_by_reason = _counts(conn, day)
-            stats.lines_read = stats.accepted + stats.rejected
-            finish(stats, started)
+        everything = {None: [read_records(path, spec.events, wanted) for path in paths]}
+        if days:
+            write_chunk([PartitionStats(day, spec.events.path, file_found=bool(paths)) for day in days], everything,
+                        started)
         _write_undated_rejects(conn, run_id)
     if refused:
         raise IngestRefused(f"{len(refused)} of {len(days)} days not replaced:\n" + "\n".join(refused))
@@ -309,4 +344,4 @@ def _write_undated_rejects(conn: duckdb.DuckDBPyConnection, run_id: str | None) 
     """Rows of a glob layout with no readable date belong to no day; they are replaced as a whole."""
     with transaction(conn):
         conn.execute("DELETE FROM raw.rejected_events WHERE source_kind = 'events' AND partition_date IS NULL")
-        conn.execute(_INSERT_REJECTS, [run_id, dt.datetime.now(), None])
+        conn.execute(_INSERT_UNDATED_REJECTS, [run_id, dt.datetime.now()])
