@@ -316,3 +316,42 @@ def test_days_staged_together_give_the_same_tables_as_one_by_one(conn, retail_li
                      [DAY2])) == {}
     assert scalar(conn, "SELECT count(*) FROM raw.events WHERE partition_date = ?", [DAY2]) == 2
     assert scalar(conn, "SELECT count(*) FROM raw.ingest_log") == 3
+
+
+def test_duckdb_reads_a_clean_csv_exactly_as_the_line_reader_does(tmp_path):
+    from unirec_dagster.datasets.readers import _read_clean_csv, _read_csv_by_line
+    from unirec_dagster.datasets.spec import SourceFile
+
+    path = tmp_path / "clean.csv"
+    path.write_bytes("\ufeffinvoice,item,desc,user\r\n"
+                     '1,A,"red, white and blue",u1\r\n'
+                     '2,B,"say ""hi""",u2\r\n'
+                     "3,, spaced  ,u3\r\n"
+                     '4,"",crème brûlée,\r\n'
+                     "5,C,x,u5".encode())
+    source = SourceFile(path=str(path), format="csv", header=True)
+    wanted = ["invoice", "desc", "item", "user"]
+    fast = _read_clean_csv(path, source, wanted)
+    assert fast is not None  # the fast path vouched for this file
+    assert fast.table.equals(_read_csv_by_line(path, source, wanted).table)
+    assert fast.table.column("desc").to_pylist() == ["red, white and blue", 'say "hi"', " spaced  ", "crème brûlée", "x"]
+    assert fast.table.column("_line").to_pylist() == [2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("body", [
+    '1,A,"open quote,u1\n2,B,b,u2\n',      # an unclosed quote: only its line is rejected
+    '1,A,"two\nlines",u1\n2,B,b,u2\n',     # a quoted line break is two broken lines to the line reader
+    "1,A,a,u1,extra\n2,B,b,u2\n",          # a wrong field count
+    "1,A,a,u1\n\n2,B,b,u2\n",              # a blank line
+    "1,A,a\ru1\n2,B,b,u2\n",               # a lone carriage return
+])
+def test_files_duckdb_cannot_vouch_for_go_line_by_line(tmp_path, body):
+    from unirec_dagster.datasets.readers import _read_clean_csv, read_records
+    from unirec_dagster.datasets.spec import SourceFile
+
+    path = tmp_path / "dirty.csv"
+    path.write_text("invoice,item,desc,user\n" + body)
+    source = SourceFile(path=str(path), format="csv", header=True)
+    assert _read_clean_csv(path, source, ["invoice"]) is None
+    read = read_records(path, source, ["invoice"])
+    assert "2" in read.table.column("invoice").to_pylist()  # the good line after the broken one survives
