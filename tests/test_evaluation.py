@@ -18,11 +18,15 @@ from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings
 from unirec_dagster.ingest import build_catalog, ingest_days
+from unirec_dagster.graph import load_graph
+from unirec_dagster.model.config import PretrainConfig
+from unirec_dagster.model.pretrain import PretrainTask
 from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.serving.reasons import POSITIVE, Explainer
 from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, score_users,
                                               write_recommendations, write_similar_items)
 from unirec_dagster.training.blend import fit_blend
+from unirec_dagster.training.fit import negative_candidates
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
 from tests.conftest import write_text
@@ -256,6 +260,12 @@ def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommen
     write_recommendations(conn, spec, dt.date(2024, 1, 1), scorer, "v1", "run", ServingSettings(k=1))
     assert rows(conn, "SELECT item_id, reason FROM serving.recommendations WHERE user_id = 'u1'") == \
         [("Z", "new in the catalog, like red enamel mug")]
+
+    # Training never uses it as a negative: it would only ever be pushed below everything.
+    graph = load_graph(conn, dt.date(2024, 1, 1))
+    task = PretrainTask(graph, None, PretrainConfig(), None)
+    assert set(keys(conn, "item", task.items)) == {"A", "B"}
+    assert set(keys(conn, "item", negative_candidates(data))) == {"A", "B"}
 
 
 def test_show_reads_the_published_partition_while_a_run_writes(conn, shop, tmp_path, capsys):

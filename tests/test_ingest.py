@@ -309,7 +309,7 @@ def test_days_staged_together_give_the_same_tables_as_one_by_one(conn, retail_li
 
     ingest_days(conn, retail_like, [DAY1, DAY2, DAY3])
     together = [rows(conn, query.format(*t)) for t in (("ingested_at", "events"), ("rejected_at", "rejected_events"))]
-    monkeypatch.setattr(events_module, "CHUNK_LINES", 1)
+    monkeypatch.setattr(events_module, "CHUNK_BYTES", 1)
     ingest_days(conn, retail_like, [DAY1, DAY2, DAY3])
     assert [rows(conn, query.format(*t)) for t in (("ingested_at", "events"), ("rejected_at", "rejected_events"))] == together
     assert dict(rows(conn, "SELECT reason, count(*) FROM raw.rejected_events WHERE partition_date = ? GROUP BY 1",
@@ -319,7 +319,7 @@ def test_days_staged_together_give_the_same_tables_as_one_by_one(conn, retail_li
 
 
 def test_duckdb_reads_a_clean_csv_exactly_as_the_line_reader_does(tmp_path):
-    from unirec_dagster.datasets.readers import _read_clean_csv, _read_csv_by_line
+    from unirec_dagster.datasets.readers import _read_clean_csvs, _read_csv_by_line
     from unirec_dagster.datasets.spec import SourceFile
 
     path = tmp_path / "clean.csv"
@@ -331,7 +331,7 @@ def test_duckdb_reads_a_clean_csv_exactly_as_the_line_reader_does(tmp_path):
                      "5,C,x,u5".encode())
     source = SourceFile(path=str(path), format="csv", header=True)
     wanted = ["invoice", "desc", "item", "user"]
-    fast = _read_clean_csv(path, source, wanted)
+    fast = _read_clean_csvs([path], source, wanted).get(path)
     assert fast is not None  # the fast path vouched for this file
     assert fast.table.equals(_read_csv_by_line(path, source, wanted).table)
     assert fast.table.column("desc").to_pylist() == ["red, white and blue", 'say "hi"', " spaced  ", "crème brûlée", "x"]
@@ -346,12 +346,12 @@ def test_duckdb_reads_a_clean_csv_exactly_as_the_line_reader_does(tmp_path):
     "1,A,a\ru1\n2,B,b,u2\n",               # a lone carriage return
 ])
 def test_files_duckdb_cannot_vouch_for_go_line_by_line(tmp_path, body):
-    from unirec_dagster.datasets.readers import _read_clean_csv, read_records
+    from unirec_dagster.datasets.readers import _read_clean_csvs, read_records
     from unirec_dagster.datasets.spec import SourceFile
 
     path = tmp_path / "dirty.csv"
     path.write_text("invoice,item,desc,user\n" + body)
     source = SourceFile(path=str(path), format="csv", header=True)
-    assert _read_clean_csv(path, source, ["invoice"]) is None
+    assert _read_clean_csvs([path], source, ["invoice"]) == {}
     read = read_records(path, source, ["invoice"])
     assert "2" in read.table.column("invoice").to_pylist()  # the good line after the broken one survives

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -60,8 +61,16 @@ def physical_lines(path: Path) -> int:
 
 def read_records(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
     """Read `path` as described by `source`, keeping only the `wanted` columns."""
-    reader = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}[source.format]
-    return reader(Path(path), source, wanted)
+    return read_files([Path(path)], source, wanted)[0]
+
+
+def read_files(paths: list[Path], source: SourceFile, wanted: list[str]) -> list[RawRecords]:
+    """Read each of `paths`; CSV files that DuckDB can vouch for are read by it in one call."""
+    if source.format != "csv":
+        reader = {"parquet": _read_parquet, "jsonl": _read_jsonl}[source.format]
+        return [reader(Path(p), source, wanted) for p in paths]
+    read = _read_clean_csvs([Path(p) for p in paths], source, wanted)
+    return [read.get(Path(p)) or _read_csv_by_line(Path(p), source, wanted) for p in paths]
 
 
 def _table(columns: dict[str, list], lines: list[int], raws: list[str]) -> pa.Table:
@@ -104,11 +113,6 @@ def _positions(path: Path, names: list[str], wanted: list[str]) -> list[int]:
     return [names.index(c) for c in wanted]
 
 
-def _read_csv(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
-    """DuckDB's CSV reader for a clean file; line by line in Python for any file it cannot vouch for."""
-    return _read_clean_csv(path, source, wanted) or _read_csv_by_line(path, source, wanted)
-
-
 _local = threading.local()
 
 
@@ -119,13 +123,17 @@ def _reader_connection() -> duckdb.DuckDBPyConnection:
     return _local.conn
 
 
-def _read_clean_csv(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords | None:
-    """The fast path: DuckDB's reader splits the fields, Python's str.split keeps each line's text.
+@dataclass
+class _CleanText:
+    names: list[str]
+    data_lines: list[str]
+    header_lines: int
 
-    Only taken when the result is provably what the line-by-line reader would give: valid UTF-8,
-    no NUL byte, no blank line, and DuckDB (strict, explicit columns) reads exactly one record per
-    physical line, so record i is line i. Anything else (an unclosed quote, a wrong field count, a
-    quoted line break) returns None and the file is read line by line with per-line rejects."""
+
+def _clean_text(path: Path, source: SourceFile) -> _CleanText | None:
+    """The file's header and data lines, when nothing in its text needs the line-by-line reader:
+    valid UTF-8, no NUL byte, no blank line, no lone carriage return (which may end a record for
+    DuckDB but not for the line reader). None otherwise."""
     if source.encoding.lower().replace("-", "") != "utf8":
         return None
     data = path.read_bytes()
@@ -140,7 +148,6 @@ def _read_clean_csv(path: Path, source: SourceFile, wanted: list[str]) -> RawRec
         lines.pop()
     lines = [line.removesuffix("\r") for line in lines]
     header = 1 if source.header else 0
-    # A lone carriage return may end a record for DuckDB but not for the line reader.
     if len(lines) <= header or any(not line.strip() or "\r" in line for line in lines):
         return None
     names = list(source.columns or [])
@@ -149,25 +156,62 @@ def _read_clean_csv(path: Path, source: SourceFile, wanted: list[str]) -> RawRec
             names = [n.strip() for n in _fields(lines[0], source.delimiter)]
         except csv.Error:
             return None
-    positions = _positions(path, names, wanted)
-    columns = {f"c{i}": "VARCHAR" for i in range(len(names))}
+    return _CleanText(names, lines[header:], header)
+
+
+def _read_clean_csvs(paths: list[Path], source: SourceFile, wanted: list[str]) -> dict[Path, RawRecords]:
+    """The fast path: DuckDB's reader splits the fields of many files in one call, and Python's
+    str.split keeps each line's text. A file is only read this way when the result is provably
+    what the line-by-line reader gives: its text is clean (_clean_text), and DuckDB (strict,
+    explicit columns) reads exactly one record per physical line, so record i is line i. The files
+    left out (an unclosed quote, a wrong field count, a quoted line break) are read line by line,
+    with per-line rejects."""
+    texts = {path: text for path in paths if (text := _clean_text(path, source)) is not None}
+    by_header: dict[tuple[str, ...], list[Path]] = {}
+    for path, text in texts.items():
+        by_header.setdefault(tuple(text.names), []).append(path)
+    read: dict[Path, RawRecords] = {}
+    for names, group in by_header.items():
+        positions = _positions(group[0], list(names), wanted)
+        tables = _duckdb_read(group, source, len(names), texts[group[0]].header_lines)
+        if tables is None and len(group) > 1:  # one file spoils a shared read: try each alone
+            tables = {}
+            for path in group:
+                tables |= _duckdb_read([path], source, len(names), texts[path].header_lines) or {}
+        for path, table in (tables or {}).items():
+            text = texts[path]
+            if table.num_rows != len(text.data_lines):
+                continue
+            first = text.header_lines + 1
+            # An empty field is '' as in the line reader (DuckDB reads it as NULL).
+            arrays = {name: pc.fill_null(table.column(pos), "") for name, pos in zip(wanted, positions)}
+            arrays[LINE_COLUMN] = pa.array(range(first, first + len(text.data_lines)), pa.int64())
+            arrays[RAW_COLUMN] = pa.array(text.data_lines, pa.string())
+            read[path] = RawRecords(path, pa.table(arrays), [], 0, text.header_lines)
+    return read
+
+
+def _duckdb_read(paths: list[Path], source: SourceFile, width: int, skip: int) -> dict[Path, pa.Table] | None:
+    """Each file's records as `width` string columns, or None when DuckDB refuses any of them."""
+    columns = {f"c{i}": "VARCHAR" for i in range(width)}
     try:
         table = _reader_connection().sql(
-            """SELECT * FROM read_csv($path, columns = $columns, header = false, skip = $skip, delim = $delim,
+            """SELECT * FROM read_csv($paths, columns = $columns, header = false, skip = $skip, delim = $delim,
                    quote = '"', escape = '"', strict_mode = true, auto_detect = false, null_padding = false,
-                   encoding = 'utf-8')""",
-            params={"path": str(path), "columns": columns, "skip": header, "delim": source.delimiter},
+                   encoding = 'utf-8', filename = true)""",
+            params={"paths": [str(p) for p in paths], "columns": columns, "skip": skip, "delim": source.delimiter},
         ).arrow().read_all()
     except duckdb.Error:
         return None
-    data_lines = lines[header:]
-    if table.num_rows != len(data_lines):
+    # Files come back whole and in order (insertion order is preserved); checked, then cut.
+    files = [str(p) for p in paths]
+    found = dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column("filename")).flatten())))
+    counts = [found.get(f, 0) for f in files]
+    expected = pa.array(np.repeat(np.array(files, dtype=object), counts), pa.string())
+    if sum(counts) != table.num_rows or not table.column("filename").combine_chunks().equals(expected):
         return None
-    # An empty field is '' as in the line reader (DuckDB reads it as NULL).
-    arrays = {name: pc.fill_null(table.column(pos), "") for name, pos in zip(wanted, positions)}
-    arrays[LINE_COLUMN] = pa.array(range(header + 1, header + 1 + len(data_lines)), pa.int64())
-    arrays[RAW_COLUMN] = pa.array(data_lines, pa.string())
-    return RawRecords(path, pa.table(arrays), [], 0, header)
+    offsets = np.cumsum([0, *counts])
+    return {path: table.slice(offsets[i], counts[i]).drop_columns(["filename"]) for i, path in enumerate(paths)}
 
 
 def _read_csv_by_line(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:

@@ -16,7 +16,8 @@ from typing import Callable
 import duckdb
 import pyarrow as pa
 
-from unirec_dagster.datasets import DatasetSpec, RawRecords, read_records
+from unirec_dagster.datasets import DatasetSpec, RawRecords
+from unirec_dagster.datasets.readers import read_files
 from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN, physical_lines
 from unirec_dagster.ingest import sql
 from unirec_dagster.progress import Progress
@@ -24,9 +25,10 @@ from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
 
 FILE_COLUMN = "_file"
 DAY_COLUMN = "_day"
-# A backfill stages and writes days together, up to this many input lines at once: per-statement
-# and per-commit costs are paid per chunk, not per day, while memory stays bounded.
-CHUNK_LINES = 1_000_000
+# A backfill reads, stages and writes days together, up to this many bytes of input files at once:
+# per-call, per-statement and per-commit costs are paid per chunk, not per day, while memory stays
+# bounded.
+CHUNK_BYTES = 128 << 20
 STRUCTURAL_SCHEMA = pa.schema(
     [("source_file", pa.string()), ("source_line", pa.int64()), ("reason", pa.string()),
      ("detail", pa.string()), ("raw_content", pa.string()), ("partition_date", pa.date32())]
@@ -111,18 +113,25 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
                 END AS reason
             FROM typed
         ),
+        -- Lines that occur more than once among the valid rows of one day's file (daily) or of all
+        -- files (glob), with their first copy; a hash aggregate, far cheaper than a window over text.
+        repeated AS (
+            SELECT file_day, raw_content, min({{'file': source_file, 'line': source_line}}) AS first
+            FROM checked WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
+        ),
         ranked AS (
-            SELECT *,
-                row_number() OVER same_line AS copy_number,
-                first_value(source_file || ':' || source_line) OVER same_line AS first_copy
-            FROM checked
-            WINDOW same_line AS (PARTITION BY file_day, reason IS NULL, raw_content ORDER BY source_file, source_line)
+            SELECT checked.*,
+                CASE WHEN checked.reason IS NULL AND (source_file, source_line) <> (first.file, first.line)
+                     THEN first.file || ':' || first.line END AS first_copy
+            FROM checked LEFT JOIN repeated
+              ON checked.reason IS NULL AND repeated.raw_content = checked.raw_content
+             AND repeated.file_day IS NOT DISTINCT FROM checked.file_day
         )
         SELECT * REPLACE (
             CASE
                 WHEN reason IS NOT NULL THEN reason
                 WHEN CAST(ts AS DATE) <> partition_date THEN 'outside_partition'
-                WHEN copy_number > 1 THEN 'duplicate'
+                WHEN first_copy IS NOT NULL THEN 'duplicate'
             END AS reason),
             CASE
                 WHEN reason = 'bad_timestamp' THEN 'unreadable timestamp: ' || coalesce(ts_raw, '(empty)')
@@ -131,7 +140,7 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
                 WHEN reason = 'bad_price' THEN 'price is not a number: ' || price_raw
                 WHEN reason IS NULL AND CAST(ts AS DATE) <> partition_date
                     THEN 'event date ' || CAST(ts AS DATE) || ' is not the file''s date ' || partition_date
-                WHEN reason IS NULL AND copy_number > 1 THEN 'same line as ' || first_copy
+                WHEN reason IS NULL AND first_copy IS NOT NULL THEN 'same line as ' || first_copy
             END AS detail
         FROM ranked
     """
@@ -312,17 +321,20 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any of the {len(days)} days "
                                 f"{days[0]}..{days[-1]} (e.g. {paths[days[0]]}); nothing was written. Check the "
                                 "path, or run with allow_empty: true for days that truly have no events.")
-        chunk: list[PartitionStats] = []
-        files: dict[dt.date | None, list[RawRecords]] = {}
-        lines, started = 0, time.perf_counter()
+        chunks: list[list[dt.date]] = [[]]
+        size = 0
         for day in days:
-            path = paths[day]
-            files[day] = [read_records(path, spec.events, wanted)] if path.is_file() else []
-            chunk.append(PartitionStats(day, str(path), file_found=bool(files[day])))
-            lines += sum(b.lines_read for b in files[day])
-            if lines >= CHUNK_LINES or day == days[-1]:
-                write_chunk(chunk, files, started)
-                chunk, files, lines, started = [], {}, 0, time.perf_counter()
+            if size >= CHUNK_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(day)
+            size += paths[day].stat().st_size if paths[day].is_file() else 0
+        for chunk in chunks:
+            started = time.perf_counter()
+            found = [day for day in chunk if paths[day].is_file()]
+            read = dict(zip(found, read_files([paths[day] for day in found], spec.events, wanted)))
+            write_chunk([PartitionStats(day, str(paths[day]), file_found=day in read) for day in chunk],
+                        {day: [read[day]] if day in read else [] for day in chunk}, started)
     else:
         # Glob layout: files hold many days, so read them once and place each row on its own date.
         started = time.perf_counter()
@@ -330,7 +342,7 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
         if not paths and not allow_empty:
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
                                 "the glob in the dataset spec.")
-        everything = {None: [read_records(path, spec.events, wanted) for path in paths]}
+        everything = {None: read_files(paths, spec.events, wanted)}
         if days:
             write_chunk([PartitionStats(day, spec.events.path, file_found=bool(paths)) for day in days], everything,
                         started)

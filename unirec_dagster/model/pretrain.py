@@ -92,7 +92,9 @@ class PretrainTask:
         links = interaction_relations(graph, positive_relation)
         self.link_edges = (torch.cat([graph.edge_index[n] for n in links], 1) if links
                            else torch.empty((2, 0), dtype=torch.long))
-        self.items = graph.nodes_of_type("item")
+        # Link negatives are items someone interacted with: a catalog-only item would otherwise
+        # only ever be a negative, and be taught to score below everything.
+        self.items = torch.unique(self.link_edges[1]) if self.link_edges.shape[1] else graph.nodes_of_type("item")
         self.kg = _KgEdges(graph, set(links))
         self.masked = config.masked_relation or default_masked_relation(graph)
         if self.masked is not None and self.masked not in graph.relation_names:

@@ -83,6 +83,12 @@ def recall_at_20(scorer: Scorer, holdout: HoldoutPairs) -> dict[str, float]:
     return evaluate(scorer, holdout, slices=False)[0].metrics
 
 
+def negative_candidates(data: TrainingData) -> torch.Tensor:
+    """Entity ids of the items negatives are drawn from: those with a history. An item only listed
+    in the catalog would otherwise only ever be a negative, and be taught to score below everything."""
+    return data.items[data.interacted]
+
+
 def train_variant(split: CutoffData, text: TextView | None, config: FinetuneConfig,
                   initial_state: dict[str, torch.Tensor] | None, holdout: HoldoutPairs | None = None,
                   epochs: int | None = None, log: Log | None = None) -> TrainResult:
@@ -94,7 +100,8 @@ def train_variant(split: CutoffData, text: TextView | None, config: FinetuneConf
         def validate(emb: torch.Tensor) -> float:
             return recall_at_20(Scorer(split.signals, {"model": 1.0}, emb), holdout)["recall@20"]
     return finetune(split.graph, text, config, data.train_users, data.items[data.train_items],
-                    recency_weights(data.train_last_days, config.half_life_days), data.items, initial_state,
+                    recency_weights(data.train_last_days, config.half_life_days), negative_candidates(data),
+                    initial_state,
                     validate=validate, epochs=epochs, log=log)
 
 
