@@ -19,7 +19,8 @@ from unirec_dagster.graph import build_snapshot
 from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.graph import load_graph
-from unirec_dagster.model.config import PretrainConfig
+from unirec_dagster.model.config import EncoderConfig, PretrainConfig
+from unirec_dagster.model.encoder import GraphEncoder, Propagation
 from unirec_dagster.model.pretrain import PretrainTask
 from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.serving.reasons import POSITIVE, Explainer
@@ -267,6 +268,14 @@ def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommen
     assert set(keys(conn, "item", task.items)) == {"A", "B"}
     assert set(keys(conn, "item", negative_candidates(data))) == {"A", "B"}
 
+    # Nor has it a learned identity: its ID row (never trained on a behaviour) plays no part.
+    model = GraphEncoder(graph.num_entities, len(graph.relation_names), EncoderConfig(dim=8))
+    propagation = Propagation.from_graph(graph, model.config)
+    before = model(propagation)
+    with torch.no_grad():
+        model.embedding.weight[entity["Z"]] += 100.0
+    assert torch.allclose(model(propagation), before)
+
 
 def test_show_reads_the_published_partition_while_a_run_writes(conn, shop, tmp_path, capsys):
     run_date = dt.date(2024, 1, 3)
@@ -286,3 +295,43 @@ def test_show_reads_the_published_partition_while_a_run_writes(conn, shop, tmp_p
         assert "published snapshot" in out.err and "u1, recommendations for 2024-01-03" in out.out
     finally:
         writer.kill()
+
+
+def test_every_nth_slot_goes_to_a_new_catalog_item(tmp_path, load, conn):
+    write_text(tmp_path / "2024-01-01.csv", """
+        user,item,ts
+        u1,A,2024-01-01 10:00:00
+        u1,B,2024-01-01 10:00:00
+        u2,B,2024-01-01 11:00:00
+        u2,C,2024-01-01 11:00:00
+        u3,C,2024-01-01 12:00:00
+        u3,D,2024-01-01 12:00:00
+        u4,C,2024-01-01 12:00:00
+        """)
+    write_text(tmp_path / "items.csv", """
+        item,title
+        A,red enamel mug
+        B,wooden doormat
+        C,blue enamel mug
+        D,oak doormat
+        Y,green enamel mug
+        Z,jute doormat
+        """)
+    spec = load({}, items={"file": {"path": "items.csv"}, "id": "item", "title": "title"})
+    ingest_days(conn, spec, [dt.date(2024, 1, 1)])
+    for kind in ("items", "users"):
+        build_catalog(conn, spec, kind)
+    build_snapshot(conn, spec, dt.date(2024, 1, 1))
+    data = load_training(conn, spec, dt.date(2024, 1, 2))
+    scorer = Scorer(Signals(data), {"popularity": 1.0})
+
+    def served(settings):
+        write_recommendations(conn, spec, dt.date(2024, 1, 1), scorer, "v1", "run", settings)
+        return [item for (item,) in rows(conn, "SELECT item_id FROM serving.recommendations WHERE user_id = 'u1' "
+                                                "ORDER BY rank")]
+
+    ranked = served(ServingSettings(k=4, new_item_every=2))
+    assert ranked[0] == "C"                       # the best seller u1 has not bought
+    assert ranked[2] == "D"
+    assert set(ranked[1::2]) == {"Y", "Z"}        # ranks 2 and 4: the items nobody has bought yet
+    assert served(ServingSettings(k=2, new_item_every=0))[0] == "C"

@@ -21,6 +21,20 @@ def standardize_(x: torch.Tensor) -> torch.Tensor:
     return x.div_(std.clamp_(min=1e-6))
 
 
+def impute_new_item_norms(vectors: torch.Tensor, interacted: torch.Tensor) -> torch.Tensor:
+    """In the model's dot product an item's popularity lives in its vector's length: items many
+    people buy grow long in training, items nobody has bought stay short. An item only listed in the
+    catalog has an unknown popularity, not a low one: it keeps its direction (its text and
+    attributes) and gets the mean length of the trained items, as the blend gives it the mean
+    popularity."""
+    new = ~interacted
+    if not new.any() or new.all():
+        return vectors
+    vectors = vectors.clone()
+    vectors[new] = torch.nn.functional.normalize(vectors[new], dim=-1) * vectors[interacted].norm(dim=-1).mean()
+    return vectors
+
+
 @dataclass
 class Scorer:
     signals: Signals
@@ -37,7 +51,9 @@ class Scorer:
         if self.weights.get("model") and self.embeddings is None:
             raise ValueError("a blend with a model weight needs the model's embeddings")
         if self.embeddings is not None:
-            self._item_vectors = self.embeddings[self.signals.data.items.to(self.embeddings.device)].float()
+            data = self.signals.data
+            items = self.embeddings[data.items.to(self.embeddings.device)].float()
+            self._item_vectors = impute_new_item_norms(items, data.interacted.to(items.device))
             self._centered_items = self._item_vectors - self._item_vectors.mean(0, keepdim=True)
             self._item_covariance = self._centered_items.T @ self._centered_items / max(len(self._item_vectors) - 1, 1)
 

@@ -24,7 +24,7 @@ from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.ranking.scoring import Scorer, total
 from unirec_dagster.graph import KnowledgeGraph, load_graph
 from unirec_dagster.model.checkpoint import Checkpoint
-from unirec_dagster.model.encoder import GraphEncoder, TextView
+from unirec_dagster.model.encoder import GraphEncoder, TextView, unseen_items
 from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
@@ -38,6 +38,10 @@ class ServingSettings(BaseModel):
                                       "the recent best sellers of their segment. Everyone with history is served.")
     min_history: int = Field(1, ge=1, description="Users with fewer positive events get the segment list.")
     exclude_purchased: bool = Field(True, description="Never recommend what the user already bought.")
+    new_item_every: int = Field(10, ge=0, description="Every n-th slot of a list (ranks n, 2n, ...) goes to the "
+                                "user's best-scored item that nobody has interacted with yet (listed in the "
+                                "catalog only), when there are such items: a blend that learned to trust sales "
+                                "signals would otherwise never show them. 0 turns this off.")
 
 
 @dataclass
@@ -65,12 +69,22 @@ class ScoredUsers:
 
 
 def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool, explainer: Explainer,
-                chunk: int | None = None, never: torch.Tensor | None = None) -> ScoredUsers:
+                chunk: int | None = None, never: torch.Tensor | None = None, new_item_every: int = 0) -> ScoredUsers:
     """The top-K of `users` by the scorer's blend, in blocks of users, with reasons: the signal that
     contributed most to each item's score, made concrete by `explainer`. `never`: candidate
-    positions recommended to nobody (scored -inf)."""
+    positions recommended to nobody (scored -inf). With `new_item_every` = n, ranks n, 2n, ... hold
+    the user's best items nobody has interacted with yet, in order, and the other ranks the best of
+    the rest."""
     excluded = scorer.signals.exclusions(users) if exclude_purchased else (None, None)
     parts: dict[str, torch.Tensor] = {}
+    new = torch.nonzero(~scorer.signals.data.interacted).flatten()
+    if never is not None and len(new):
+        new = new[~torch.isin(new, never)]
+    slots = min(k // new_item_every, len(new)) if new_item_every else 0
+    if slots:  # the other slots are filled from the items with a history
+        never = new if never is None else torch.cat([never, new])
+        new_ranks = torch.arange(1, slots + 1) * new_item_every - 1
+        main_ranks = torch.tensor([r for r in range(k) if r not in set(new_ranks.tolist())])
 
     def block(rows_: slice) -> torch.Tensor:
         nonlocal parts
@@ -79,9 +93,14 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
 
     out: list[tuple[torch.Tensor, ...]] = []
     chunk = chunk or block_rows(scorer.signals.data.num_items)
-    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k, *excluded, chunk=chunk, never=never):
+    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k - slots, *excluded, chunk=chunk,
+                                                     never=never):
         n = rows_.stop - rows_.start
-        chosen = torch.stack([p.expand(n, -1).gather(1, top_items) for p in parts.values()], -1)
+        if slots:  # nobody has bought a new item: no exclusions apply to these slots
+            best = torch.topk(total({name: p[:, new] for name, p in parts.items()}, n), slots, dim=1)
+            top_scores, top_items = _interleave(top_scores, best.values, main_ranks, new_ranks), \
+                _interleave(top_items, new[best.indices.cpu()].to(top_items.device), main_ranks, new_ranks)
+        chosen = torch.stack([p.expand(n, -1).gather(1, top_items.to(p.device)) for p in parts.values()], -1)
         top_items = top_items.cpu()
         out.append((top_scores.cpu(), top_items, *explainer.explain(users[rows_], top_items, chosen.argmax(-1).cpu(),
                                                                      list(parts))))
@@ -89,6 +108,17 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
         empty = torch.empty((0, k), dtype=torch.long)
         return ScoredUsers(torch.empty((0, k)), empty, empty, empty, empty, explainer.templates)
     return ScoredUsers(*(torch.cat(column) for column in zip(*out)), explainer.templates)
+
+
+def _interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
+                new_ranks: torch.Tensor) -> torch.Tensor:
+    """Rows of `main` and `new` placed at their ranks (columns) of one (rows, k) tensor."""
+    if main.shape[1] < len(main_ranks):  # fewer candidates than slots: the new items come last
+        return torch.cat([main, new.to(main.device)], 1)
+    out = torch.empty((main.shape[0], len(main_ranks) + len(new_ranks)), dtype=main.dtype, device=main.device)
+    out[:, main_ranks[:main.shape[1]].to(main.device)] = main
+    out[:, new_ranks.to(main.device)] = new.to(main.device)
+    return out[:, :main.shape[1] + new.shape[1]]
 
 
 def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
@@ -113,7 +143,8 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     modelled = (data.positive_events_of(user_ids) >= settings.min_history) & recent
     scored_users = user_ids[modelled]
     never = _never_recommended_positions(conn, spec, data.items)
-    top = score_users(scorer, scored_users, k, exclude_purchased, Explainer(scorer, graph), never=never)
+    top = score_users(scorer, scored_users, k, exclude_purchased, Explainer(scorer, graph), never=never,
+                      new_item_every=settings.new_item_every)
     anchors = torch.where(top.anchors >= 0, data.items[top.anchors.clamp(min=0)], -1)
     table = _ranked_table(scored_users, top.scores, data.items[top.items],
                           reason=np.array(top.templates, dtype=object)[top.reasons.numpy()],
@@ -249,13 +280,9 @@ def similar_item_vectors(model: GraphEncoder, graph: KnowledgeGraph,
     vectors = model.embed_graph(graph, text)[items].cpu()
     if text is None or not model.text_dim or not len(text.ids):
         return items, vectors
-    interacted = torch.zeros(graph.num_entities, dtype=torch.bool)
-    for name, kinds in zip(graph.relation_names, graph.relation_types):
-        if kinds == ("user", "item"):
-            interacted[graph.edge_index[name][1]] = True
     position = torch.full((graph.num_entities,), -1, dtype=torch.long)
     position[items] = torch.arange(len(items))
-    cold = ~interacted[text.ids] & (position[text.ids] >= 0)  # over the rows of the text view
+    cold = torch.isin(text.ids, unseen_items(graph)) & (position[text.ids] >= 0)  # over the rows of the text view
     if cold.any():
         vectors[position[text.ids[cold]]] = model.cold_item_embedding(text.vectors[cold]).cpu()
     return items, vectors
