@@ -37,11 +37,18 @@ def main() -> None:
         home.mkdir()
         (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
         env = {**os.environ, "UNIREC_DATASET": str(SPEC_PATH), "UNIREC_DUCKDB_PATH": str(db), "DAGSTER_HOME": str(home)}
-        command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "unirec_dagster.definitions",
-                   "--select", "raw_events", "--partition-range", f"{spec.events.start_date}...{spec.events.end_date}"]
-        started = time.perf_counter()
-        subprocess.run(command, env=env, check=True, capture_output=True, cwd=ROOT)
-        wall = time.perf_counter() - started
+
+        def materialize(partitions: list[str], warehouse: Path) -> float:
+            command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
+                       "unirec_dagster.definitions", "--select", "raw_events", *partitions]
+            started = time.perf_counter()
+            subprocess.run(command, env={**env, "UNIREC_DUCKDB_PATH": str(warehouse)}, check=True,
+                           capture_output=True, cwd=ROOT)
+            return time.perf_counter() - started
+
+        # The CLI's fixed cost: start-up, loading the definitions, the step's process, one day's work.
+        one_day = materialize(["--partition", str(spec.events.start_date)], Path(tmp) / "one_day.duckdb")
+        wall = materialize(["--partition-range", f"{spec.events.start_date}...{spec.events.end_date}"], db)
         conn = connect(db, read_only=True)
         events, rejected = rows(conn, "SELECT (SELECT count(*) FROM raw.events), (SELECT count(*) FROM raw.rejected_events)")[0]
         conn.close()
@@ -65,9 +72,11 @@ def main() -> None:
     print(f"| method | lines | wall s | lines/s |")
     print(f"|---|---|---|---|")
     print(f"| unirec raw_events backfill, {len(files)} files, one Dagster run (CLI start-up included) | {lines:,} | {wall:.1f} | {lines / wall:,.0f} |")
+    print(f"| the CLI's fixed cost: the same command for one day ({spec.events.start_date}) | – | {one_day:.1f} | – |")
     print(f"| unirec ingest_days in process (what the asset runs, no CLI start-up) | {lines:,} | {direct_wall:.1f} | {lines / direct_wall:,.0f} |")
     print(f"| baseline: bare DuckDB read_csv, no contract or quarantine | {plain:,} | {baseline_wall:.1f} | {plain / baseline_wall:,.0f} |")
-    print(f"ratio to the baseline: {wall / baseline_wall:.1f}x with the CLI, {direct_wall / baseline_wall:.1f}x in process")
+    print(f"ratio to the baseline: {wall / baseline_wall:.1f}x with the CLI, {(wall - one_day) / baseline_wall:.1f}x "
+          f"with the CLI less its one-day fixed cost, {direct_wall / baseline_wall:.1f}x in process")
     print(f"accepted {events:,} + rejected {rejected:,} = {lines:,} (expected 541,909)")
     if lines != 541_909:
         raise SystemExit("line count does not match the Online Retail year")
