@@ -4,6 +4,7 @@ import datetime as dt
 import math
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -224,24 +225,28 @@ def test_hidden_items_lose_their_training_events_but_stay_candidates(conn, shop,
     scratch.close()
 
 
-def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommended(tmp_path, load, conn):
-    write_text(tmp_path / "2024-01-01.csv", """
-        user,item,ts
-        u1,A,2024-01-01 10:00:00
-        u1,B,2024-01-01 11:00:00
-        u2,B,2024-01-01 12:00:00
-        """)
-    write_text(tmp_path / "items.csv", """
-        item,title
-        A,red enamel mug
-        B,wooden doormat
-        Z,blue enamel mug
-        """)
+def catalog_shop(tmp_path, load, conn, events: str, items: str):
+    """A one-day shop whose item file lists items nobody has bought; ingested, catalogued, KG built."""
+    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\n" + textwrap.dedent(events).lstrip("\n"))
+    write_text(tmp_path / "items.csv", "item,title\n" + textwrap.dedent(items).lstrip("\n"))
     spec = load({}, items={"file": {"path": "items.csv"}, "id": "item", "title": "title"})
     ingest_days(conn, spec, [dt.date(2024, 1, 1)])
     for kind in ("items", "users"):
         build_catalog(conn, spec, kind)
     build_snapshot(conn, spec, dt.date(2024, 1, 1))
+    return spec
+
+
+def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommended(tmp_path, load, conn):
+    spec = catalog_shop(tmp_path, load, conn, """
+        u1,A,2024-01-01 10:00:00
+        u1,B,2024-01-01 11:00:00
+        u2,B,2024-01-01 12:00:00
+        """, """
+        A,red enamel mug
+        B,wooden doormat
+        Z,blue enamel mug
+        """)
     assert rows(conn, "SELECT count(*) FROM kg.entities WHERE entity_type = 'item' AND natural_key = 'Z'")[0][0] == 1
     refresh_text_embeddings(conn, TextEncoder())
     ids, _ = load_item_text_vectors(conn)
@@ -298,8 +303,7 @@ def test_show_reads_the_published_partition_while_a_run_writes(conn, shop, tmp_p
 
 
 def test_every_nth_slot_goes_to_a_new_catalog_item(tmp_path, load, conn):
-    write_text(tmp_path / "2024-01-01.csv", """
-        user,item,ts
+    spec = catalog_shop(tmp_path, load, conn, """
         u1,A,2024-01-01 10:00:00
         u1,B,2024-01-01 10:00:00
         u2,B,2024-01-01 11:00:00
@@ -307,9 +311,7 @@ def test_every_nth_slot_goes_to_a_new_catalog_item(tmp_path, load, conn):
         u3,C,2024-01-01 12:00:00
         u3,D,2024-01-01 12:00:00
         u4,C,2024-01-01 12:00:00
-        """)
-    write_text(tmp_path / "items.csv", """
-        item,title
+        """, """
         A,red enamel mug
         B,wooden doormat
         C,blue enamel mug
@@ -317,11 +319,6 @@ def test_every_nth_slot_goes_to_a_new_catalog_item(tmp_path, load, conn):
         Y,green enamel mug
         Z,jute doormat
         """)
-    spec = load({}, items={"file": {"path": "items.csv"}, "id": "item", "title": "title"})
-    ingest_days(conn, spec, [dt.date(2024, 1, 1)])
-    for kind in ("items", "users"):
-        build_catalog(conn, spec, kind)
-    build_snapshot(conn, spec, dt.date(2024, 1, 1))
     data = load_training(conn, spec, dt.date(2024, 1, 2))
     scorer = Scorer(Signals(data), {"popularity": 1.0})
 
