@@ -355,3 +355,25 @@ def test_files_duckdb_cannot_vouch_for_go_line_by_line(tmp_path, body):
     assert _read_clean_csvs([path], source, ["invoice"]) == {}
     read = read_records(path, source, ["invoice"])
     assert "2" in read.table.column("invoice").to_pylist()  # the good line after the broken one survives
+
+
+def test_a_glob_layout_is_streamed_in_batches_with_the_same_result(tmp_path, conn, load, monkeypatch):
+    table = pa.table({
+        "user": ["a", "b", "c", "d", "a", "e"],
+        "item": ["i", "j", "k", "l", "i", "m"],
+        "ts": ["2024-01-01T08:00:00", "2024-01-02T09:30:00", "garbage", "2024-01-02T10:00:00",
+               "2024-01-01T08:00:00", "2024-01-01T09:00:00"],  # row 5 repeats row 1, in another batch
+    })
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
+    pq.write_table(table.slice(5), tmp_path / "part-1.parquet")  # row 6 again, in another file
+    spec = load({"path": "part-*.parquet", "format": "parquet", "timestamp": {"column": "ts"}})
+    query = "SELECT * EXCLUDE (run_id, rejected_at) FROM raw.rejected_events ORDER BY ALL"
+    from unirec_dagster.ingest import events as events_module
+
+    ingest_days(conn, spec, [DAY1, DAY2])
+    whole = rows(conn, query), table_counts(conn)
+    monkeypatch.setattr(events_module, "CHUNK_BYTES", 1)  # one row per batch
+    ingest_days(conn, spec, [DAY1, DAY2])
+    assert (rows(conn, query), table_counts(conn)) == whole
+    assert table_counts(conn) == (4, 3)
+    assert {(r[3], r[4]) for r in whole[0]} == {(5, "duplicate"), (1, "duplicate"), (3, "bad_timestamp")}

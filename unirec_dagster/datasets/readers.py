@@ -64,6 +64,24 @@ def read_records(path: Path, source: SourceFile, wanted: list[str]) -> RawRecord
     return read_files([Path(path)], source, wanted)[0]
 
 
+def iter_records(paths: list[Path], source: SourceFile, wanted: list[str], chunk_bytes: int) -> Iterator[list[RawRecords]]:
+    """The records of `paths` in groups of about `chunk_bytes` of input, so that a large input is
+    never held whole: text files grouped whole, Parquet files cut into row batches."""
+    group: list[Path] = []
+    size = 0
+    for path in map(Path, paths):
+        if source.format == "parquet":
+            yield from ([records] for records in _iter_parquet(path, source, wanted, chunk_bytes))
+            continue
+        group.append(path)
+        size += path.stat().st_size
+        if size >= chunk_bytes:
+            yield read_files(group, source, wanted)
+            group, size = [], 0
+    if group:
+        yield read_files(group, source, wanted)
+
+
 def read_files(paths: list[Path], source: SourceFile, wanted: list[str]) -> list[RawRecords]:
     """Read each of `paths`; CSV files that DuckDB can vouch for are read by it in one call."""
     if source.format != "csv":
@@ -201,7 +219,9 @@ def _duckdb_read(paths: list[Path], source: SourceFile, width: int, skip: int) -
                    encoding = 'utf-8', filename = true)""",
             params={"paths": [str(p) for p in paths], "columns": columns, "skip": skip, "delim": source.delimiter},
         ).arrow().read_all()
-    except duckdb.Error:
+    except (duckdb.Error, pa.ArrowException, OSError):  # raised on execution or while streaming the result
+        _local.conn.close()  # a half-read result would block the connection's next query
+        del _local.conn
         return None
     # Files come back whole and in order (insertion order is preserved); checked, then cut.
     files = [str(p) for p in paths]
@@ -295,14 +315,31 @@ def _read_jsonl(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords
 
 
 def _read_parquet(path: Path, source: SourceFile, wanted: list[str]) -> RawRecords:
-    table = pq.read_table(path)
+    return _parquet_records(path, pq.read_table(path), wanted, first_line=1)
+
+
+def _iter_parquet(path: Path, source: SourceFile, wanted: list[str], chunk_bytes: int) -> Iterator[RawRecords]:
+    """A Parquet file in row batches of about `chunk_bytes` of uncompressed data."""
+    file = pq.ParquetFile(path)
+    meta = file.metadata
+    uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    batch_rows = max(1, int(chunk_bytes / max(uncompressed / max(meta.num_rows, 1), 1)))
+    first = 1
+    for batch in file.iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        yield _parquet_records(path, table, wanted, first)
+        first += table.num_rows
+
+
+def _parquet_records(path: Path, table: pa.Table, wanted: list[str], first_line: int) -> RawRecords:
+    """Rows `first_line`... of a Parquet file as records; a row's raw content is `name=value` pairs
+    of all its columns, tab-separated (vectorised)."""
     _positions(path, table.column_names, wanted)
-    # Vectorised: a row's raw content is `name=value` pairs of all its columns, tab-separated.
     text = {name: _column_text(table.column(name)) for name in table.column_names}
     pairs = [pc.binary_join_element_wise(pa.scalar(name), text[name], "=") for name in table.column_names]
     raw = pc.binary_join_element_wise(*pairs, "\t", null_handling="replace", null_replacement="")
     arrays = {c: text[c] for c in wanted}
-    arrays[LINE_COLUMN] = pa.array(range(1, table.num_rows + 1), pa.int64())
+    arrays[LINE_COLUMN] = pa.array(range(first_line, first_line + table.num_rows), pa.int64())
     arrays[RAW_COLUMN] = raw
     return RawRecords(path, pa.table(arrays))
 

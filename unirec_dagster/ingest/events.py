@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from unirec_dagster.datasets import DatasetSpec, RawRecords
-from unirec_dagster.datasets.readers import read_files
+from unirec_dagster.datasets.readers import iter_records, read_files
 from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN, physical_lines
 from unirec_dagster.ingest import sql
 from unirec_dagster.progress import Progress
@@ -51,18 +51,23 @@ class PartitionStats:
         return sum(self.rejected_by_reason.values())
 
 
-def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
+def _start_staging(conn: duckdb.DuckDBPyConnection) -> None:
+    """Empty the staging tables; batches are then appended (_stage_batches) and checked (_check_staged)."""
+    conn.execute("DROP TABLE IF EXISTS staged_typed")
+    conn.execute("DROP TABLE IF EXISTS staged_structural")
+
+
+def _stage_batches(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
                    batches: list[tuple[RawRecords, dt.date | None]]) -> None:
-    """Type and check the records of `batches` into temp tables staged_events / staged_structural.
+    """Type the records of `batches` into the temp table staged_typed (structural rejects into
+    staged_structural), appending: a large input is staged batch by batch, and only DuckDB, which
+    spills to disk past its memory limit, holds all of it.
 
     Each batch comes with its file's day in a daily layout (rows of other days are rejected as
     outside_partition), or None in a glob layout, where each row's own date is its partition.
-    Duplicate lines are found within one day's file (daily) or across all files (glob).
     """
-    tables = [b.table.append_column(FILE_COLUMN, pa.array([str(b.path)] * b.table.num_rows, pa.string()))
-              .append_column(DAY_COLUMN, pa.array([day] * b.table.num_rows, pa.date32()))
-              for b, day in batches]
-    staged_raw = pa.concat_tables(tables) if tables else None
+    exists = rows(conn, "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'staged_typed' AND temporary")[0][0]
+    verb = "INSERT INTO {} BY NAME" if exists else "CREATE TEMP TABLE {} AS"
     structural = pa.table(
         {
             "source_file": [str(b.path) for b, _ in batches for _ in b.rejects],
@@ -75,9 +80,18 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
         schema=STRUCTURAL_SCHEMA,
     )
     conn.register("structural_arrow", structural)
-    conn.execute("CREATE OR REPLACE TEMP TABLE staged_structural AS SELECT * FROM structural_arrow")
-    conn.unregister("structural_arrow")
+    try:
+        conn.execute(f"{verb.format('staged_structural')} SELECT * FROM structural_arrow")
+    finally:
+        conn.unregister("structural_arrow")
 
+    tables = [b.table.append_column(FILE_COLUMN, pa.array([str(b.path)] * b.table.num_rows, pa.string()))
+              .append_column(DAY_COLUMN, pa.array([day] * b.table.num_rows, pa.date32()))
+              for b, day in batches]
+    staged_raw = pa.concat_tables(tables) if tables else pa.table(
+        {c: pa.array([], pa.string()) for c in spec.event_source_columns()}
+        | {LINE_COLUMN: pa.array([], pa.int64()), RAW_COLUMN: pa.array([], pa.string()),
+           FILE_COLUMN: pa.array([], pa.string()), DAY_COLUMN: pa.array([], pa.date32())})
     e = spec.events
     p = Params()
     value = sql.number(e.value.column) if e.value else "NULL::DOUBLE"
@@ -98,10 +112,19 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
                {price} AS price, {price_raw} AS price_raw,
                {sql.string_map(spec.context_columns(), p)} AS context
         FROM staged_raw"""
-    query = f"""
+    conn.register("staged_raw", staged_raw)
+    try:
+        conn.execute(f"{verb.format('staged_typed')} {select}", p)
+    finally:
+        conn.unregister("staged_raw")
+
+
+def _check_staged(conn: duckdb.DuckDBPyConnection) -> None:
+    """Check the staged rows into staged_events: each row's partition and reject reason, if any.
+    Duplicate lines are found within one day's file (daily) or across all files (glob)."""
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE staged_events AS
-        WITH typed AS ({select}),
-        checked AS (
+        WITH checked AS (
             SELECT *, coalesce(file_day, CAST(ts AS DATE)) AS partition_date,
                 CASE
                     WHEN user_id IS NULL THEN 'missing_user_id'
@@ -111,12 +134,12 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
                     WHEN value IS NULL AND value_raw IS NOT NULL THEN 'bad_value'
                     WHEN price IS NULL AND price_raw IS NOT NULL THEN 'bad_price'
                 END AS reason
-            FROM typed
+            FROM staged_typed
         ),
         -- Lines that occur more than once among the valid rows of one day's file (daily) or of all
         -- files (glob), with their first copy; a hash aggregate, far cheaper than a window over text.
         repeated AS (
-            SELECT file_day, raw_content, min({{'file': source_file, 'line': source_line}}) AS first
+            SELECT file_day, raw_content, min({'file': source_file, 'line': source_line}) AS first
             FROM checked WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1
         ),
         ranked AS (
@@ -143,16 +166,7 @@ def _stage_records(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
                 WHEN reason IS NULL AND first_copy IS NOT NULL THEN 'same line as ' || first_copy
             END AS detail
         FROM ranked
-    """
-    if staged_raw is None:
-        staged_raw = pa.table({c: pa.array([], pa.string()) for c in spec.event_source_columns()}
-                              | {LINE_COLUMN: pa.array([], pa.int64()), RAW_COLUMN: pa.array([], pa.string()),
-                                 FILE_COLUMN: pa.array([], pa.string()), DAY_COLUMN: pa.array([], pa.date32())})
-    conn.register("staged_raw", staged_raw)
-    try:
-        conn.execute(query, p)
-    finally:
-        conn.unregister("staged_raw")
+    """)
 
 
 # `partition_date = ANY(?)` takes the list of days being written; undated glob rejects (NULL day)
@@ -285,9 +299,9 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
 
     def write_chunk(chunk: list[PartitionStats], files: dict[dt.date | None, list[RawRecords]],
                     started: float) -> None:
-        """Stage the chunk's files together, judge each day, write the believable ones together.
-        `files` maps each day to its file (daily layout), or None to all files (glob layout)."""
-        _stage_records(conn, spec, [(b, day) for day, batches in files.items() for b in batches])
+        """Check what is staged, judge each day, write the believable ones together. `files` maps
+        each day to its file's records (daily layout; empty in a glob layout, which is streamed)."""
+        _check_staged(conn)
         counts = _counts(conn)
         held = _held_events(conn, [stats.partition_date for stats in chunk])
         seconds = (time.perf_counter() - started) / len(chunk)
@@ -333,6 +347,8 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
             started = time.perf_counter()
             found = [day for day in chunk if paths[day].is_file()]
             read = dict(zip(found, read_files([paths[day] for day in found], spec.events, wanted)))
+            _start_staging(conn)
+            _stage_batches(conn, spec, [(records, day) for day, records in read.items()])
             write_chunk([PartitionStats(day, str(paths[day]), file_found=day in read) for day in chunk],
                         {day: [read[day]] if day in read else [] for day in chunk}, started)
     else:
@@ -342,10 +358,13 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
         if not paths and not allow_empty:
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
                                 "the glob in the dataset spec.")
-        everything = {None: read_files(paths, spec.events, wanted)}
+        _start_staging(conn)
+        for batch in iter_records(paths, spec.events, wanted, CHUNK_BYTES):
+            _stage_batches(conn, spec, [(records, None) for records in batch])
         if days:
-            write_chunk([PartitionStats(day, spec.events.path, file_found=bool(paths)) for day in days], everything,
-                        started)
+            write_chunk([PartitionStats(day, spec.events.path, file_found=bool(paths)) for day in days], {}, started)
+        else:
+            _check_staged(conn)
         _write_undated_rejects(conn, run_id)
     if refused:
         raise IngestRefused(f"{len(refused)} of {len(days)} days not replaced:\n" + "\n".join(refused))
