@@ -51,7 +51,7 @@ def main() -> None:
             wall = time.perf_counter() - started
             if done.returncode:
                 sys.exit(f"{name} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-            steps = re.findall(r'Finished execution of step "(\w+)" in ([\d.msh]+)', done.stdout + done.stderr)
+            steps = re.findall(r'Finished execution of step "(\w+)" in ((?:\d+m)?[\d.]+m?s)', done.stdout + done.stderr)
             print(f"| {name} | {wall:.1f} | {', '.join(f'{s} {t}' for s, t in steps)} |")
 
 
