@@ -115,7 +115,9 @@ class Explainer:
             wanted = by_co[rows, cols] if self.vectors is not None else torch.ones(len(rows), dtype=torch.bool)
             co[wanted] = self._co_purchase(history[wanted], items[wanted].unsqueeze(1).expand(-1, HISTORY))
             if self.vectors is not None:
-                near = torch.einsum("md,mhd->mh", self.vectors[items], self.vectors[history.clamp(min=0)])
+                # per user, not per (user, item): (n, k, d) x (n, d, H), then the rows needed
+                past = self.vectors[self.history[at].clamp(min=0)]                   # (n, H, d)
+                near = torch.bmm(self.vectors[top], past.transpose(1, 2))[rows, cols]  # (m, H)
             else:
                 near = co.clone()
             near = near.masked_fill(history < 0, float("-inf"))
