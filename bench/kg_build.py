@@ -3,7 +3,7 @@
 Generates the log (unirec_dagster.synthetic), ingests it through the real ingestion path (Parquet,
 glob layout, streamed in batches) in a fresh process, then builds the KG snapshot of the last day
 in another, and reports each one's wall time and peak RSS. Baselines, in the same run: a bare
-DuckDB count over the Parquet file, and the bare interaction aggregation (one GROUP BY over the
+DuckDB read of the Parquet file into a table, and the bare interaction aggregation (one GROUP BY over the
 events: what any KG build must at least do).
 
     .venv/bin/python bench/kg_build.py --events 10000000
@@ -87,7 +87,10 @@ def main() -> None:
             sys.exit(1)
         started = time.perf_counter()
         files = [str(f) for f in spec.events_files()]
-        read = duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchall()[0][0]
+        bare_conn = duckdb.connect()  # a real read of every column, not the row count from the footer
+        bare_conn.execute("CREATE TABLE bare AS SELECT * FROM read_parquet(?)", [files])
+        read = bare_conn.execute("SELECT count(*) FROM bare").fetchall()[0][0]
+        bare_conn.close()
         bare = time.perf_counter() - started
         result = in_fresh_process(__file__, "--build-only", db, str(spec_path), days[-1].isoformat())
         if result is None:
@@ -97,7 +100,7 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| ingestion, glob layout streamed ({ingested['events']:,} accepted + {ingested['rejected']:,} rejected "
           f"of {read:,} rows) | {ingested['wall']:.1f} | {ingested['peak_gib']:.2f} |")
-    print(f"| baseline: bare DuckDB count over the same Parquet file | {bare:.1f} | – |")
+    print(f"| baseline: bare DuckDB read of the same Parquet file into an in-memory table | {bare:.1f} | – |")
     print(f"| KG snapshot build ({result['entities']:,} entities, {result['triples']:,} triples) | {result['wall']:.1f} | {result['peak_gib']:.2f} |")
     print(f"| baseline: bare user-item GROUP BY over raw.events | {result['baseline']:.1f} | (same process) |")
     print("triples by relation:", result["by_relation"])

@@ -5,10 +5,11 @@ Takes a warehouse that already holds ingested events (e.g. the 10M-event synthet
 item and user catalogs, the KG snapshot of `--day`, the item text embeddings), then pretrains in
 a fresh process per method so that each peak RSS (VmHWM) is its own:
 
-- `unirec`: the product's pretraining, all four objectives (BPR links, DistMult triples, masked
-  attribute, text-graph InfoNCE) over a 2-layer propagation of the whole KG at every step.
-- `baseline`: the same trainer as plain BPR matrix factorisation: no graph, no text, link
-  objective only. What the interaction edges alone cost.
+- `unirec`: the product's pretraining, all four objectives (sampled-softmax links, DistMult
+  triples, masked attribute, text-graph InfoNCE) over a 2-layer propagation of the whole KG at
+  every step.
+- `baseline`: the same trainer as plain BPR matrix factorisation: no graph, no text, the link
+  objective only, as BPR (one sampled negative per edge). What the interaction edges alone cost.
 
     .venv/bin/python bench/kg_build.py --events 10000000 --keep /tmp/k10
     .venv/bin/python bench/pretrain_throughput.py --warehouse /tmp/k10/bench.duckdb \\
@@ -70,7 +71,8 @@ def run(method: str, db: str, spec_path: str, day: dt.date, epochs: int, batch_s
     config = PretrainConfig(epochs=epochs, batch_size=batch_size, device=device)
     if not full:
         config = config.model_copy(update={"encoder": EncoderConfig(layers=0, use_graph=False, use_text=False),
-                                           "kg_weight": 0.0, "mask_weight": 0.0, "align_weight": 0.0})
+                                           "kg_weight": 0.0, "mask_weight": 0.0, "align_weight": 0.0,
+                                           "link_loss": "bpr"})
     positive = spec.events.positive_event_type
     edges = sum(graph.edge_index[n].shape[1] for n in interaction_relations(graph, positive))
     result = pretrain(graph, text, config, positive, log=lambda m: print(m, file=sys.stderr, flush=True))
