@@ -24,6 +24,7 @@ from unirec_dagster.datasets.spec import SourceFile, SpecError
 
 LINE_COLUMN = "_line"
 RAW_COLUMN = "_raw"
+PARQUET_BATCH_ROWS = 250_000  # a batch's strings stay near a few hundred MiB
 
 
 @dataclass
@@ -319,11 +320,13 @@ def _read_parquet(path: Path, source: SourceFile, wanted: list[str]) -> RawRecor
 
 
 def _iter_parquet(path: Path, source: SourceFile, wanted: list[str], chunk_bytes: int) -> Iterator[RawRecords]:
-    """A Parquet file in row batches of about `chunk_bytes` of uncompressed data."""
+    """A Parquet file in row batches of about `chunk_bytes` of uncompressed data, and at most
+    PARQUET_BATCH_ROWS rows: dictionary-encoded columns are far smaller in the file than as the
+    strings a batch becomes (10M synthetic events in two batches peaked at 6.4 GiB)."""
     file = pq.ParquetFile(path)
     meta = file.metadata
     uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    batch_rows = max(1, int(chunk_bytes / max(uncompressed / max(meta.num_rows, 1), 1)))
+    batch_rows = max(1, min(PARQUET_BATCH_ROWS, int(chunk_bytes / max(uncompressed / max(meta.num_rows, 1), 1))))
     first = 1
     for batch in file.iter_batches(batch_size=batch_rows):
         table = pa.Table.from_batches([batch])
