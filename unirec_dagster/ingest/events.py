@@ -17,8 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from unirec_dagster.datasets import DatasetSpec, RawRecords
-from unirec_dagster.datasets.readers import iter_records, read_files
-from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN, physical_lines
+from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN, iter_records, physical_lines, read_files
 from unirec_dagster.ingest import sql
 from unirec_dagster.progress import Progress
 from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
