@@ -12,7 +12,7 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import bpr_loss, sampled_softmax_loss
+from unirec_dagster.model.objectives import link_loss
 from unirec_dagster.model.pretrain import alignment_loss
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
@@ -53,17 +53,10 @@ class FinetuneTask:
 
     def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: torch.Tensor,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
-        device = emb.device
-        # the softmax shares `negatives` sampled items across the batch; BPR draws one per pair
-        draws = self.config.negatives if self.config.loss == "softmax" else len(batch)
-        negatives = self.candidates[torch.randint(len(self.candidates), (draws,), generator=generator)]
-        users, items = self.users[batch].to(device), self.items[batch].to(device)
-        weights, negatives = self.pair_weights[batch].to(device), negatives.to(device)
-        if self.config.loss == "softmax":
-            losses = {"softmax": sampled_softmax_loss(emb, users, items, negatives, weights,
-                                                      self.config.loss_temperature, l2=self.config.weight_decay)}
-        else:
-            losses = {"bpr": bpr_loss(emb, users, items, negatives, weights, l2=self.config.weight_decay)}
+        device, config = emb.device, self.config
+        users, items, weights = (t[batch].to(device) for t in (self.users, self.items, self.pair_weights))
+        losses = {config.loss: link_loss(config.loss, emb, users, items, self.candidates, generator, config.negatives,
+                                         config.loss_temperature, weights, l2=config.weight_decay)}
         if "align" in self.weights:
             if self.text.vectors.device != device:
                 self.text = self.text.to(device)

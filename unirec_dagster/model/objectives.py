@@ -35,6 +35,20 @@ def sampled_softmax_loss(emb: torch.Tensor, users: torch.Tensor, positives: torc
     return loss
 
 
+def link_loss(kind: str, emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
+              generator: torch.Generator, negatives: int, temperature: float, weights: torch.Tensor | None = None,
+              l2: float = 0.0) -> torch.Tensor:
+    """Link prediction of (user, positive) pairs against items drawn from `candidates`: a sampled
+    softmax whose `negatives` draws the batch shares (`kind` "softmax"), or BPR with one draw per
+    pair. Pretraining and fine-tuning both score their links with it."""
+    draws = negatives if kind == "softmax" else len(users)
+    sampled = candidates[torch.randint(len(candidates), (draws,), generator=generator)].to(emb.device)
+    if kind == "softmax":
+        weights = weights if weights is not None else torch.ones(len(users), device=emb.device)
+        return sampled_softmax_loss(emb, users, positives, sampled, weights, temperature, l2=l2)
+    return bpr_loss(emb, users, positives, sampled, weights, l2=l2)
+
+
 def distmult_loss(emb: torch.Tensor, relation_vectors: torch.Tensor, heads: torch.Tensor, relations: torch.Tensor,
                   tails: torch.Tensor, negative_tails: torch.Tensor) -> torch.Tensor:
     """KG triple completion: <h, r, t> of a true triple above that of a corrupted tail."""

@@ -15,8 +15,7 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import (bpr_loss, distmult_loss, info_nce, masked_attribute_loss,
-                                             sampled_softmax_loss)
+from unirec_dagster.model.objectives import distmult_loss, info_nce, link_loss, masked_attribute_loss
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 ALIGN_BATCH = 1024  # items per InfoNCE step: in-batch negatives, a 1024 x 1024 logit matrix
@@ -131,16 +130,10 @@ class PretrainTask:
              generator: torch.Generator) -> dict[str, torch.Tensor]:
         device, n, losses = emb.device, len(batch), {}
         if "link" in self.weights:
-            users, positives = self.link_edges[:, batch]
+            users, positives = self.link_edges[:, batch].to(device)
             config = self.config
-            draws = config.negatives if config.link_loss == "softmax" else n
-            negatives = self.items[torch.randint(len(self.items), (draws,), generator=generator)]
-            users, positives, negatives = users.to(device), positives.to(device), negatives.to(device)
-            if config.link_loss == "softmax":
-                losses["link"] = sampled_softmax_loss(emb, users, positives, negatives, torch.ones(n, device=device),
-                                                      config.loss_temperature, l2=config.weight_decay)
-            else:
-                losses["link"] = bpr_loss(emb, users, positives, negatives, l2=config.weight_decay)
+            losses["link"] = link_loss(config.link_loss, emb, users, positives, self.items, generator,
+                                       config.negatives, config.loss_temperature, l2=config.weight_decay)
         if "kg" in self.weights:
             heads, rels, tails, corrupted = (t.to(device) for t in self.kg.sample(n, generator))
             losses["kg"] = distmult_loss(emb, model.relation_vectors, heads, rels, tails, corrupted)
