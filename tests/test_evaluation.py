@@ -332,3 +332,14 @@ def test_every_nth_slot_goes_to_a_new_catalog_item(tmp_path, load, conn):
     assert ranked[2] == "D"
     assert set(ranked[1::2]) == {"Y", "Z"}        # ranks 2 and 4: the items nobody has bought yet
     assert served(ServingSettings(k=2, new_item_every=0))[0] == "C"
+
+
+def test_a_published_partition_may_live_under_any_folder_name(conn, shop, tmp_path):
+    run_date = dt.date(2024, 1, 3)
+    data = load_training(conn, shop, run_date + dt.timedelta(days=1))
+    write_recommendations(conn, shop, run_date, Scorer(Signals(data), {"popularity": 1.0}), "v1", "run",
+                          ServingSettings(k=2))
+    published = publish_recommendations(conn, run_date, tmp_path / "o'brien's shop" / "warehouse.duckdb")
+    assert published.exists()
+    assert rows(conn, "SELECT count(*) FROM read_parquet($p)", {"p": str(published)})[0][0] == \
+        rows(conn, "SELECT count(*) FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})[0][0]

@@ -26,7 +26,7 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.topk import block_rows, top_k
-from unirec_dagster.warehouse import connect, ensure_schema, rows
+from unirec_dagster.warehouse import connect, ensure_schema, quote_path, rows
 
 HIDDEN_SHARE = 0.1
 COPIED = ("raw.events", "raw.items", "raw.users", "features.text_embeddings", "features.item_texts")
@@ -47,7 +47,7 @@ def hide_items(source: Path, target: Path, cutoff: dt.date, hidden: list[str]) -
     target.unlink(missing_ok=True)
     conn = connect(target)
     ensure_schema(conn)
-    conn.execute(f"ATTACH '{Path(source).resolve()}' AS source (READ_ONLY)")
+    conn.execute(f"ATTACH {quote_path(Path(source).resolve())} AS source (READ_ONLY)")
     conn.register("hidden_items", pa.table({"item_id": pa.array(hidden, pa.string())}))
     try:
         for table in COPIED:

@@ -27,7 +27,7 @@ from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView, unseen_items
 from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
-from unirec_dagster.warehouse import Params, ensure_schema, rows, transaction
+from unirec_dagster.warehouse import Params, ensure_schema, quote_path, rows, transaction
 
 class ServingSettings(BaseModel):
     """What the nightly table holds; the recommendations asset's run config is this same model."""
@@ -250,7 +250,7 @@ def publish_recommendations(conn: duckdb.DuckDBPyConnection, run_date: dt.date, 
     conn.execute(f"""
         COPY (SELECT r.*, i.title FROM serving.recommendations r LEFT JOIN raw.items i USING (item_id)
               WHERE r.partition_date = $d ORDER BY r.user_id, r.rank)
-        TO '{staging}' (FORMAT parquet)""", {"d": run_date})
+        TO {quote_path(staging)} (FORMAT parquet)""", {"d": run_date})
     os.replace(staging, final)
     return final
 

@@ -35,6 +35,12 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_path(path) -> str:
+    """A file path as a SQL string literal, for the statements that take no bound parameter for
+    their file (ATTACH, COPY ... TO)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def table_name(name: str) -> str:
     """Validate a schema-qualified table name that is built into SQL text."""
     if not _IDENTIFIER.match(name):
