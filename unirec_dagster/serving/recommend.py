@@ -84,7 +84,9 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
     if slots:  # the other slots are filled from the items with a history
         never = new if never is None else torch.cat([never, new])
         new_ranks = torch.arange(1, slots + 1) * new_item_every - 1
-        main_ranks = torch.tensor([r for r in range(k) if r not in set(new_ranks.tolist())])
+        is_new_rank = torch.zeros(k, dtype=torch.bool)
+        is_new_rank[new_ranks] = True
+        main_ranks = torch.nonzero(~is_new_rank).flatten()
 
     def block(rows_: slice) -> torch.Tensor:
         nonlocal parts
@@ -116,9 +118,9 @@ def _interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
     if main.shape[1] < len(main_ranks):  # fewer candidates than slots: the new items come last
         return torch.cat([main, new.to(main.device)], 1)
     out = torch.empty((main.shape[0], len(main_ranks) + len(new_ranks)), dtype=main.dtype, device=main.device)
-    out[:, main_ranks[:main.shape[1]].to(main.device)] = main
+    out[:, main_ranks.to(main.device)] = main
     out[:, new_ranks.to(main.device)] = new.to(main.device)
-    return out[:, :main.shape[1] + new.shape[1]]
+    return out
 
 
 def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
