@@ -44,8 +44,8 @@ def _from_published(path: str, user: str, day: dt.date | None, limit: int) -> tu
     if not chosen:
         raise LookupError(f"no published partition{f' for {day}' if day else ''} in {published_dir(Path(path))}")
     conn = duckdb.connect()
-    found = rows(conn, QUERY.format(source=f"read_parquet('{chosen[-1]}')"),
-                 {"d": dt.date.fromisoformat(chosen[-1].stem), "u": user, "n": limit})
+    found = rows(conn, QUERY.format(source="read_parquet($file)"),
+                 {"file": str(chosen[-1]), "d": dt.date.fromisoformat(chosen[-1].stem), "u": user, "n": limit})
     return dt.date.fromisoformat(chosen[-1].stem), found, "the published partition has no row for them"
 
 
