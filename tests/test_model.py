@@ -12,6 +12,7 @@ from unirec_dagster.model.checkpoint import CheckpointError, CheckpointStore, ch
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import (GraphEncoder, Propagation, RelationWeightedSpMM, StackedAdjacency, TextView,
                                          normalized_entries)
+from unirec_dagster.model import objectives
 from unirec_dagster.model.pretrain import pretrain
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
@@ -163,3 +164,14 @@ def test_large_graphs_get_larger_batches():
     cfg = config(link_weight=1.0).model_copy(update={"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2})
     pretrain(graph, text, cfg, "purchase", log=lines.append)
     assert f"2 steps of {-(-edges // 2):,} per epoch" in lines[0]
+
+
+def test_chunked_row_logsumexp_matches_the_plain_one(monkeypatch):
+    """The link softmax's chunked logsumexp: value and both gradients as torch.logsumexp gives
+    them, with chunks that do not divide the rows evenly."""
+    monkeypatch.setattr(objectives, "LOGITS_PER_CHUNK", 30)  # 2 rows of 11 logits per chunk
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(37, 5, generator=g, dtype=torch.double, requires_grad=True)
+    n = torch.randn(11, 5, generator=g, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(objectives.RowLogSumExp.apply, (u, n))
+    assert torch.allclose(objectives.RowLogSumExp.apply(u, n), torch.logsumexp(u @ n.T, 1))
