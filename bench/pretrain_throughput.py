@@ -8,12 +8,14 @@ a fresh process per method so that each peak RSS (VmHWM) is its own:
 - `unirec`: the product's pretraining, all four objectives (sampled-softmax links, DistMult
   triples, masked attribute, text-graph InfoNCE) over a 2-layer propagation of the whole KG at
   every step.
+- `unirec-sampled`: the same objectives with sampled-subgraph steps (`--fanouts`, batch
+  `--sampled-batch-size`): each step embeds only what its losses read, from sampled neighbourhoods.
 - `baseline`: the same trainer as plain BPR matrix factorisation: no graph, no text, the link
   objective only, as BPR (one sampled negative per edge). What the interaction edges alone cost.
 
     .venv/bin/python bench/kg_build.py --events 10000000 --keep /tmp/k10
     .venv/bin/python bench/pretrain_throughput.py --warehouse /tmp/k10/bench.duckdb \\
-        --spec /tmp/k10/synthetic/synthetic.yaml --epochs 1 --batch-size 65536
+        --spec /tmp/k10/synthetic/synthetic.yaml --epochs 1 --batch-size 262144
 """
 
 from __future__ import annotations
@@ -61,14 +63,16 @@ def prepare(db: str, spec_path: str, day: dt.date) -> dict:
             "texts_encoded": stats.encoded, "items_with_text": stats.items}
 
 
-def run(method: str, db: str, spec_path: str, day: dt.date, epochs: int, batch_size: int, device: str) -> dict:
+def run(method: str, db: str, spec_path: str, day: dt.date, epochs: int, batch_size: int, device: str,
+        fanouts: list[int] | None = None) -> dict:
     spec = load_spec(spec_path)
     conn = connect(db, read_only=True)
     graph = load_graph(conn, day)
-    full = method == "unirec"
+    full = method.startswith("unirec")
     text = text_view(conn) if full else None
     conn.close()
-    config = PretrainConfig(epochs=epochs, batch_size=batch_size, device=device)
+    config = PretrainConfig(epochs=epochs, batch_size=batch_size, device=device,
+                            fanouts=fanouts if method == "unirec-sampled" else None)
     if not full:
         config = config.model_copy(update={"encoder": EncoderConfig(layers=0, use_graph=False, use_text=False),
                                            "kg_weight": 0.0, "mask_weight": 0.0, "align_weight": 0.0,
@@ -91,24 +95,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=65536)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--methods", nargs="+", default=["unirec", "baseline"])
+    parser.add_argument("--methods", nargs="+", default=["unirec", "unirec-sampled", "baseline"])
+    parser.add_argument("--fanouts", default="10,5", help="Neighbours per entity and layer of unirec-sampled.")
+    parser.add_argument("--sampled-batch-size", type=int, default=32768)
+    parser.add_argument("--prepare-only", action="store_true", help="Build what is missing, then stop.")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     day = dt.date.fromisoformat(args.day) if args.day else load_spec(args.spec).events.end_date
+    fanouts = [int(f) for f in args.fanouts.split(",")]
     if args.only:
-        print(json.dumps(run(args.only, args.warehouse, args.spec, day, args.epochs, args.batch_size, args.device)))
+        batch = args.sampled_batch_size if args.only == "unirec-sampled" else args.batch_size
+        print(json.dumps(run(args.only, args.warehouse, args.spec, day, args.epochs, batch, args.device, fanouts)))
         return
     print("prepared:", json.dumps(prepare(args.warehouse, args.spec, day)), flush=True)
+    if args.prepare_only:
+        return
     print("| method | device | interaction edges | epochs | batch | seconds | edges/s | peak RSS GiB | final losses |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         r = in_fresh_process(__file__, "--warehouse", args.warehouse, "--spec", args.spec, "--day", day.isoformat(),
                              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device",
-                             args.device, "--only", method)
+                             args.device, "--fanouts", args.fanouts, "--sampled-batch-size",
+                             str(args.sampled_batch_size), "--only", method)
         if r is None:
             print(f"| {method} | failed ||||||||", flush=True)
             continue
-        print(f"| {method} | {r['device']} | {r['interaction_edges']:,} | {r['epochs']} | {r['batch_size']:,} | "
+        name = f"{method} {fanouts}" if method == "unirec-sampled" else method
+        print(f"| {name} | {r['device']} | {r['interaction_edges']:,} | {r['epochs']} | {r['batch_size']:,} | "
               f"{r['seconds']} | {r['edges_per_s']:,} | {r['peak_rss_gib']} | {r['final_losses']} |", flush=True)
 
 

@@ -9,6 +9,7 @@ and the batch's losses read from the result.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,6 @@ class StackedAdjacency:
     values: torch.Tensor
     relation: torch.Tensor
     num_nodes: int
-    by_relation: dict[int, torch.Tensor]  # each relation's own CSR, for the relation weights' gradient
 
     @classmethod
     def from_entries(cls, parts: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -54,20 +54,30 @@ class StackedAdjacency:
         rows, cols, values, relation = rows[order], cols[order], values[order], relation[order]
         crow = torch.zeros(num_nodes + 1, dtype=torch.long)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0)
-        by_relation = {rid: torch.sparse_coo_tensor(torch.stack([r, c]), v, (num_nodes, num_nodes),
-                                                    check_invariants=False).coalesce().to_sparse_csr()
-                       for rid, r, c, v in parts}
-        return cls(crow, cols, values, relation, num_nodes, by_relation)
+        return cls(crow, cols, values, relation, num_nodes)
 
     def to(self, device: torch.device) -> "StackedAdjacency":
         return StackedAdjacency(self.crow.to(device), self.cols.to(device), self.values.to(device),
-                                self.relation.to(device), self.num_nodes,
-                                {rid: a.to(device) for rid, a in self.by_relation.items()})
+                                self.relation.to(device), self.num_nodes)
 
     def weighted(self, weights: torch.Tensor) -> torch.Tensor:
         """Σ_r weights[r] A_r as a CSR matrix (no autograd)."""
         return torch.sparse_csr_tensor(self.crow, self.cols, self.values * weights[self.relation].detach(),
                                        (self.num_nodes, self.num_nodes), check_invariants=False)
+
+    @functools.cached_property
+    def by_relation(self) -> dict[int, torch.Tensor]:
+        """Each relation's own CSR, for the relation weights' gradient; built on first use, so that
+        a sampled-subgraph run never holds the graph twice."""
+        rows = torch.repeat_interleave(torch.arange(self.num_nodes, device=self.crow.device), self.crow.diff())
+        out = {}
+        for rid in self.relation.unique().tolist():
+            keep = self.relation == rid  # a subset of row-sorted entries stays sorted
+            crow = torch.zeros_like(self.crow)
+            crow[1:] = torch.cumsum(torch.bincount(rows[keep], minlength=self.num_nodes), 0)
+            out[rid] = torch.sparse_csr_tensor(crow, self.cols[keep], self.values[keep],
+                                               (self.num_nodes, self.num_nodes), check_invariants=False)
+        return out
 
 
 class RelationWeightedSpMM(torch.autograd.Function):
@@ -205,8 +215,9 @@ class GraphEncoder(nn.Module):
     def num_entities(self) -> int:
         return self.embedding.num_embeddings
 
-    def forward(self, propagation: Propagation | None, text: TextView | None = None) -> torch.Tensor:
-        """Final embeddings of all entities: (num_entities, dim)."""
+    def inputs(self, propagation: Propagation | None, text: TextView | None = None) -> torch.Tensor:
+        """Layer-0 rows of all entities, (num_entities, dim): the ID embedding plus the item's gated,
+        projected text vector."""
         x = self.embedding.weight
         if propagation is not None and propagation.unseen_items is not None and len(propagation.unseen_items):
             # An item nobody has interacted with has no learned identity: its ID row would only add
@@ -215,7 +226,16 @@ class GraphEncoder(nn.Module):
             x = x.index_fill(0, propagation.unseen_items, 0.0)
         if self.text_dim and text is not None and len(text.ids):
             x = x.index_add(0, text.ids, torch.sigmoid(self.text_gate) * self.text_in(text.vectors))
-        if not self.config.use_graph or self.config.layers == 0 or propagation is None:
+        return x
+
+    @property
+    def propagates(self) -> bool:
+        return self.config.use_graph and self.config.layers > 0
+
+    def forward(self, propagation: Propagation | None, text: TextView | None = None) -> torch.Tensor:
+        """Final embeddings of all entities: (num_entities, dim)."""
+        x = self.inputs(propagation, text)
+        if not self.propagates or propagation is None:
             return x
         weights = torch.softmax(self.relation_logits, 0)
         layer, total = x, x

@@ -12,8 +12,8 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import link_loss
-from unirec_dagster.model.pretrain import alignment_loss
+from unirec_dagster.model.objectives import link_loss, link_negatives, lookup
+from unirec_dagster.model.pretrain import alignment_loss, alignment_pick
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 
@@ -54,13 +54,19 @@ class FinetuneTask:
     def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: torch.Tensor,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
         device, config = emb.device, self.config
-        users, items, weights = (t[batch].to(device) for t in (self.users, self.items, self.pair_weights))
-        losses = {config.loss: link_loss(config.loss, emb, users, items, self.candidates, generator, config.negatives,
-                                         config.loss_temperature, weights, l2=config.weight_decay)}
+        ids = {"users": self.users[batch], "items": self.items[batch],
+               "negatives": link_negatives(config.loss, self.candidates, len(batch), config.negatives, generator)}
+        if "align" in self.weights:
+            aligned = alignment_pick(self.text, generator)
+            ids["aligned"] = self.text.ids[aligned]
+        rows = lookup(emb, ids)
+        losses = {config.loss: link_loss(config.loss, rows["users"], rows["items"], rows["negatives"],
+                                         config.loss_temperature, self.pair_weights[batch].to(device),
+                                         l2=config.weight_decay)}
         if "align" in self.weights:
             if self.text.vectors.device != device:
                 self.text = self.text.to(device)
-            losses["align"] = alignment_loss(model, emb, self.text, self.config.temperature, generator)
+            losses["align"] = alignment_loss(model, rows["aligned"], self.text, aligned, config.temperature)
         return losses
 
 

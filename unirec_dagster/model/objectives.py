@@ -1,5 +1,6 @@
-"""Training objectives over the encoder's output embeddings. Each takes a sampled mini-batch,
-so no dense users x items (or entities x entities) matrix is ever formed."""
+"""Training objectives over rows of the encoder's output embeddings. A task reads all the rows of
+a step with one `lookup`, then each objective scores its sampled mini-batch of them, so no dense
+users x items (or entities x entities) matrix is ever formed."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import torch
 import torch.nn.functional as F
 
 
-def bpr_loss(emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-             weights: torch.Tensor | None = None, l2: float = 0.0) -> torch.Tensor:
-    """Bayesian personalised ranking: a user's item should outscore a sampled item."""
-    u, p, n = emb[users], emb[positives], emb[negatives]
+def lookup(emb, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The rows of `emb` for each named id tensor, read in one indexing: one gradient scatter per
+    step instead of one per objective, and one neighbourhood sample in a sampled step."""
+    names = list(ids)
+    rows = emb[torch.cat([ids[name] for name in names]).to(emb.device)]
+    return dict(zip(names, torch.split(rows, [len(ids[name]) for name in names])))
+
+
+def bpr_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, weights: torch.Tensor | None = None,
+             l2: float = 0.0) -> torch.Tensor:
+    """Bayesian personalised ranking: a user's item should outscore a sampled item (rows of users,
+    their items, one sampled item each)."""
     losses = F.softplus(-((u * p).sum(-1) - (u * n).sum(-1)))
     loss = (losses * weights).sum() / weights.sum() if weights is not None else losses.mean()
     if l2:
@@ -53,54 +62,52 @@ class RowLogSumExp(torch.autograd.Function):
         return grad_u, grad_n
 
 
-def sampled_softmax_loss(emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                         weights: torch.Tensor, temperature: float, l2: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of each user's item against the batch's shared sampled items, on cosine
-    similarities over a temperature. On Online Retail's validation window it reached Recall@20
-    0.111 at epoch 7 where BPR reached 0.103 at epoch 15 (BENCHMARKS.md)."""
+def sampled_softmax_loss(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, weights: torch.Tensor,
+                         temperature: float, l2: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of each user's item against the batch's shared sampled items (`n`, S rows), on
+    cosine similarities over a temperature. On Online Retail's validation window it reached
+    Recall@20 0.111 at epoch 7 where BPR reached 0.103 at epoch 15 (BENCHMARKS.md)."""
     # The (B, S) logits are the step's largest tensor: the temperature is folded into the (B, d)
     # side, the positive joins by logaddexp instead of a concatenation, and RowLogSumExp works
     # through them in chunks.
-    u = F.normalize(emb[users], dim=-1) / temperature      # (B, d)
-    p = F.normalize(emb[positives], dim=-1)                # (B, d)
-    n = F.normalize(emb[negatives], dim=-1)                # (S, d), shared by the batch
-    positive = (u * p).sum(-1)                             # (B,)
-    losses = torch.logaddexp(positive, RowLogSumExp.apply(u, n)) - positive
+    user = F.normalize(u, dim=-1) / temperature
+    positive = (user * F.normalize(p, dim=-1)).sum(-1)
+    losses = torch.logaddexp(positive, RowLogSumExp.apply(user, F.normalize(n, dim=-1))) - positive
     loss = (losses * weights).sum() / weights.sum()
     if l2:
-        loss = loss + l2 * (emb[users].pow(2).sum(-1) + emb[positives].pow(2).sum(-1)).mean()
+        loss = loss + l2 * (u.pow(2).sum(-1) + p.pow(2).sum(-1)).mean()
     return loss
 
 
-def link_loss(kind: str, emb: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
-              generator: torch.Generator, negatives: int, temperature: float, weights: torch.Tensor | None = None,
-              l2: float = 0.0) -> torch.Tensor:
-    """Link prediction of (user, positive) pairs against items drawn from `candidates`: a sampled
-    softmax whose `negatives` draws the batch shares (`kind` "softmax"), or BPR with one draw per
-    pair. Pretraining and fine-tuning both score their links with it."""
-    draws = negatives if kind == "softmax" else len(users)
-    sampled = candidates[torch.randint(len(candidates), (draws,), generator=generator)].to(emb.device)
+def link_negatives(kind: str, candidates: torch.Tensor, pairs: int, negatives: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Items drawn from `candidates` as negatives: `negatives` shared by the batch for the
+    softmax, one per pair for BPR."""
+    draws = negatives if kind == "softmax" else pairs
+    return candidates[torch.randint(len(candidates), (draws,), generator=generator)]
+
+
+def link_loss(kind: str, u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, temperature: float,
+              weights: torch.Tensor | None = None, l2: float = 0.0) -> torch.Tensor:
+    """Link prediction of (user, positive) rows against the rows of `link_negatives`: the sampled
+    softmax (`kind` "softmax") or BPR. Pretraining and fine-tuning both score their links with it."""
     if kind == "softmax":
-        weights = weights if weights is not None else torch.ones(len(users), device=emb.device)
-        return sampled_softmax_loss(emb, users, positives, sampled, weights, temperature, l2=l2)
-    return bpr_loss(emb, users, positives, sampled, weights, l2=l2)
+        weights = weights if weights is not None else torch.ones(len(u), device=u.device)
+        return sampled_softmax_loss(u, p, n, weights, temperature, l2=l2)
+    return bpr_loss(u, p, n, weights, l2=l2)
 
 
-def distmult_loss(emb: torch.Tensor, relation_vectors: torch.Tensor, heads: torch.Tensor, relations: torch.Tensor,
-                  tails: torch.Tensor, negative_tails: torch.Tensor) -> torch.Tensor:
-    """KG triple completion: <h, r, t> of a true triple above that of a corrupted tail."""
-    h, r = emb[heads], relation_vectors[relations]
-    positive = (h * r * emb[tails]).sum(-1)
-    negative = (h * r * emb[negative_tails]).sum(-1)
+def distmult_loss(h: torch.Tensor, r: torch.Tensor, t: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+    """KG triple completion: <h, r, t> of a true triple above that of a corrupted tail (rows)."""
+    positive = (h * r * t).sum(-1)
+    negative = (h * r * corrupted).sum(-1)
     return F.softplus(-positive).mean() + F.softplus(negative).mean()
 
 
-def masked_attribute_loss(emb: torch.Tensor, items: torch.Tensor, values: torch.Tensor,
-                          candidates: torch.Tensor) -> torch.Tensor:
-    """Predict a hidden attribute value of each item among all values of that attribute.
-    `values` are indices into `candidates` (the entity ids of the attribute's values)."""
-    logits = emb[items] @ emb[candidates].T
-    return F.cross_entropy(logits, values)
+def masked_attribute_loss(items: torch.Tensor, values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Predict a hidden attribute value of each item (rows `items`) among all values of that
+    attribute (rows `candidates`); `values` are indices into `candidates`."""
+    return F.cross_entropy(items @ candidates.T, values)
 
 
 def info_nce(graph_view: torch.Tensor, text_view: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -15,17 +15,22 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import distmult_loss, info_nce, link_loss, masked_attribute_loss
+from unirec_dagster.model.objectives import (distmult_loss, info_nce, link_loss, link_negatives, lookup,
+                                             masked_attribute_loss)
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 ALIGN_BATCH = 1024  # items per InfoNCE step: in-batch negatives, a 1024 x 1024 logit matrix
 
 
-def alignment_loss(model: GraphEncoder, emb: torch.Tensor, text: TextView, temperature: float,
-                   generator: torch.Generator) -> torch.Tensor:
-    """InfoNCE between the graph and text embeddings of a random batch of items with text."""
-    pick = torch.randperm(len(text.ids), generator=generator)[:ALIGN_BATCH].to(text.ids.device)
-    return info_nce(emb[text.ids[pick]], model.text_embedding(text.vectors[pick]), temperature)
+def alignment_pick(text: TextView, generator: torch.Generator) -> torch.Tensor:
+    """A random batch of items with text (positions in `text`) for the InfoNCE alignment."""
+    return torch.randperm(len(text.ids), generator=generator)[:ALIGN_BATCH]
+
+
+def alignment_loss(model: GraphEncoder, graph_rows: torch.Tensor, text: TextView, pick: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """InfoNCE between the graph rows of the picked items and their text embeddings."""
+    return info_nce(graph_rows, model.text_embedding(text.vectors[pick.to(text.vectors.device)]), temperature)
 
 
 def interaction_relations(graph: KnowledgeGraph, positive: str | None = None) -> list[str]:
@@ -72,8 +77,11 @@ class _KgEdges:
 
 
 def pretraining_batch_size(edges: int, config: PretrainConfig) -> int:
-    """Every step propagates the whole KG: on large graphs the batch grows so that an epoch stays
-    within max_steps_per_epoch steps (BENCHMARKS.md: ~8 s per step on 8M triples)."""
+    """A whole-graph step propagates the whole KG: on large graphs the batch grows so that an epoch
+    stays within max_steps_per_epoch steps (BENCHMARKS.md: ~9 s per step on 8M triples). A sampled
+    step costs what its batch reads, so its batch stays as configured."""
+    if config.fanouts:
+        return config.batch_size
     return max(config.batch_size, math.ceil(edges / config.max_steps_per_epoch))
 
 
@@ -128,23 +136,32 @@ class PretrainTask:
 
     def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: torch.Tensor,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
-        device, n, losses = emb.device, len(batch), {}
+        n, config, ids = len(batch), self.config, {}
         if "link" in self.weights:
-            users, positives = self.link_edges[:, batch].to(device)
-            config = self.config
-            losses["link"] = link_loss(config.link_loss, emb, users, positives, self.items, generator,
-                                       config.negatives, config.loss_temperature, l2=config.weight_decay)
+            ids["users"], ids["positives"] = self.link_edges[:, batch]
+            ids["negatives"] = link_negatives(config.link_loss, self.items, n, config.negatives, generator)
         if "kg" in self.weights:
-            heads, rels, tails, corrupted = (t.to(device) for t in self.kg.sample(n, generator))
-            losses["kg"] = distmult_loss(emb, model.relation_vectors, heads, rels, tails, corrupted)
-        if "mask" in self.weights and len(self.masked_items):
+            ids["heads"], relations, ids["tails"], ids["corrupted"] = self.kg.sample(n, generator)
+        masking = "mask" in self.weights and len(self.masked_items)
+        if masking:
             pick = torch.randint(len(self.masked_items), (min(n, len(self.masked_items)),), generator=generator)
-            losses["mask"] = masked_attribute_loss(emb, self.masked_items[pick].to(device),
-                                                   self.masked_values[pick].to(device), self.candidates.to(device))
+            ids["masked"], ids["values"], values = self.masked_items[pick], self.candidates, self.masked_values[pick]
+        if "align" in self.weights:
+            aligned = alignment_pick(self.text, generator)
+            ids["aligned"] = self.text.ids[aligned]
+        rows, device, losses = lookup(emb, ids), emb.device, {}
+        if "link" in self.weights:
+            losses["link"] = link_loss(config.link_loss, rows["users"], rows["positives"], rows["negatives"],
+                                       config.loss_temperature, l2=config.weight_decay)
+        if "kg" in self.weights:
+            losses["kg"] = distmult_loss(rows["heads"], model.relation_vectors[relations.to(device)], rows["tails"],
+                                         rows["corrupted"])
+        if masking:
+            losses["mask"] = masked_attribute_loss(rows["masked"], values.to(device), rows["values"])
         if "align" in self.weights:
             if self.text.vectors.device != device:
                 self.text = self.text.to(device)  # once: the text view stays on the training device
-            losses["align"] = alignment_loss(model, emb, self.text, self.config.temperature, generator)
+            losses["align"] = alignment_loss(model, rows["aligned"], self.text, aligned, config.temperature)
         return losses
 
 
@@ -155,5 +172,5 @@ def pretrain(graph: KnowledgeGraph, text: TextView | None, config: PretrainConfi
     if log:
         log(f"pretraining: {task.examples_per_epoch:,} interaction edges, {task.steps} steps of "
             f"{task.batch_size:,} per epoch, objectives {task.weights}")
-    return train(model, task, text, TrainSettings(config.epochs, config.lr, config.seed, config.device),
-                 log=log, label="pretraining")
+    return train(model, task, text, TrainSettings(config.epochs, config.lr, config.seed, config.device,
+                                                  fanouts=config.fanouts), log=log, label="pretraining")

@@ -2,10 +2,11 @@
 
 A task says what an epoch's batches are and what each batch's losses are, in the manner of PyG's
 `KGEModel.loss`; the loop does the rest once: seeding, the device, warm start, the optimizer, the
-autocast context (built once, as in nanoGPT's train.py), one propagation of the whole KG per step,
-loss history, progress with rate and ETA, timing, and early stopping on a validation metric.
+autocast context (built once, as in nanoGPT's train.py), loss history, progress with rate and ETA, timing, and early stopping on a validation metric.
+A step propagates the whole KG once, or with `fanouts` embeds only what its losses read, each from
+a sampled neighbourhood (`model.sampling`).
 
-Under torch.distributed (workers started by torchrun, `model.distributed`), the same loop runs in
+Under torch.distributed (workers started by torchrun, `training.distributed`), the same loop runs in
 every worker: the step is wrapped in DistributedDataParallel, each worker computes the losses of
 its shard of every batch, and the averaged gradients keep the workers' models identical.
 """
@@ -27,6 +28,7 @@ from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import EncoderConfig
 from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
+from unirec_dagster.model.sampling import NeighbourSampler, SampledEmbedding
 from unirec_dagster.progress import Progress
 
 Log = Callable[[str], None]
@@ -57,6 +59,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     patience: int | None = None   # with `validate`: stop after this many epochs without progress
+    fanouts: list[int] | None = None  # sampled-subgraph steps (model.sampling); None: whole-graph steps
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TrainResult:
     examples_per_second: float = 0.0
     device: str = "cpu"
     best_epoch: int = 0                                              # the epoch whose weights were kept
+    world_size: int = 1                                              # processes that trained it
 
 
 def build_model(graph: KnowledgeGraph, text: TextView | None, encoder: EncoderConfig, seed: int,
@@ -87,8 +91,9 @@ class _Step(nn.Module):
         super().__init__()
         self.model, self.task, self.autocast = model, task, autocast
 
-    def forward(self, propagation, text, batch, generator) -> dict[str, torch.Tensor]:
-        emb = self.model(propagation, text)  # sparse products stay in float32
+    def forward(self, propagation, sampler, text, batch, generator) -> dict[str, torch.Tensor]:
+        # sparse products stay in float32
+        emb = self.model(propagation, text) if sampler is None else SampledEmbedding(self.model, sampler, text, generator)
         with self.autocast:
             return self.task.loss(self.model, emb, batch, generator)
 
@@ -119,17 +124,20 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
         step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=True)
     progress = Progress(settings.epochs * task.examples_per_epoch, task.unit, log if rank == 0 else None, label=label)
-    result = TrainResult(model, device=str(device))
+    result = TrainResult(model, device=str(device), world_size=world_size)
     best, best_state, stale = -math.inf, None, 0
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
         model.train()
         propagation = task.start_epoch(generator)
         propagation = propagation.to(device) if propagation is not None else None
+        sampler = None
+        if settings.fanouts and propagation is not None and model.propagates:
+            sampler = NeighbourSampler(propagation, settings.fanouts, model.config.layers)
         totals = dict.fromkeys(task.weights, 0.0)
         steps = 0
         for batch in task.batches(generator):
-            losses = step(propagation, text_on_device, batch[rank::world_size], generator)  # this worker's shard
+            losses = step(propagation, sampler, text_on_device, batch[rank::world_size], generator)  # this worker's shard
             loss = sum(task.weights[name] * value.float() for name, value in losses.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
