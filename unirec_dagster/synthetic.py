@@ -26,6 +26,7 @@ ADJECTIVES = np.array("red blue green vintage classic mini large small retro flo
 NOUNS = np.array("mug candle lantern bag card frame clock cushion bowl plate tin box garland sign heart bottle "
                  "notebook ribbon doormat basket".split())
 COUNTRIES = np.array(["United Kingdom", "Germany", "France", "Spain", "Netherlands", "Norway", "Australia"])
+CHUNK_EVENTS = 10_000_000  # lines generated at a time
 
 
 @dataclass
@@ -65,34 +66,41 @@ def generate(n_events: int, n_days: int = 60, n_users: int | None = None, n_item
     basket_user = rng.choice(n_users, n_baskets, p=activity)
     basket_day = rng.integers(0, n_days, n_baskets)
     basket_second = rng.integers(8 * 3600, 20 * 3600, n_baskets)
-    line_basket = np.repeat(np.arange(n_baskets), basket_size)[:n_events]
-    user = basket_user[line_basket]
-
-    # Mostly the user's tastes, sometimes anything.
-    taste_pick = (rng.random(n_events) * taste_count[user]).astype(int)
-    category = np.where(rng.random(n_events) < 0.85, tastes[user, taste_pick], rng.integers(0, n_categories, n_events))
-    item = np.minimum(np.searchsorted(position, category + rng.random(n_events)), n_items - 1)
-
-    cancelled = rng.random(n_baskets) < 0.02
-    invoice = np.char.add(np.where(cancelled, "C", ""), (500000 + np.arange(n_baskets)).astype(str))[line_basket]
-    quantity = rng.integers(1, 13, n_events) * np.where(cancelled[line_basket], -1, 1)
-    seconds = basket_day[line_basket].astype("timedelta64[D]") + basket_second[line_basket].astype("timedelta64[s]")
-    when = np.datetime64(start.isoformat(), "s") + seconds
     title = np.char.add(np.char.add(np.char.add(np.char.add("BRAND", item_brand.astype(str)), " "),
                                     np.char.add(ADJECTIVES[np.arange(n_items) % len(ADJECTIVES)], " ")),
                         NOUNS[item_category % len(NOUNS)])
-    table = pa.table({
-        "InvoiceNo": invoice,
-        "StockCode": np.char.add("S", item.astype(str)),
-        "Description": np.char.upper(title[item]),
-        "Quantity": quantity,
-        "InvoiceDate": pc.strftime(pa.array(when, pa.timestamp("s")), "%Y-%m-%d %H:%M:%S"),
-        "UnitPrice": item_price[item],
-        "CustomerID": np.char.add(user.astype(str), ".0"),
-        "Country": COUNTRIES[user_country[user]],
-        "Category": np.char.add("category-", category.astype(str)),
-        "Brand": np.char.add("BRAND", item_brand[item].astype(str)),
-    })
+    title = np.char.upper(title)
+    line_basket = np.repeat(np.arange(n_baskets), basket_size)[:n_events]
+    cancelled = None
+    chunks = []
+    # Lines are made in chunks: NumPy's fixed-width strings of 50M lines at once took over 24 GiB.
+    for first in range(0, n_events, CHUNK_EVENTS):
+        basket = line_basket[first:first + CHUNK_EVENTS]
+        lines = len(basket)
+        user = basket_user[basket]
+        # Mostly the user's tastes, sometimes anything.
+        taste_pick = (rng.random(lines) * taste_count[user]).astype(int)
+        category = np.where(rng.random(lines) < 0.85, tastes[user, taste_pick], rng.integers(0, n_categories, lines))
+        item = np.minimum(np.searchsorted(position, category + rng.random(lines)), n_items - 1)
+        if cancelled is None:  # drawn here, as before chunking: logs of one chunk are unchanged
+            cancelled = rng.random(n_baskets) < 0.02
+        invoice = np.char.add(np.where(cancelled[basket], "C", ""), (500000 + basket).astype(str))
+        quantity = rng.integers(1, 13, lines) * np.where(cancelled[basket], -1, 1)
+        seconds = basket_day[basket].astype("timedelta64[D]") + basket_second[basket].astype("timedelta64[s]")
+        when = np.datetime64(start.isoformat(), "s") + seconds
+        chunks.append(pa.table({
+            "InvoiceNo": invoice,
+            "StockCode": np.char.add("S", item.astype(str)),
+            "Description": title[item],
+            "Quantity": quantity,
+            "InvoiceDate": pc.strftime(pa.array(when, pa.timestamp("s")), "%Y-%m-%d %H:%M:%S"),
+            "UnitPrice": item_price[item],
+            "CustomerID": np.char.add(user.astype(str), ".0"),
+            "Country": COUNTRIES[user_country[user]],
+            "Category": np.char.add("category-", category.astype(str)),
+            "Brand": np.char.add("BRAND", item_brand[item].astype(str)),
+        }))
+    table = pa.concat_tables(chunks)
     return SyntheticLog(table, start, n_days)
 
 
