@@ -19,7 +19,7 @@ from unirec_dagster.datasets import load_spec
 from unirec_dagster.graph import build_partition
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
-from unirec_dagster.model.distributed import train_in_workers
+from unirec_dagster.training.distributed import pretrain_in_workers
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.settings import DEFAULT_DATASET
 from unirec_dagster.training.steps import run_finetuning, run_pretraining
@@ -47,7 +47,7 @@ def main() -> None:
                 started = time.perf_counter()
                 run_pretraining(conn, spec, run_date, config, store,
                                 pretrainer=pretrain if world_size == 1 else partial(
-                                    train_in_workers, run=partial(subprocess.run, check=True)))
+                                    pretrain_in_workers, run=partial(subprocess.run, check=True)))
                 seconds = time.perf_counter() - started
                 fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(seed=seed), store)
                 validation = fitted.checkpoint.manifest["validation"]

@@ -86,11 +86,13 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
     assert sorted(p.name.split("-")[1] for p in models.iterdir()) == ["a", "b"], "one model folder per warehouse"
 
 
-def test_pretraining_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path):
+def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path):
+    """Pretraining and fine-tuning (each model, and its BPR-MF reference) in two torchrun workers
+    launched through Pipes: the checkpoints load and serve as in-process ones do."""
     models = tmp_path / "models"
     resources = warehouse_resources(tmp_path / "w.duckdb", models, shop(tmp_path, "shop", 0))
-    two_workers = {"ops": {**SMALL["ops"], "pretrained_encoder": {"config": {
-        **SMALL["ops"]["pretrained_encoder"]["config"], "world_size": 2}}}}
+    two_workers = {"ops": {**SMALL["ops"], **{step: {"config": {**SMALL["ops"][step]["config"], "world_size": 2}}
+                                              for step in ("pretrained_encoder", "finetuned_recommender")}}}
     last = RUN_DATE + dt.timedelta(days=9)
     assert dg.materialize([raw_events], resources=resources, tags={
         "dagster/asset_partition_range_start": START.isoformat(),
@@ -100,4 +102,7 @@ def test_pretraining_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_p
     assert result.success
     pretrained = result.asset_materializations_for_node("pretrained_encoder")[0].metadata
     assert pretrained["world_size"].value == 2 and pretrained["epochs"].value == 3
+    finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
+    assert finetuned["world_size"].value == 2 and 1 <= finetuned["best_epoch"].value <= 6
+    assert finetuned["validation"].value["recall@20"] > 0
     assert result.asset_materializations_for_node("recommendations")[0].metadata["users"].value > 0

@@ -1,5 +1,5 @@
 """Distributed training launched from the assets through Dagster Pipes: torchrun workers whose logs
-and summary come back to the run (see model/distributed.py for the worker side)."""
+and summary come back to the run (see training/distributed.py for the worker side)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from functools import partial
 
 import dagster as dg
 
-from unirec_dagster.model.distributed import train_in_workers
+from unirec_dagster.training.distributed import finetune_in_workers, pretrain_in_workers
 
 
 def torchrun_pretrainer(context: dg.AssetExecutionContext, client: dg.PipesSubprocessClient):
     """A `pretrainer` for run_pretraining that trains in `config.world_size` torchrun workers,
     started through the Pipes client."""
+    return partial(pretrain_in_workers, run=lambda command: client.run(command=command, context=context))
 
-    return partial(train_in_workers, run=lambda command: client.run(command=command, context=context))
+
+def torchrun_finetuner(context: dg.AssetExecutionContext, client: dg.PipesSubprocessClient):
+    """A `trainer` for run_finetuning that trains each variant in `config.world_size` torchrun
+    workers, started through the Pipes client."""
+    return partial(finetune_in_workers, run=lambda command: client.run(command=command, context=context))

@@ -8,9 +8,10 @@ from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.presentation import history_table
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
-from unirec_dagster.defs.distributed import torchrun_pretrainer
+from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrainer
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
+from unirec_dagster.training.fit import train_variant
 from unirec_dagster.training.steps import PRETRAINED_WINDOW_DAYS, run_finetuning, run_pretraining
 
 
@@ -75,20 +76,24 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
               description="Promote only a model that beats RecentPopular and BPR-MF on validation Recall@20.")],
           description="Fine-tuned from the newest pretrained_encoder partition of the last 7 days for serving on the "
                       "partition date: early-stopped and blended on the validation window before the cutoff, then "
-                      "retrained up to it. Also trains BPR-MF (the gate's reference) on the same splits.")
+                      "retrained up to it. Also trains BPR-MF (the gate's reference) on the same splits. With "
+                      "world_size > 1 each model trains in torchrun workers, through Dagster Pipes.")
 def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningConfig, duckdb: DuckDBResource,
-                          dataset: DatasetResource, model_store: ModelStoreResource):
+                          dataset: DatasetResource, model_store: ModelStoreResource,
+                          pipes_subprocess_client: dg.PipesSubprocessClient):
     spec = dataset.load()
     settings = FinetuneConfig(**config.model_dump(exclude={"from_scratch"}))
+    trainer = torchrun_finetuner(context, pipes_subprocess_client) if settings.world_size > 1 else train_variant
     with duckdb.get_connection() as conn:
         result = run_finetuning(conn, spec, partition_date(context), settings,
                                 model_store.for_warehouse(conn, spec), from_scratch=config.from_scratch,
-                                log=context.log.info)
+                                log=context.log.info, trainer=trainer)
     m = result.checkpoint.manifest
     yield dg.MaterializeResult(metadata={
         "version": m["version"], "path": str(result.checkpoint.path), "parent": m["parent"], "cutoff": m["cutoff"],
         "best_epoch": m["best_epoch"], "blend": m["blend"], "validation": m["validation"], "device": m["device"],
         "seconds": m["seconds"], "promoted": m["promoted"], "validation_curve": history_table(m["history"]),
+        "world_size": m["world_size"],
         "ablations": {kind: c.version for kind, c in result.ablations.items()}})
     yield dg.AssetCheckResult(check_name="quality_gate", passed=result.gate.passed, description=result.gate.reason,
                               metadata={"validation_recall@20": result.gate.model_recall,

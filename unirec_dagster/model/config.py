@@ -22,8 +22,13 @@ class PretrainConfig(BaseModel):
     encoder: EncoderConfig = EncoderConfig()
     epochs: int = Field(20, ge=1, description="Passes over the interaction edges.")
     batch_size: int = Field(8192, ge=16, description="Interaction edges per step (one propagation per step).")
-    max_steps_per_epoch: int = Field(64, ge=1, description="Every step propagates the whole KG, so on large graphs "
-                                                           "the batch grows to keep an epoch to this many steps.")
+    max_steps_per_epoch: int = Field(64, ge=1, description="A whole-graph step propagates the whole KG, so on large "
+                                                           "graphs the batch grows to keep an epoch to this many "
+                                                           "steps (not with fanouts).")
+    fanouts: list[int] | None = Field(None, description="Sampled-subgraph steps: each step embeds only the "
+                                      "entities its losses read, from at most this many sampled neighbours per "
+                                      "entity and layer (e.g. [10, 5]), for graphs too large to propagate whole at "
+                                      "every step. None (default): every step propagates the whole KG.")
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-6, ge=0, description="L2 on the embedding rows used in a step.")
     link_weight: float = Field(1.0, ge=0, description="Weight of link prediction on user->item edges.")
@@ -58,5 +63,8 @@ class FinetuneConfig(BaseModel):
     negatives: int = Field(1024, ge=1, description="Sampled items each step's softmax shares as negatives.")
     align_weight: float = Field(0.1, ge=0, description="Keep the text view aligned while fine-tuning (cold items).")
     temperature: float = Field(0.1, gt=0)
+    world_size: int = Field(1, ge=1, description="Processes of data-parallel fine-tuning (torchrun workers under "
+                                                 "DistributedDataParallel, as pretraining's world_size); 1 trains in "
+                                                 "the asset's own process.")
     seed: int = 0
     device: str = "auto"

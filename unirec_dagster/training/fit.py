@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Callable
 
 import duckdb
 import torch
@@ -62,6 +63,7 @@ class FittedRecommender:
     validation: dict[str, float]                 # the model's and the blend's validation Recall@20 etc.
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    world_size: int = 1   # processes that trained it
 
     def scorer(self, blended: bool = True) -> Scorer:
         return Scorer(self.train.signals, self.blend if blended else {"model": 1.0}, self.embeddings)
@@ -105,24 +107,29 @@ def train_variant(split: CutoffData, text: TextView | None, config: FinetuneConf
                     validate=validate, epochs=epochs, log=log)
 
 
+VariantTrainer = Callable[..., TrainResult]  # train_variant's signature: in process, or workers it launches
+
+
 def fit_recommender(validation: ValidationSplit, final: CutoffData, config: FinetuneConfig, text: TextView | None,
                     initial_state: dict[str, torch.Tensor] | None, blend: bool = True,
-                    log: Log | None = None) -> FittedRecommender:
+                    log: Log | None = None, trainer: VariantTrainer = train_variant) -> FittedRecommender:
+    """`trainer` trains each variant: `train_variant` here, or a launcher of distributed workers."""
     say = log or (lambda _: None)
     known, holdout = validation.known, validation.holdout
     say(f"validation: train before {known.cutoff}, window {known.cutoff}..{final.cutoff - dt.timedelta(days=1)}"
         f" with {len(holdout.users):,} users")
-    val_run = train_variant(known, text, config, initial_state, holdout, log=log)
+    val_run = trainer(known, text, config, initial_state, holdout, log=log)
     val_emb = val_run.model.embed_graph(known.graph, text)
     model_only = recall_at_20(Scorer(known.signals, {"model": 1.0}, val_emb), holdout)
     weights = fit_blend(Scorer(known.signals, {}, val_emb), holdout) if blend else {"model": 1.0}
     blended = recall_at_20(Scorer(known.signals, weights, val_emb), holdout)
     say(f"validation Recall@20: model {model_only['recall@20']:.4f} at epoch {val_run.best_epoch},"
         f" blend {blended['recall@20']:.4f} with {weights}")
-    final_run = train_variant(final, text, config, initial_state, epochs=val_run.best_epoch, log=log)
+    final_run = trainer(final, text, config, initial_state, epochs=val_run.best_epoch, log=log)
     return FittedRecommender(
         final.cutoff, final_run.model, final_run.model.embed_graph(final.graph, text), weights, final,
         val_run.best_epoch,
         {"model_recall@20": model_only["recall@20"], "model_ndcg@20": model_only["ndcg@20"],
          "recall@20": blended["recall@20"], "ndcg@20": blended["ndcg@20"], "users": len(holdout.users)},
-        val_run.history + [{"final_epochs": final_run.best_epoch}], val_run.seconds + final_run.seconds)
+        val_run.history + [{"final_epochs": final_run.best_epoch}], val_run.seconds + final_run.seconds,
+        final_run.world_size)

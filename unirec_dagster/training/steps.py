@@ -23,7 +23,8 @@ from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.trainer import Log, TrainResult
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.training.context import served_model, text_view
-from unirec_dagster.training.fit import FittedRecommender, cutoff_data, fit_recommender, recall_at_20, validation_split
+from unirec_dagster.training.fit import (FittedRecommender, VariantTrainer, cutoff_data, fit_recommender, recall_at_20,
+                                         train_variant, validation_split)
 from unirec_dagster.warehouse import ensure_schema, transaction
 
 PRETRAINED, FINETUNED = "pretrained", "finetuned"
@@ -65,7 +66,7 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
         config=config.model_dump(), parent=previous.version if previous else None, history=result.history,
         final_losses={k: v for k, v in result.history[-1].items() if k != "epoch"}, seconds=result.seconds,
         edges_per_second=result.examples_per_second, device=result.device,
-        relation_weights=result.model.relation_weights(graph.relation_names), world_size=config.world_size)
+        relation_weights=result.model.relation_weights(graph.relation_names), world_size=result.world_size)
 
 
 @dataclass
@@ -102,11 +103,13 @@ def mf_config(config: FinetuneConfig) -> FinetuneConfig:
 
 
 def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: FinetuneConfig,
-                   store: CheckpointStore, from_scratch: bool = False, log: Log | None = None) -> FinetuningResult:
+                   store: CheckpointStore, from_scratch: bool = False, log: Log | None = None,
+                   trainer: VariantTrainer = train_variant) -> FinetuningResult:
     """Fine-tune for serving on run_date (cutoff = the next day) from the newest pretrained
     checkpoint of the last week, and judge it against RecentPopular and BPR-MF on the
     validation window. BPR-MF (and, with `from_scratch`, the full model without
-    pretraining) are trained on the same splits and kept for the evaluation."""
+    pretraining) are trained on the same splits and kept for the evaluation. `trainer` trains
+    each of them: `train_variant` in this process, or a launcher of distributed workers."""
     cutoff = run_date + dt.timedelta(days=1)
     pretrained = store.latest(PRETRAINED, run_date, partition_from=run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1))
     if pretrained is None:
@@ -119,11 +122,12 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                          f"from {validation.known.cutoff}: its knowledge_graph partition used another validation_days")
     final = cutoff_data(conn, spec, cutoff)
     text = text_view(conn) if config.encoder.use_text else None
-    fitted = fit_recommender(validation, final, config, text, pretrained.state, log=log)
+    fitted = fit_recommender(validation, final, config, text, pretrained.state, log=log, trainer=trainer)
     recent = recall_at_20(Scorer(validation.known.signals, {"recent_popularity": 1.0}), validation.holdout)
-    variants = {MF_ABLATION: fit_recommender(validation, final, mf_config(config), None, None, blend=False, log=log)}
+    variants = {MF_ABLATION: fit_recommender(validation, final, mf_config(config), None, None, blend=False, log=log,
+                                             trainer=trainer)}
     if from_scratch:
-        variants[FROM_SCRATCH] = fit_recommender(validation, final, config, text, None, log=log)
+        variants[FROM_SCRATCH] = fit_recommender(validation, final, config, text, None, log=log, trainer=trainer)
     gate = GateResult.judge(fitted.validation["recall@20"], recent["recall@20"],
                             variants[MF_ABLATION].validation["recall@20"])
     fingerprint = entity_fingerprint(conn, final.graph.num_entities)
@@ -134,7 +138,7 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
             config=variant_config.model_dump(), cutoff=cutoff.isoformat(),
             validation_cutoff=validation.known.cutoff.isoformat(), blend=fit.blend, best_epoch=fit.best_epoch,
             validation=fit.validation, history=fit.history, seconds=fit.seconds,
-            device=str(next(fit.model.parameters()).device), **extra)
+            device=str(next(fit.model.parameters()).device), world_size=fit.world_size, **extra)
 
     ablations = {kind: save(kind, fit, mf_config(config) if kind == MF_ABLATION else config, parent=None)
                  for kind, fit in variants.items()}
