@@ -1,6 +1,7 @@
-"""Pretraining in one process against two data-parallel workers (torchrun, gloo on CPU) on the
-embedded sample, then the same fine-tuning from each: wall time of the pretraining, and the
-validation Recall@20 the fine-tuned model reaches from it (seed noise for scale: two seeds).
+"""Training in one process against two data-parallel workers (torchrun, gloo on CPU) on the
+embedded sample: pretraining, then fine-tuning (the model and its BPR-MF reference) with the same
+world size. Wall time of each, and the validation Recall@20 the fine-tuned model reaches (seed
+noise for scale: two seeds).
 
     .venv/bin/python bench/distributed.py
 """
@@ -19,7 +20,8 @@ from unirec_dagster.datasets import load_spec
 from unirec_dagster.graph import build_partition
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
-from unirec_dagster.training.distributed import pretrain_in_workers
+from unirec_dagster.training.distributed import finetune_in_workers, pretrain_in_workers
+from unirec_dagster.training.fit import train_variant
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.settings import DEFAULT_DATASET
 from unirec_dagster.training.steps import run_finetuning, run_pretraining
@@ -43,20 +45,25 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for world_size in (1, 2):
                 store = CheckpointStore(Path(scratch) / f"models-{seed}-{world_size}")
-                config = PretrainConfig(seed=seed, world_size=world_size)
+                run = partial(subprocess.run, check=True)
                 started = time.perf_counter()
-                run_pretraining(conn, spec, run_date, config, store,
-                                pretrainer=pretrain if world_size == 1 else partial(
-                                    pretrain_in_workers, run=partial(subprocess.run, check=True)))
-                seconds = time.perf_counter() - started
-                fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(seed=seed), store)
-                validation = fitted.checkpoint.manifest["validation"]
-                rows.append((seed, world_size, seconds, validation["model_recall@20"], validation["recall@20"]))
+                run_pretraining(conn, spec, run_date, PretrainConfig(seed=seed, world_size=world_size), store,
+                                pretrainer=pretrain if world_size == 1 else partial(pretrain_in_workers, run=run))
+                pretraining = time.perf_counter() - started
+                started = time.perf_counter()
+                fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(seed=seed, world_size=world_size), store,
+                                        trainer=train_variant if world_size == 1 else partial(finetune_in_workers,
+                                                                                              run=run))
+                finetuning = time.perf_counter() - started
+                m = fitted.checkpoint.manifest
+                rows.append((seed, m["world_size"], pretraining, finetuning, m["best_epoch"],
+                             m["validation"]["model_recall@20"], m["validation"]["recall@20"]))
                 print(rows[-1], flush=True)
-    print("\n| seed | pretraining processes | pretraining wall s | validation Recall@20, model | blended |")
-    print("|---|---|---|---|---|")
-    for seed, world_size, seconds, model, blended in rows:
-        print(f"| {seed} | {world_size} | {seconds:.1f} | {model:.4f} | {blended:.4f} |")
+    print("\n| seed | processes | pretraining wall s | fine-tuning wall s (model + BPR-MF) | best epoch "
+          "| validation Recall@20, model | blended |")
+    print("|---|---|---|---|---|---|---|")
+    for seed, world_size, pretraining, finetuning, epoch, model, blended in rows:
+        print(f"| {seed} | {world_size} | {pretraining:.1f} | {finetuning:.1f} | {epoch} | {model:.4f} | {blended:.4f} |")
 
 
 if __name__ == "__main__":
