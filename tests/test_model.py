@@ -224,3 +224,9 @@ def test_sampled_pretraining_learns_as_whole_graph_pretraining_does():
     sampled = [r["link"] for r in pretrain(graph, text, cfg.model_copy(update={"fanouts": [2]}), "purchase").history]
     assert abs(sampled[0] - whole[0]) < 0.1
     assert sampled[0] - sampled[-1] > 0.5 * (whole[0] - whole[-1]) > 0
+
+
+def test_empty_fanouts_are_refused_not_ignored():
+    graph, text, _ = planted_graph()
+    with pytest.raises(ValueError, match="fanouts must be positive"):
+        pretrain(graph, text, config(link_weight=1.0).model_copy(update={"fanouts": [], "epochs": 1}), "purchase")

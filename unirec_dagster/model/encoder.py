@@ -3,8 +3,9 @@ over every KG relation with learned relation weights, and a time-aware user read
 
 Propagation multiplies by Σ_r w_r A_r, each A_r a relation's normalised adjacency, all stacked in
 one CSR structure (`StackedAdjacency`): one sparse product per layer, with a backward that uses
-the sum's symmetry (`RelationWeightedSpMM`). The whole graph is propagated once per training step,
-and the batch's losses read from the result.
+the sum's symmetry (`RelationWeightedSpMM`). A whole-graph training step propagates the whole
+graph once and the batch's losses read from the result; a sampled step (`model.sampling`) runs the
+same layers over a sampled subgraph around what the losses read.
 """
 
 from __future__ import annotations

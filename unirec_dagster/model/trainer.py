@@ -132,7 +132,7 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
         propagation = task.start_epoch(generator)
         propagation = propagation.to(device) if propagation is not None else None
         sampler = None
-        if settings.fanouts and propagation is not None and model.propagates:
+        if settings.fanouts is not None and propagation is not None and model.propagates:
             sampler = NeighbourSampler(propagation, settings.fanouts, model.config.layers)
         totals = dict.fromkeys(task.weights, 0.0)
         steps = 0
