@@ -12,7 +12,7 @@ def lookup(emb, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The rows of `emb` for each named id tensor, read in one indexing: one gradient scatter per
     step instead of one per objective, and one neighbourhood sample in a sampled step."""
     names = list(ids)
-    rows = emb[torch.cat([ids[name] for name in names]).to(emb.device)]
+    rows = emb[torch.cat([ids[name].to(emb.device) for name in names])]  # ids may sit on either device
     return dict(zip(names, torch.split(rows, [len(ids[name]) for name in names])))
 
 

@@ -78,7 +78,7 @@ class _KgEdges:
 
 def pretraining_batch_size(edges: int, config: PretrainConfig) -> int:
     """A whole-graph step propagates the whole KG: on large graphs the batch grows so that an epoch
-    stays within max_steps_per_epoch steps (BENCHMARKS.md: ~9 s per step on 8M triples). A sampled
+    stays within max_steps_per_epoch steps (BENCHMARKS.md: ~8 s per step on 8M triples). A sampled
     step costs what its batch reads, so its batch stays as configured."""
     if config.fanouts:
         return config.batch_size
@@ -145,7 +145,7 @@ class PretrainTask:
         masking = "mask" in self.weights and len(self.masked_items)
         if masking:
             pick = torch.randint(len(self.masked_items), (min(n, len(self.masked_items)),), generator=generator)
-            ids["masked"], ids["values"], values = self.masked_items[pick], self.candidates, self.masked_values[pick]
+            ids["masked"], ids["candidates"], targets = self.masked_items[pick], self.candidates, self.masked_values[pick]
         if "align" in self.weights:
             aligned = alignment_pick(self.text, generator)
             ids["aligned"] = self.text.ids[aligned]
@@ -157,7 +157,7 @@ class PretrainTask:
             losses["kg"] = distmult_loss(rows["heads"], model.relation_vectors[relations.to(device)], rows["tails"],
                                          rows["corrupted"])
         if masking:
-            losses["mask"] = masked_attribute_loss(rows["masked"], values.to(device), rows["values"])
+            losses["mask"] = masked_attribute_loss(rows["masked"], targets.to(device), rows["candidates"])
         if "align" in self.weights:
             if self.text.vectors.device != device:
                 self.text = self.text.to(device)  # once: the text view stays on the training device
