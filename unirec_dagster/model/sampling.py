@@ -69,7 +69,7 @@ class NeighbourSampler:
               generator: torch.Generator) -> torch.Tensor:
         """Final embeddings of `ids` (any order, repeats allowed) from the layer-0 rows `x` of all
         entities: GraphEncoder.forward's computation, restricted to a sampled subgraph."""
-        seeds = ids.unique()
+        wanted = seeds = ids.unique()
         readout = None
         if self.propagation.readout is not None:
             a = self.propagation.readout[0]
@@ -86,7 +86,6 @@ class NeighbourSampler:
             layer = torch.zeros_like(layer).index_add(0, rows[:used], layer[cols[:used]] * values[:used, None])
             total = total + layer
         out = total / (len(self.fanouts) + 1)
-        wanted = ids.unique()
         rows_out = out[torch.searchsorted(nodes, wanted)]
         if readout is not None:
             owner, items, share = readout

@@ -2,7 +2,8 @@
 
 A task says what an epoch's batches are and what each batch's losses are, in the manner of PyG's
 `KGEModel.loss`; the loop does the rest once: seeding, the device, warm start, the optimizer, the
-autocast context (built once, as in nanoGPT's train.py), loss history, progress with rate and ETA, timing, and early stopping on a validation metric.
+autocast context (built once, as in nanoGPT's train.py), loss history, progress with rate and ETA,
+timing, and early stopping on a validation metric.
 A step propagates the whole KG once, or with `fanouts` embeds only what its losses read, each from
 a sampled neighbourhood (`model.sampling`).
 

@@ -137,14 +137,11 @@ def finetune_in_workers(split: CutoffData, text: TextView | None, config: Finetu
 
 
 def _train(job: Path, settings: dict, graph: KnowledgeGraph, text: TextView | None,
-           initial: dict[str, torch.Tensor] | None, device: str | None, log: Log | None) -> TrainResult:
+           initial: dict[str, torch.Tensor] | None, log: Log | None) -> TrainResult:
     """The job's training, in this worker."""
     if settings["kind"] == PRETRAIN:
-        config = PretrainConfig(**settings["config"])
-        config = config.model_copy(update={"device": device}) if device else config
-        return pretrain(graph, text, config, settings["positive_relation"], initial, log)
+        return pretrain(graph, text, PretrainConfig(**settings["config"]), settings["positive_relation"], initial, log)
     config = FinetuneConfig(**settings["config"])
-    config = config.model_copy(update={"device": device}) if device else config
     data = TrainingData(dt.date.fromisoformat(settings["cutoff"]), **load_file(str(job / DATA)))
     holdout = HoldoutPairs(**load_file(str(job / HOLDOUT))) if (job / HOLDOUT).exists() else None
     return train_variant(CutoffData(data, Signals(data), graph), text, config, initial, holdout,
@@ -159,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     settings = json.loads((args.job / SETTINGS).read_text())
-    wants_gpu = settings["config"].get("device", "auto") in ("auto", "cuda")
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda and wants_gpu else None
+    if cuda and settings["config"].get("device", "auto") in ("auto", "cuda"):  # one GPU per worker
+        settings["config"]["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     graph = load_graph_file(args.job / GRAPH)
     text = None
     if (args.job / TEXT).exists():
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         log = (context.log.info if context is not None else print) if rank == 0 else None
         if log:
             log(f"distributed {settings['kind']}: {world_size} workers ({dist.get_backend()})")
-        result = _train(args.job, settings, graph, text, initial, device, log)
+        result = _train(args.job, settings, graph, text, initial, log)
         if rank == 0:
             save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
                       str(args.job / TRAINED))
