@@ -26,7 +26,7 @@ import torch
 
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
-from unirec_dagster.evaluation.split import TrainingData
+from unirec_dagster.history import TrainingData
 from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.serving.recommend import score_users
 from unirec_dagster.ranking.topk import block_rows, top_k

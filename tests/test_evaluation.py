@@ -14,7 +14,8 @@ from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.evaluation.cold_start import choose_hidden_items, hide_items
 from unirec_dagster.evaluation.evaluate import evaluate
-from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
+from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
+from unirec_dagster.history import TrainingData, load_training
 from unirec_dagster import show
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from unirec_dagster.evaluation.split import TrainingData
+from unirec_dagster.history import TrainingData
 
 CG_STEPS = 3  # conjugate-gradient steps per half-iteration, warm-started from the previous factors
 

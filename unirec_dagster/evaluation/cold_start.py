@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from unirec_dagster.evaluation.evaluate import SliceResult, subset_metrics
-from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import TrainingData
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.ranking.signals import Signals

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from unirec_dagster.evaluation.metrics import KS, ranking_metrics
-from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import TrainingData
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.topk import block_rows, top_k
 

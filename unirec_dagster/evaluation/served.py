@@ -13,7 +13,8 @@ import torch
 
 from unirec_dagster.evaluation.evaluate import SliceResult, slice_metrics
 from unirec_dagster.evaluation.metrics import KS
-from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import TrainingData
 
 
 def served_ranking(conn: duckdb.DuckDBPyConnection, partition: dt.date, users: torch.Tensor, data: TrainingData,

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from unirec_dagster.evaluation.split import TrainingData
+from unirec_dagster.history import TrainingData
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

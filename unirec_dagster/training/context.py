@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import duckdb
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.evaluation.split import load_training
+from unirec_dagster.history import load_training
 from unirec_dagster.features import load_item_text_vectors
 from unirec_dagster.graph import KnowledgeGraph, load_graph
 from unirec_dagster.model.checkpoint import Checkpoint

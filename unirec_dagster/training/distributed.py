@@ -34,7 +34,8 @@ import torch.distributed as dist
 from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 from safetensors.torch import load_file, save_file
 
-from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import TrainingData
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.graph.loader import load_graph_file, save_graph_file
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig

@@ -20,7 +20,8 @@ import torch
 
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.evaluate import evaluate
-from unirec_dagster.evaluation.split import HoldoutPairs, TrainingData, load_holdout, load_training
+from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
+from unirec_dagster.history import TrainingData, load_training
 from unirec_dagster.graph import KnowledgeGraph, load_graph
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, TextView
