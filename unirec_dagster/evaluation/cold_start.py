@@ -18,13 +18,13 @@ from typing import Callable
 import duckdb
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from unirec_dagster.evaluation.evaluate import SliceResult, subset_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import TrainingData
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.encoder import TextView
+from unirec_dagster.ranking.content import ItemContent
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.topk import block_rows, top_k
 from unirec_dagster.warehouse import connect, ensure_schema, quote_path, rows
@@ -76,37 +76,14 @@ ScoreFunction = Callable[[torch.Tensor], torch.Tensor]  # user entity ids -> (us
 
 def content_scores(signals: Signals, text: TextView) -> ScoreFunction:
     """Cosine of each item's text vector to the mean text vector of the user's past items."""
-    data = signals.data
-    position = torch.full((int(max(data.items.max(), text.ids.max())) + 1,), -1, dtype=torch.long)
-    position[data.items] = torch.arange(data.num_items)
-    vectors = torch.zeros(data.num_items, text.dim)
-    placed = position[text.ids] >= 0
-    vectors[position[text.ids[placed]]] = F.normalize(text.vectors[placed], dim=-1)
-
-    def scores(users: torch.Tensor) -> torch.Tensor:
-        profile = torch.sparse.mm(signals.history_of(users), vectors)               # (users, text dim)
-        return F.normalize(profile, dim=-1) @ vectors.T
-    return scores
+    content = ItemContent(signals.data.items, text.ids, text.vectors)
+    return lambda users: content.text_similarity(signals.history_of(users))
 
 
 def attribute_popularity_scores(signals: Signals, graph: KnowledgeGraph) -> ScoreFunction:
     """How often each of the item's attribute values and keywords occurs among the user's past items."""
-    data = signals.data
-    position = torch.full((graph.num_entities,), -1, dtype=torch.long)
-    position[data.items] = torch.arange(data.num_items)
-    names = [n for n, (head, _) in zip(graph.relation_names, graph.relation_types)
-             if head == "item" and n.startswith("item_") and n != "item_co_occurs"]
-    heads = torch.cat([graph.edge_index[n][0] for n in names]) if names else torch.empty(0, dtype=torch.long)
-    tails = torch.cat([graph.edge_index[n][1] for n in names]) if names else torch.empty(0, dtype=torch.long)
-    keep = position[heads] >= 0
-    values, column = torch.unique(tails[keep], return_inverse=True)
-    incidence = torch.zeros(data.num_items, len(values))                              # (items, values)
-    incidence[position[heads[keep]], column] = 1.0
-
-    def scores(users: torch.Tensor) -> torch.Tensor:
-        profile = torch.sparse.mm(signals.history_of(users), incidence)               # (users, values)
-        return profile @ incidence.T
-    return scores
+    content = ItemContent(signals.data.items, graph=graph)
+    return lambda users: content.attribute_overlap(signals.history_of(users))
 
 
 def rank_with(scores: ScoreFunction, signals: Signals, users: torch.Tensor, k: int = 50) -> torch.Tensor:

@@ -61,15 +61,20 @@ def entity_join(kind: str, column: str) -> str:
 
 
 def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date,
-                  recent_share: float = 0.1) -> TrainingData:
+                  recent_share: float = 0.1, catalog_until: dt.date | None = None) -> TrainingData:
+    """What is known at `cutoff`. With `catalog_until`, items first seen in [cutoff, catalog_until)
+    are catalog items too (known, nobody has interacted with them yet): at a validation cutoff,
+    the items a shop introduced during the validation window, for learning where new items belong."""
     params = {"c": as_timestamp(cutoff), "pos": spec.events.positive_event_type}
+    introduced = ("UNION SELECT item_id FROM raw.events WHERE ts >= $c AND ts < $until"
+                  if catalog_until is not None else "")
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE eval_items AS
         SELECT ie.entity_id, row_number() OVER (ORDER BY ie.entity_id) - 1 AS position,
                ev.item_id IN (SELECT item_id FROM raw.events WHERE ts < $c) AS interacted
         FROM (SELECT DISTINCT item_id FROM raw.events WHERE ts < $c
-              UNION SELECT item_id FROM raw.items WHERE listed) ev {entity_join('item', 'ev.item_id')}""",
-                 {"c": params["c"]})
+              UNION SELECT item_id FROM raw.items WHERE listed {introduced}) ev {entity_join('item', 'ev.item_id')}""",
+                 {"c": params["c"], **({"until": as_timestamp(catalog_until)} if catalog_until is not None else {})})
     items = conn.sql("SELECT entity_id, interacted FROM eval_items ORDER BY position").to_arrow_table()
     pairs = conn.sql(f"""
         SELECT ue.entity_id AS user_id, ei.position AS item, count(*) AS events,
@@ -97,3 +102,13 @@ def load_training(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt
     return TrainingData(cutoff, tensor_column(items, "entity_id"), tensor_column(pairs, "user_id"), tensor_column(pairs, "item"),
                         tensor_column(pairs, "last_days", np.float32), tensor_column(pairs, "events"), popular, recent,
                         events, torch.from_numpy(items.column("interacted").to_numpy(zero_copy_only=False).astype(bool)))
+
+
+def never_recommended(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, items: torch.Tensor) -> torch.Tensor:
+    """Positions in `items` (item entity ids) of the spec's never_recommend items."""
+    if not spec.items.never_recommend:
+        return torch.empty(0, dtype=torch.long)
+    ids = torch.tensor([r[0] for r in rows(conn, """
+        SELECT entity_id FROM kg.entities WHERE entity_type = 'item' AND list_contains($never, natural_key)""",
+                                           {"never": spec.items.never_recommend})], dtype=torch.long)
+    return torch.nonzero(torch.isin(items, ids), as_tuple=True)[0]

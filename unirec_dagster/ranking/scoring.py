@@ -10,7 +10,8 @@ import torch
 
 from unirec_dagster.ranking.signals import Signals
 
-FEATURES = ("model", "co_purchase", "recent_popularity", "popularity")
+BLEND_FEATURES = ("model", "co_purchase", "recent_popularity", "popularity")  # what the logit blend fits
+FEATURES = (*BLEND_FEATURES, "ease", "rp3beta")
 
 
 def standardize_(x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,10 @@ class Scorer:
             return (self.embeddings[users.to(self.embeddings.device)] @ self._item_vectors.T).float().cpu()
         if name == "co_purchase":
             return self.signals.knn_scores(users)
+        if name == "ease":
+            return self.signals.ease_scores(users)
+        if name == "rp3beta":
+            return self.signals.rp3beta_scores(users)
         source = data.recent_popularity if name == "recent_popularity" else data.popularity
         popularity = torch.log1p(source)
         new = ~data.interacted
@@ -75,8 +80,8 @@ class Scorer:
 
     @property
     def feature_names(self) -> list[str]:
-        """The features this scorer can compute (the model's only with embeddings)."""
-        return [name for name in FEATURES if name != "model" or self.embeddings is not None]
+        """The features the blend is fitted over (the model's only with embeddings)."""
+        return [name for name in BLEND_FEATURES if name != "model" or self.embeddings is not None]
 
     @property
     def active_features(self) -> list[str]:

@@ -1,14 +1,18 @@
-"""Simple strong signals at a cutoff: all-time and recent popularity, and item-item co-purchase
-(cosine on the users x items purchase matrix, top neighbours per item). They are baselines on
-their own and features of the served blend."""
+"""Simple strong signals at a cutoff: all-time and recent popularity, item-item co-purchase
+(cosine on the users x items purchase matrix, top neighbours per item), and the classic peers
+EASE^R and RP3beta (`ranking.classic`). They are baselines on their own, features of the blend and
+of the ranker, and its candidate generators."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import warnings
 
 import torch
 
 from unirec_dagster.history import TrainingData
+from unirec_dagster.ranking.classic import ClassicParams, ease_weights, rp3beta_weights
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -18,8 +22,10 @@ def _sparse(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape:
 
 
 class Signals:
-    def __init__(self, data: TrainingData, neighbours: int = 100, item_block: int = 2048):
+    def __init__(self, data: TrainingData, neighbours: int = 100, item_block: int = 2048,
+                 classic: ClassicParams = ClassicParams()):
         self.data = data
+        self.classic = classic
         self.user_ids, user_rows = torch.unique(data.train_users, return_inverse=True)
         num_items = data.num_items
         ones = torch.ones(len(user_rows))
@@ -49,6 +55,37 @@ class Signals:
             return _sparse(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0),
                            (num_items, num_items))
         return _sparse(torch.cat(rows), torch.cat(cols), torch.cat(vals), (num_items, num_items))
+
+    def with_classic(self, classic: ClassicParams) -> "Signals":
+        """The same signals with other EASE/RP3beta hyperparameters (the history and co-purchase shared)."""
+        other = copy.copy(self)
+        other.classic = classic
+        for cached in ("_ease", "_rp3beta"):
+            other.__dict__.pop(cached, None)
+        return other
+
+    @functools.cached_property
+    def _ease(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return ease_weights(self.history, self.data.popularity, self.classic.ease_lambda)
+
+    @functools.cached_property
+    def _rp3beta(self) -> torch.Tensor:
+        return rp3beta_weights(self.history, self.classic.rp3_alpha, self.classic.rp3_beta).to_sparse_csr()
+
+    def ease_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), items): EASE^R's scores of every candidate (0 for items outside its columns)."""
+        columns, weights = self._ease
+        history = self.history_of(users)
+        if len(columns) < self.data.num_items:
+            history = history.index_select(1, columns)
+            out = torch.zeros(len(users), self.data.num_items)
+            out[:, columns] = torch.sparse.mm(history, weights)
+            return out
+        return torch.sparse.mm(history, weights)
+
+    def rp3beta_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), items): RP3beta's scores of every candidate."""
+        return (self.history_of(users).to_sparse_csr() @ self._rp3beta).to_dense()
 
     def history_of(self, users: torch.Tensor) -> torch.Tensor:
         """(len(users), items) sparse purchase history; empty rows for users without one."""

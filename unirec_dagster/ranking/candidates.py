@@ -1,0 +1,205 @@
+"""The first stage: candidate items per user from several generators, and the features the second
+stage (the learned ranker, `ranking.ranker`) reads for every (user, candidate) pair.
+
+Generators, each a top-N over the catalog with the user's purchases excluded:
+- `model`: the fine-tuned graph model's dot product;
+- `ease`, `rp3beta`: the classic item-item peers (`ranking.classic`);
+- `co_purchase`: co-purchase neighbours of the user's past items;
+- `trending`: items with the most new buyers (first purchase) lately, the same for everyone;
+- `new_items`: catalog items nobody has bought yet, placed by the graph model (their text and
+  attributes) or, without one, by text similarity to the user's past items.
+
+Everything is computed for a block of users at once from dense (users x items) score blocks, so
+one block's memory is bounded by `ranking.topk.BLOCK_CELLS`-sized tensors, whatever the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, Field
+
+from unirec_dagster.history import CutoffStats
+from unirec_dagster.ranking.content import ItemContent
+from unirec_dagster.ranking.scoring import impute_new_item_norms, standardize_
+from unirec_dagster.ranking.signals import Signals
+
+GENERATORS = ("model", "ease", "rp3beta", "co_purchase", "trending", "new_items")
+SCORED = ("model", "ease", "rp3beta", "co_purchase")  # generators whose per-user score is a feature too
+
+
+class CandidateConfig(BaseModel):
+    """How many candidates each generator proposes per user (0 turns one off)."""
+
+    model: int = Field(200, ge=0, description="Top items by the fine-tuned graph model.")
+    ease: int = Field(200, ge=0, description="Top items by EASE^R.")
+    rp3beta: int = Field(150, ge=0, description="Top items by RP3beta.")
+    co_purchase: int = Field(100, ge=0, description="Top co-purchase neighbours of the user's past items.")
+    trending: int = Field(100, ge=0, description="Items with the most new buyers in the last 30 days.")
+    new_items: int = Field(20, ge=0, description="Catalog items nobody has bought yet, best placed for the user.")
+
+    def size(self, generator: str) -> int:
+        return getattr(self, generator)
+
+
+@dataclass
+class CutoffInputs:
+    """Everything the two stages read at one cutoff."""
+
+    signals: Signals
+    stats: CutoffStats
+    content: ItemContent
+    embeddings: torch.Tensor | None = None    # (entities, dim) the fine-tuned graph model's, or None
+
+    def __post_init__(self):
+        data = self.signals.data
+        self.item_vectors = None
+        if self.embeddings is not None:
+            items = self.embeddings[data.items.to(self.embeddings.device)].float().cpu()
+            self.item_vectors = impute_new_item_norms(items, data.interacted)
+        self.new_items = torch.nonzero(~data.interacted).flatten()
+        trending = torch.log1p(self.stats.items["adopters"]) + 1e-3 * torch.log1p(self.stats.items["buyers_30"])
+        self.trending = trending.masked_fill(~data.interacted, float("-inf"))   # (I,) new items are not "trending"
+
+
+@dataclass
+class Block:
+    """Dense (users, items) signals of one block of users, and the items they may not be offered."""
+
+    users: torch.Tensor
+    scores: dict[str, torch.Tensor]     # generator/feature name -> (users, items)
+    excluded: torch.Tensor              # (users, items) bool
+
+
+@dataclass
+class Candidates:
+    """(n,) pairs of a block: the row of the user in the block, the candidate position, and the pair's
+    rank in each generator's list, (n, generators), size + 1 where the generator did not propose it."""
+
+    rows: torch.Tensor
+    items: torch.Tensor
+    ranks: torch.Tensor
+    generators: list[str]
+
+    def lead(self, sizes: dict[str, int]) -> torch.Tensor:
+        """(n,) index into `generators` of the generator that ranked each pair best, relative to its list."""
+        relative = self.ranks / torch.tensor([float(sizes[g]) for g in self.generators]).clamp(min=1)
+        return relative.argmin(1)
+
+
+def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor | None = None) -> Block:
+    signals, content = inputs.signals, inputs.content
+    history = signals.history_of(users)
+    scores = {"ease": signals.ease_scores(users), "rp3beta": signals.rp3beta_scores(users),
+              "co_purchase": signals.knn_scores(users), "text_similarity": content.text_similarity(history),
+              "attribute_overlap": content.attribute_overlap(history)}
+    if inputs.item_vectors is not None:
+        scores["model"] = inputs.embeddings[users.to(inputs.embeddings.device)].float().cpu() @ inputs.item_vectors.T
+    excluded = history.to_dense() > 0
+    if never is not None and len(never):
+        excluded[:, never] = True
+    return Block(users, scores, excluded)
+
+
+def active_generators(config: CandidateConfig, has_model: bool) -> list[str]:
+    """The generators with a list size; every one keeps its rank column even when it proposes nothing
+    at some cutoff (no new items), so the ranker's features are the same at training and serving."""
+    return [g for g in GENERATORS if config.size(g) and (g != "model" or has_model)]
+
+
+def generate(inputs: CutoffInputs, block: Block, config: CandidateConfig) -> Candidates:
+    """The union of every generator's top list for each user of the block."""
+    n, num_items = block.excluded.shape
+    generators = active_generators(config, "model" in block.scores)
+    chosen = torch.zeros(n, num_items, dtype=torch.bool)
+    tops: dict[str, torch.Tensor] = {}
+    for g in generators:
+        if g == "new_items" and not len(inputs.new_items):
+            tops[g] = torch.full((n, 0), -1, dtype=torch.long)
+            continue
+        if g == "new_items":
+            placed_by = block.scores.get("model", block.scores["text_similarity"])[:, inputs.new_items]
+            allowed = ~block.excluded[:, inputs.new_items]
+            size = min(config.new_items, len(inputs.new_items))
+            top = torch.topk(placed_by.masked_fill(~allowed, float("-inf")), size, dim=1)
+            index = inputs.new_items[top.indices]
+        else:
+            source = (inputs.trending.expand(n, -1) if g == "trending" else block.scores[g])
+            top = torch.topk(source.masked_fill(block.excluded, float("-inf")), min(config.size(g), num_items), dim=1)
+            index = top.indices
+        valid = torch.isfinite(top.values)
+        tops[g] = torch.where(valid, index, -1)
+        chosen[torch.nonzero(valid, as_tuple=True)[0], index[valid]] = True
+    rows, items = torch.nonzero(chosen, as_tuple=True)
+    ranks = torch.empty(len(rows), len(generators))
+    for j, g in enumerate(generators):
+        size = tops[g].shape[1]
+        rank = torch.full((n, num_items), float(config.size(g) + 1))
+        listed = tops[g] >= 0
+        rank[torch.nonzero(listed, as_tuple=True)[0], tops[g][listed]] = \
+            torch.arange(1, size + 1, dtype=torch.float).expand(n, -1)[listed]
+        ranks[:, j] = rank[rows, items]
+    return Candidates(rows, items, ranks, generators)
+
+
+def _log(x: torch.Tensor) -> torch.Tensor:
+    return torch.log1p(x.clamp(min=0))
+
+
+def feature_names(config: CandidateConfig, has_model: bool) -> list[str]:
+    """The columns of `pair_features`, in order."""
+    scored = [g for g in SCORED if g != "model" or has_model]
+    return ([f"{g}_score" for g in scored] + [f"{g}_rank" for g in active_generators(config, has_model)]
+            + ["text_similarity", "attribute_overlap", "segment_share", "price_gap"]
+            + [f"item_{name}" for name in ITEM_FEATURES] + [f"user_{name}" for name in USER_FEATURES])
+
+
+ITEM_FEATURES = ("buyers_all", "buyers_7", "buyers_30", "buyers_90", "adopters", "trend", "age_days",
+                 "since_sale_days", "price", "buyers_year_ago", "is_new")
+USER_FEATURES = ("last_days", "first_days", "positives", "baskets", "distinct_items", "price")
+
+
+def item_features(inputs: CutoffInputs) -> torch.Tensor:
+    """(I, len(ITEM_FEATURES)): the same for every user."""
+    s = inputs.stats.items
+    trend = _log(s["buyers_7"]) - _log(s["buyers_30"] * 7 / 30)
+    columns = {"buyers_all": _log(s["buyers_all"]), "buyers_7": _log(s["buyers_7"]), "buyers_30": _log(s["buyers_30"]),
+               "buyers_90": _log(s["buyers_90"]), "adopters": _log(s["adopters"]), "trend": trend,
+               "age_days": s["age_days"], "since_sale_days": s["since_sale_days"],
+               "price": torch.log(s["price"].clamp(min=1e-3)), "buyers_year_ago": _log(s["buyers_year_ago"]),
+               "is_new": (~inputs.signals.data.interacted).float()}
+    return torch.stack([columns[name] for name in ITEM_FEATURES], 1)
+
+
+def user_features(inputs: CutoffInputs, users: torch.Tensor) -> torch.Tensor:
+    """(users, len(USER_FEATURES))."""
+    stats = inputs.stats
+    columns = {name: stats.of_users(name, users) for name in USER_FEATURES}
+    for name in ("positives", "baskets", "distinct_items"):
+        columns[name] = _log(columns[name])
+    columns["price"] = torch.log(columns["price"].clamp(min=1e-3))
+    return torch.stack([columns[name] for name in USER_FEATURES], 1)
+
+
+def pair_features(inputs: CutoffInputs, block: Block, candidates: Candidates,
+                  items_table: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, features) float32 in the order of `feature_names`. Scores are standardised per user over
+    the catalog (a user's 2 against their own spread, not a raw dot product)."""
+    rows, items = candidates.rows, candidates.items
+    columns = []
+    for g in SCORED:
+        if g in block.scores:
+            columns.append(standardize_(block.scores[g].clone())[rows, items])
+    columns.append(candidates.ranks)
+    distinct = _log(inputs.stats.of_users("distinct_items", block.users)).clamp(min=1e-3)
+    users_table = user_features(inputs, block.users)
+    item_table = item_features(inputs) if items_table is None else items_table
+    segment = inputs.stats.segment_of(block.users)
+    columns += [block.scores["text_similarity"][rows, items].unsqueeze(1),
+                (_log(block.scores["attribute_overlap"][rows, items]) / distinct[rows]).unsqueeze(1),
+                inputs.stats.segment_share[segment[rows], items].unsqueeze(1),
+                (item_table[items, ITEM_FEATURES.index("price")]
+                 - users_table[rows, USER_FEATURES.index("price")]).unsqueeze(1),
+                item_table[items], users_table[rows]]
+    return torch.cat([c if c.dim() == 2 else c.unsqueeze(1) for c in columns], 1).float()

@@ -1,0 +1,89 @@
+"""Two-stage ranking: candidates from several generators, scored by the learned ranker, the top K
+per user. Items outside every generator's list can still fill a list (a small catalog, a user who
+bought most of it): they rank below every candidate, by recent popularity.
+
+The same code builds the ranker's training examples at a validation cutoff (`examples`) and
+serves at the cutoff (`top_k`), so what the ranker learned from is what it is later given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from unirec_dagster.ranking.candidates import (CandidateConfig, Candidates, CutoffInputs, feature_names, generate,
+                                               item_features, pair_features, score_block)
+from unirec_dagster.ranking.ranker import Ranker
+from unirec_dagster.ranking.topk import block_rows
+
+
+@dataclass
+class Examples:
+    """Candidates of a block of users with their features, grouped by user (rows sorted by user)."""
+
+    users: torch.Tensor              # (U,) entity ids
+    candidates: Candidates
+    features: torch.Tensor           # (n, F)
+
+    def group_sizes(self) -> np.ndarray:
+        return torch.bincount(self.candidates.rows, minlength=len(self.users)).numpy()
+
+
+@dataclass
+class RankedBlock:
+    rows: slice                      # the block's rows of the user list
+    scores: torch.Tensor             # (users, k), -inf where the catalog ran out
+    items: torch.Tensor              # (users, k) candidate positions
+    lead: torch.Tensor               # (users, k) index into `leads`: the generator that proposed it best
+    leads: list[str]
+
+
+FILLER = "recent_popularity"  # what fills a list beyond the candidates
+
+
+class TwoStage:
+    def __init__(self, inputs: CutoffInputs, config: CandidateConfig, ranker: Ranker | None = None,
+                 never: torch.Tensor | None = None):
+        self.inputs, self.config, self.ranker = inputs, config, ranker
+        self.never = never if never is not None else torch.empty(0, dtype=torch.long)
+        self.items_table = item_features(inputs)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return feature_names(self.config, self.inputs.item_vectors is not None)
+
+    def examples(self, users: torch.Tensor) -> Iterator[Examples]:
+        """Candidates and features of `users`, block by block."""
+        chunk = block_rows(self.inputs.signals.data.num_items)
+        for start in range(0, len(users), chunk):
+            block = score_block(self.inputs, users[start:start + chunk], self.never)
+            candidates = generate(self.inputs, block, self.config)
+            yield Examples(block.users, candidates, pair_features(self.inputs, block, candidates, self.items_table))
+
+    def top_k(self, users: torch.Tensor, k: int) -> Iterator[RankedBlock]:
+        """The ranker's top K of `users`, block by block."""
+        if self.ranker is None:
+            raise ValueError("a TwoStage without a fitted ranker can build examples but not rank")
+        start = 0
+        popularity = torch.log1p(self.inputs.stats.items["buyers_30"])
+        popularity = popularity / popularity.max().clamp(min=1e-6)                     # (I,) in [0, 1]
+        for examples in self.examples(users):
+            n, num_items = len(examples.users), self.inputs.signals.data.num_items
+            cand = examples.candidates
+            predicted = torch.from_numpy(self.ranker.predict(examples.features.numpy())).float()
+            floor = (predicted.min() if len(predicted) else torch.tensor(0.0)) - 2.0
+            scores = (floor + popularity).expand(n, -1).clone()                         # fillers below candidates
+            scores[cand.rows, cand.items] = predicted
+            history = self.inputs.signals.history_of(examples.users).coalesce().indices()
+            scores[history[0], history[1]] = float("-inf")
+            if len(self.never):
+                scores[:, self.never] = float("-inf")
+            top = torch.topk(scores, min(k, num_items), dim=1)
+            leads = cand.generators + [FILLER]
+            lead_of = torch.full((n, num_items), len(cand.generators), dtype=torch.long)
+            lead_of[cand.rows, cand.items] = cand.lead({g: self.config.size(g) for g in cand.generators})
+            yield RankedBlock(slice(start, start + n), top.values, top.indices, lead_of.gather(1, top.indices), leads)
+            start += n
