@@ -30,6 +30,9 @@ from unirec_dagster.serving.recommend import (ServingSettings, publish_recommend
                                               write_recommendations, write_similar_items)
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.fit import negative_candidates
+from unirec_dagster.ranking.classic import ClassicParams
+from unirec_dagster.training.classic import EASE, EASE_RECENT, RP3BETA, TunedClassic
+from unirec_dagster.training.ranking import TWO_STAGE
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
 from tests.conftest import write_text
@@ -92,11 +95,18 @@ def test_split_keeps_the_test_window_out_of_training(conn, shop):
     assert pairs == [("u1", "D"), ("u2", "D"), ("u4", "A")]
 
 
-def test_gate_blocks_a_model_worse_than_popularity():
-    gate = GateResult.judge(model_recall=0.05, recent_popular_recall=0.06, mf_recall=0.02)
-    assert not gate.passed and "does not beat" in gate.reason
-    assert not GateResult.judge(0.05, 0.02, 0.05).passed, "a tie with BPR-MF is not a win"
-    assert GateResult.judge(0.07, 0.06, 0.05).passed
+def test_gate_serves_the_strongest_tuned_peer_unless_the_ranker_beats_it():
+    classic = TunedClassic(ClassicParams(), 1.0, {
+        EASE: {"recall@20": 0.10, "ndcg@20": 0.08}, RP3BETA: {"recall@20": 0.09, "ndcg@20": 0.09},
+        EASE_RECENT: {"recall@20": 0.12, "ndcg@20": 0.10}})
+    assert classic.strongest == EASE_RECENT
+    gate = GateResult.judge({"recall@20": 0.11, "ndcg@20": 0.11}, classic)
+    assert not gate.passed and gate.policy == EASE_RECENT
+    assert "does not beat" in gate.reason and f"serving {EASE_RECENT}" in gate.reason
+    assert GateResult.judge({"recall@20": 0.12, "ndcg@20": 0.2}, classic).policy == EASE_RECENT, "a tie is no win"
+    assert GateResult.judge({"recall@20": 0.13, "ndcg@20": 0.1}, classic).policy == TWO_STAGE
+    unfitted = GateResult.judge(None, classic, "only 2 validation users")
+    assert unfitted.policy == EASE_RECENT and "only 2 validation users" in unfitted.reason
 
 
 def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp_path, capsys):
@@ -145,7 +155,7 @@ def test_blocked_blend_ranks_as_the_full_matrix():
     r, c = scorer.signals.exclusions(users)
     full[r, c] = float("-inf")
     expected = torch.topk(full, 10, dim=1)
-    top = score_users(scorer, users, 10, True, Explainer(scorer, None), chunk=16)
+    top = score_users(scorer, users, 10, True, Explainer(scorer.signals, scorer.embeddings), chunk=16)
     items = top.items
     assert torch.equal(items, expected.indices)
     assert torch.allclose(top.scores, expected.values, atol=1e-4)

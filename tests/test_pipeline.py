@@ -87,7 +87,7 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
 
 
 def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path):
-    """Pretraining and fine-tuning (each model, and its BPR-MF reference) in two torchrun workers
+    """Pretraining and fine-tuning in two torchrun workers
     launched through Pipes: the checkpoints load and serve as in-process ones do."""
     models = tmp_path / "models"
     resources = warehouse_resources(tmp_path / "w.duckdb", models, shop(tmp_path, "shop", 0))
@@ -104,5 +104,5 @@ def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path
     assert pretrained["world_size"].value == 2 and pretrained["epochs"].value == 3
     finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
     assert finetuned["world_size"].value == 2 and 1 <= finetuned["best_epoch"].value <= 6
-    assert finetuned["validation"].value["recall@20"] > 0
+    assert finetuned["graph_model_validation"].value["recall@20"] > 0
     assert result.asset_materializations_for_node("recommendations")[0].metadata["users"].value > 0

@@ -13,7 +13,7 @@ from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, Model
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, refresh_similar_items,
                                               users_short_of_k, write_recommendations)
-from unirec_dagster.training.context import served_model, text_view
+from unirec_dagster.training.context import served_policy, text_view
 from unirec_dagster.training.steps import promoted_checkpoint
 
 
@@ -26,15 +26,16 @@ class RecommendationConfig(ServingSettings, dg.Config):
           check_specs=[dg.AssetCheckSpec("coverage", asset="recommendations",
                                          description="Every user with history got K recommendations.")],
           description="Top K items for every user with history, for the night after the partition date "
-                      "(data up to its end), from the newest promoted model up to that date.")
+                      "(data up to its end), ranked by the policy of the newest fine-tuned model up to that date: "
+                      "the two-stage ranker, or the strongest tuned classic peer when the gate chose it.")
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource,
                     dataset: DatasetResource, model_store: ModelStoreResource):
     spec, run_date = dataset.load(), partition_date(context)
     settings = ServingSettings(**config.model_dump())
     with duckdb.get_connection() as conn:
         checkpoint = promoted_checkpoint(model_store.for_warehouse(conn, spec), run_date)
-        served = served_model(conn, spec, checkpoint, run_date)
-        stats = write_recommendations(conn, spec, run_date, served.scorer, checkpoint.version, context.run_id,
+        served = served_policy(conn, spec, checkpoint, run_date)
+        stats = write_recommendations(conn, spec, run_date, served.ranking, checkpoint.version, context.run_id,
                                       settings, served.graph)
         short = users_short_of_k(conn, run_date, settings.k)
         published = publish_recommendations(conn, run_date, Path(duckdb.database))
@@ -44,7 +45,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         "dagster/row_count": stats.rows, "users": stats.users, "model_users": stats.model_users,
         "fallback_users": stats.fallback_users, "users_per_second": stats.users_per_second,
         "model_version": checkpoint.version, "kg_snapshot": checkpoint.manifest["kg_snapshot"],
-        "pretrained_parent": checkpoint.manifest["parent"], "blend": checkpoint.manifest["blend"],
+        "pretrained_parent": checkpoint.manifest["parent"] or "", "policy": served.name,
         "published": dg.MetadataValue.path(str(published))})
     yield dg.AssetCheckResult(check_name="coverage", passed=short == 0,
                               severity=dg.AssetCheckSeverity.WARN, metadata={"users_short_of_k": short})

@@ -56,6 +56,18 @@ class Checkpoint:
     def snapshot_date(self) -> dt.date:
         return dt.date.fromisoformat(self.manifest["kg_snapshot"])
 
+    def read_text(self, name: str) -> str:
+        """A text file saved beside the weights (`CheckpointStore.save(files=...)`), verified against
+        the SHA-256 the manifest recorded for it."""
+        expected = self.manifest.get("files", {}).get(name)
+        if expected is None:
+            raise CheckpointError(f"{self.path}: the manifest lists no file {name!r}")
+        path = self.path / name
+        if not path.exists() or _sha256(path) != expected:
+            raise CheckpointError(f"{path}: missing or its SHA-256 differs from the manifest; the checkpoint is "
+                                  "corrupted or was changed after it was written. Delete the folder and re-run the step.")
+        return path.read_text()
+
     def build_model(self, num_entities: int | None = None, num_relations: int | None = None) -> GraphEncoder:
         """The model, grown to `num_entities`/`num_relations` when the KG has gained rows since."""
         m = self.manifest
@@ -115,9 +127,11 @@ class CheckpointStore:
         self.root = Path(root)
 
     def save(self, kind: str, partition: dt.date, model: GraphEncoder, snapshot_date: dt.date,
-             relation_names: list[str], entity_fingerprint: str, **manifest: Any) -> Checkpoint:
+             relation_names: list[str], entity_fingerprint: str, files: dict[str, str] | None = None,
+             **manifest: Any) -> Checkpoint:
         """Write a checkpoint of `kind` ("pretrained", "finetuned", ...) for `partition`, replacing
-        that partition's earlier attempt once the new one is in place."""
+        that partition's earlier attempt once the new one is in place. `files`: text files (name ->
+        content) kept beside the weights, each with its SHA-256 in the manifest (the ranker)."""
         created = dt.datetime.now(dt.timezone.utc)
         version = f"{kind}-{partition.isoformat()}-{created.strftime('%Y%m%dT%H%M%S%f')}"
         parent = self.root / kind
@@ -127,13 +141,18 @@ class CheckpointStore:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         try:
             save_file(state, staging / WEIGHTS)
+            for name, content in (files or {}).items():
+                if "/" in name or name in (WEIGHTS, MANIFEST, MANIFEST_SUM) or name.startswith("."):
+                    raise ValueError(f"a checkpoint file may not be called {name!r}")
+                (staging / name).write_text(content)
             full = {
                 "format": FORMAT, "kind": kind, "version": version, "created_at": created.isoformat(),
                 "partition": partition.isoformat(), "kg_snapshot": snapshot_date.isoformat(),
                 "num_entities": model.num_entities, "num_relations": len(relation_names),
                 "relation_names": relation_names, "text_dim": model.text_dim, "encoder": model.config.model_dump(),
                 "entity_fingerprint": entity_fingerprint, "parameters": sum(p.numel() for p in model.parameters()),
-                "weights_sha256": _sha256(staging / WEIGHTS), **manifest,
+                "weights_sha256": _sha256(staging / WEIGHTS),
+                "files": {name: _sha256(staging / name) for name in files or {}}, **manifest,
             }
             text = json.dumps(full, indent=2, default=str).encode()
             (staging / MANIFEST).write_bytes(text)

@@ -2,11 +2,13 @@
 past item it is most tied to, and a shared attribute or keyword when there is one.
 
 - co-purchase led: "bought together with <past item>", the past item with the highest co-purchase
-  similarity to the recommendation;
+  similarity to the recommendation; EASE^R or RP3beta led (item-item models of the same baskets):
+  "shoppers who bought <past item> bought it", anchored the same way;
 - model led: "because you bought <past item>", the past item nearest in the model's space;
 - an item nobody has interacted with yet: "new in the catalog, like <past item>" (the model places
   it through its text and attributes);
 - popularity led: "popular recently", "a best seller", "trending: ..." (no anchor);
+- with the two-stage ranker, the lead is the candidate generator that ranked the item best;
 - "(also <value>)": an attribute value or keyword the item shares with the anchor.
 
 Templates hold `{anchor}` and `{value}`, filled with the entities' display names when the rows are
@@ -19,28 +21,32 @@ import torch
 import torch.nn.functional as F
 
 from unirec_dagster.graph import KnowledgeGraph
-from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
 
 POSITIVE = {"model": "because you bought {anchor}", "co_purchase": "bought together with {anchor}",
-            "recent_popularity": "popular recently", "popularity": "a best seller"}
+            "ease": "shoppers who bought {anchor} bought it", "rp3beta": "shoppers who bought {anchor} bought it",
+            "recent_popularity": "popular recently", "popularity": "a best seller",
+            "trending": "trending: many new buyers lately", "new_items": "new in the catalog"}
 # A learned blend may weigh a signal negatively (all-time popularity, against recent popularity:
 # trending); an item then gains from being low on it.
 NEGATIVE = {"model": "outside your usual items", "co_purchase": "something different from your past items",
             "recent_popularity": "not yet widely bought lately", "popularity": "trending: rising, not yet a best seller"}
 NEW_ITEM = "new in the catalog, like {anchor}"
 SHARED = " (also {value})"
-ANCHORED = {"model", "co_purchase"}
+ANCHORED = {"model", "co_purchase", "ease", "rp3beta"}
+BASKET_LED = {"co_purchase", "ease", "rp3beta"}   # anchored by co-purchase similarity
 GENERIC_RELATIONS = {"item_co_occurs", "item_price_band"}  # a shared price band or basket is no reason
 HISTORY = 20          # the user's most recent purchases an anchor is chosen from
 MAX_VALUES = 12       # attribute values and keywords per item considered for "(also ...)"
 
 
 class Explainer:
-    """Anchors and shared values for the top-K of a scorer, block by block."""
+    """Anchors and shared values for top-K lists over the candidates of `signals`, block by block;
+    `embeddings` (the graph model's) anchor model-led items, `graph` names shared values."""
 
-    def __init__(self, scorer: Scorer, graph: KnowledgeGraph | None):
-        self.scorer = scorer
-        data = scorer.signals.data
+    def __init__(self, signals: Signals, embeddings: torch.Tensor | None = None, graph: KnowledgeGraph | None = None):
+        self.signals = signals
+        data = signals.data
         self.templates: list[str] = []
         self._template_id: dict[str, int] = {}
         # The most recent purchases of every user with history, (users, HISTORY) positions, -1 pad.
@@ -51,9 +57,9 @@ class Explainer:
         keep = rank < HISTORY
         self.history = torch.full((len(self.user_ids), HISTORY), -1, dtype=torch.long)
         self.history[torch.repeat_interleave(torch.arange(len(self.user_ids)), counts)[keep], rank[keep]] = items[keep]
-        self.vectors = (F.normalize(scorer.embeddings[data.items.to(scorer.embeddings.device)].float(), dim=-1).cpu()
-                        if scorer.embeddings is not None else None)
-        similarity = scorer.signals.similarity.to_sparse_coo().coalesce()
+        self.vectors = (F.normalize(embeddings[data.items.to(embeddings.device)].float(), dim=-1).cpu()
+                        if embeddings is not None else None)
+        similarity = signals.similarity.to_sparse_coo().coalesce()
         rows, cols = similarity.indices()
         self.pair_keys = rows * data.num_items + cols      # sorted: coalesced indices are row-major
         self.pair_values = similarity.values()
@@ -87,24 +93,29 @@ class Explainer:
 
     def _co_purchase(self, anchors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Co-purchase similarity of anchor position -> item position, elementwise (0 where none or pad)."""
-        keys = anchors.clamp(min=0) * self.scorer.signals.data.num_items + items
+        keys = anchors.clamp(min=0) * self.signals.data.num_items + items
         at = torch.searchsorted(self.pair_keys, keys.reshape(-1)).clamp(max=max(len(self.pair_keys) - 1, 0))
         found = (self.pair_keys[at] == keys.reshape(-1)) if len(self.pair_keys) else torch.zeros_like(at, dtype=torch.bool)
         values = torch.where(found, self.pair_values[at] if len(self.pair_values) else 0.0, 0.0)
         return values.reshape(keys.shape).masked_fill(anchors < 0, 0.0)
 
     def explain(self, users: torch.Tensor, top: torch.Tensor, lead: torch.Tensor,
-                lead_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                lead_names: list[str], weights: dict[str, float] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(template ids, anchor positions or -1, shared value entity ids or -1), each like `top`
-        (n, k) candidate positions; `lead` indexes `lead_names`, the signal that led each item.
+        (n, k) candidate positions; `lead` indexes `lead_names`, the signal that led each item, with
+        its blend weight in `weights` (a negative one reads the other way; default: all positive).
         Anchors are looked for only where a reason names one."""
-        data = self.scorer.signals.data
+        data = self.signals.data
+        weights = weights if weights is not None else dict.fromkeys(lead_names, 1.0)
         at = torch.searchsorted(self.user_ids, users).clamp(max=max(len(self.user_ids) - 1, 0))
         known = (self.user_ids[at] == users) if len(self.user_ids) else torch.zeros(len(users), dtype=torch.bool)
         new = ~data.interacted[top]
         led_by = {name: lead == i for i, name in enumerate(lead_names)}
-        by_co = led_by.get("co_purchase", torch.zeros_like(new)) & (self.scorer.weights.get("co_purchase", 0) > 0)
-        by_model = led_by.get("model", torch.zeros_like(new)) & (self.scorer.weights.get("model", 0) > 0)
+        by_co = torch.zeros_like(new)
+        for name in BASKET_LED:
+            by_co |= led_by.get(name, torch.zeros_like(new)) & (weights.get(name, 0) > 0)
+        by_model = led_by.get("model", torch.zeros_like(new)) & (weights.get("model", 0) > 0)
         rows, cols = torch.nonzero((by_co | by_model | new) & known.unsqueeze(1), as_tuple=True)
 
         anchor = torch.full_like(top, -1)
@@ -136,7 +147,7 @@ class Explainer:
 
         codes = torch.empty_like(top)
         for i, name in enumerate(lead_names):
-            weight = self.scorer.weights[name]
+            weight = weights[name]
             text = (POSITIVE if weight >= 0 else NEGATIVE)[name]
             mask = lead == i
             codes[mask] = self.template(text)

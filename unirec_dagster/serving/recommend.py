@@ -1,9 +1,11 @@
 """Nightly batch recommendations and similar items, written as one replaced partition.
 
 For run date D (cutoff C = D + 1 day): every user with any event before C gets K items. Users
-with enough purchase history (and, when a look-back is set, an event within it) are scored by the
-served blend; the others get the items most bought recently within their segment (the first user
-attribute, e.g. country) or overall. `reason` names the signal that contributed most to the item's blended score.
+with enough purchase history (and, when a look-back is set, an event within it) are ranked by the
+served policy: the two-stage ranker (`ranking.two_stage`), or a scorer (a tuned classic peer or
+a blend) when the quality gate chose one; the others get the items most bought recently within
+their segment (the first user attribute, e.g. country) or overall. `reason` names the candidate
+generator (two stages) or the signal (a scorer) that led the item, made concrete by `Explainer`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import torch
 from pydantic import BaseModel, Field
 
 from unirec_dagster.datasets import DatasetSpec
+from unirec_dagster.history import never_recommended
 from unirec_dagster.ranking.scoring import Scorer, total
+from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.graph import KnowledgeGraph, load_graph
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView, unseen_items
@@ -37,11 +41,12 @@ class ServingSettings(BaseModel):
                                       "before the cutoff are scored by the model; the others still get a list, "
                                       "the recent best sellers of their segment. Everyone with history is served.")
     min_history: int = Field(1, ge=1, description="Users with fewer positive events get the segment list.")
-    exclude_purchased: bool = Field(True, description="Never recommend what the user already bought.")
-    new_item_every: int = Field(10, ge=0, description="Every n-th slot of a list (ranks n, 2n, ...) goes to the "
-                                "user's best-scored item that nobody has interacted with yet (listed in the "
-                                "catalog only), when there are such items: a blend that learned to trust sales "
-                                "signals would otherwise never show them. 0 turns this off.")
+    exclude_purchased: bool = Field(True, description="Never recommend what the user already bought (the two-stage "
+                                    "ranker always excludes them: it learned from new purchases only).")
+    new_item_every: int = Field(0, ge=0, description="An override of where new items go: every n-th slot of a "
+                                "list (ranks n, 2n, ...) goes to the user's best-scored item that nobody has "
+                                "interacted with yet, when there are such items. 0 (the default): the ranker "
+                                "places new items where it learned they belong. Applies to a scorer policy only.")
 
 
 @dataclass
@@ -105,11 +110,34 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
         chosen = torch.stack([p.expand(n, -1).gather(1, top_items.to(p.device)) for p in parts.values()], -1)
         top_items = top_items.cpu()
         out.append((top_scores.cpu(), top_items, *explainer.explain(users[rows_], top_items, chosen.argmax(-1).cpu(),
-                                                                     list(parts))))
+                                                                     list(parts), scorer.weights)))
     if not out:
         empty = torch.empty((0, k), dtype=torch.long)
         return ScoredUsers(torch.empty((0, k)), empty, empty, empty, empty, explainer.templates)
     return ScoredUsers(*(torch.cat(column) for column in zip(*out)), explainer.templates)
+
+
+def rank_two_stage(stage: TwoStage, users: torch.Tensor, k: int, explainer: Explainer) -> ScoredUsers:
+    """The two-stage ranker's top-K of `users`, with reasons led by the generator that proposed each item."""
+    out: list[tuple[torch.Tensor, ...]] = []
+    for block in stage.top_k(users, k):
+        out.append((block.scores, block.items, *explainer.explain(users[block.rows], block.items, block.lead,
+                                                                  block.leads)))
+    if not out:
+        empty = torch.empty((0, k), dtype=torch.long)
+        return ScoredUsers(torch.empty((0, k)), empty, empty, empty, empty, explainer.templates)
+    return ScoredUsers(*(torch.cat(column) for column in zip(*out)), explainer.templates)
+
+
+def rank_users(policy: Scorer | TwoStage, users: torch.Tensor, settings: ServingSettings,
+               graph: KnowledgeGraph | None, never: torch.Tensor) -> ScoredUsers:
+    """The served policy's top-K of `users`: the two-stage ranker, or a scorer's blend."""
+    if isinstance(policy, TwoStage):
+        explainer = Explainer(policy.inputs.signals, policy.inputs.embeddings, graph)
+        return rank_two_stage(policy, users, settings.k, explainer)
+    return score_users(policy, users, settings.k, settings.exclude_purchased,
+                       Explainer(policy.signals, policy.embeddings, graph), never=never,
+                       new_item_every=settings.new_item_every)
 
 
 def _interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
@@ -123,17 +151,17 @@ def _interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
     return out
 
 
-def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, scorer: Scorer,
-                          model_version: str, run_id: str | None, settings: ServingSettings,
-                          graph: KnowledgeGraph | None = None) -> ServingStats:
+def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date,
+                          policy: Scorer | TwoStage, model_version: str, run_id: str | None,
+                          settings: ServingSettings, graph: KnowledgeGraph | None = None) -> ServingStats:
     """Replace the partition `run_date` of serving.recommendations: K items for every user with
-    any event before the cutoff (the end of run_date), in one transaction. With `graph`, reasons
-    also name an attribute or keyword the item shares with its anchor."""
+    any event before the cutoff (the end of run_date), in one transaction, ranked by `policy`. With
+    `graph`, reasons also name an attribute or keyword the item shares with its anchor."""
     started = time.perf_counter()
     ensure_schema(conn)
     k, exclude_purchased = settings.k, settings.exclude_purchased
     cutoff = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time())
-    data = scorer.signals.data
+    data = (policy.inputs.signals if isinstance(policy, TwoStage) else policy.signals).data
     since = cutoff - dt.timedelta(days=settings.lookback_days) if settings.lookback_days else dt.datetime.min
     users = conn.sql("""
         SELECT e.entity_id, ev.user_id, ev.last_event >= $since AS recent
@@ -144,9 +172,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     recent = torch.from_numpy(users.column("recent").to_numpy(zero_copy_only=False).astype(bool))
     modelled = (data.positive_events_of(user_ids) >= settings.min_history) & recent
     scored_users = user_ids[modelled]
-    never = _never_recommended_positions(conn, spec, data.items)
-    top = score_users(scorer, scored_users, k, exclude_purchased, Explainer(scorer, graph), never=never,
-                      new_item_every=settings.new_item_every)
+    top = rank_users(policy, scored_users, settings, graph, never_recommended(conn, spec, data.items))
     anchors = torch.where(top.anchors >= 0, data.items[top.anchors.clamp(min=0)], -1)
     table = _ranked_table(scored_users, top.scores, data.items[top.items],
                           reason=np.array(top.templates, dtype=object)[top.reasons.numpy()],
@@ -184,17 +210,6 @@ def _ranked_table(sources: torch.Tensor, scores: torch.Tensor, targets: torch.Te
                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n), "score": flat_scores,
                **{name: values.reshape(-1) for name, values in extra.items()}}
     return pa.table({name: values[keep] for name, values in columns.items()})
-
-
-def _never_recommended_positions(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec,
-                                 items: torch.Tensor) -> torch.Tensor:
-    """Positions in `items` (item entity ids) of the spec's never_recommend items."""
-    if not spec.items.never_recommend:
-        return torch.empty(0, dtype=torch.long)
-    ids = torch.tensor([r[0] for r in rows(conn, """
-        SELECT entity_id FROM kg.entities WHERE entity_type = 'item' AND list_contains($never, natural_key)""",
-                                           {"never": spec.items.never_recommend})], dtype=torch.long)
-    return torch.nonzero(torch.isin(items, ids), as_tuple=True)[0]
 
 
 def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, cutoff: dt.datetime,
@@ -297,7 +312,7 @@ def write_similar_items(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_
     vectors = torch.nn.functional.normalize(item_vectors.float(), dim=-1)
     self_rows = torch.arange(len(item_ids))
     scores, neighbours = top_k(lambda r: vectors[r] @ vectors.T, len(item_ids), k, self_rows, self_rows,
-                               block_rows(len(item_ids)), never=_never_recommended_positions(conn, spec, item_ids))
+                               block_rows(len(item_ids)), never=never_recommended(conn, spec, item_ids))
     table = _ranked_table(item_ids, scores, item_ids[neighbours])
     with transaction(conn):
         conn.execute("DELETE FROM serving.similar_items")

@@ -65,20 +65,23 @@ class FittedRecommender:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     world_size: int = 1   # processes that trained it
+    validation_embeddings: torch.Tensor | None = None  # the validation fit's, for the ranker's examples
 
     def scorer(self, blended: bool = True) -> Scorer:
         return Scorer(self.train.signals, self.blend if blended else {"model": 1.0}, self.embeddings)
 
 
-def cutoff_data(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date) -> CutoffData:
+def cutoff_data(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date,
+                catalog_until: dt.date | None = None) -> CutoffData:
     """Training data before `cutoff` and the KG snapshot of the day before (it must be built)."""
-    data = load_training(conn, spec, cutoff)
+    data = load_training(conn, spec, cutoff, catalog_until=catalog_until)
     return CutoffData(data, Signals(data), load_graph(conn, cutoff - dt.timedelta(days=1)))
 
 
 def validation_split(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date,
                      validation_days: int) -> ValidationSplit:
-    known = cutoff_data(conn, spec, cutoff - dt.timedelta(days=validation_days))
+    # Items first sold inside the window are catalog items at V: the ranker learns where new items belong.
+    known = cutoff_data(conn, spec, cutoff - dt.timedelta(days=validation_days), catalog_until=cutoff)
     return ValidationSplit(known, load_holdout(conn, spec, known.data, cutoff))
 
 
@@ -133,4 +136,4 @@ def fit_recommender(validation: ValidationSplit, final: CutoffData, config: Fine
         {"model_recall@20": model_only["recall@20"], "model_ndcg@20": model_only["ndcg@20"],
          "recall@20": blended["recall@20"], "ndcg@20": blended["ndcg@20"], "users": len(holdout.users)},
         val_run.history + [{"final_epochs": final_run.best_epoch}], val_run.seconds + final_run.seconds,
-        final_run.world_size)
+        final_run.world_size, val_emb)

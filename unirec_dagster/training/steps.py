@@ -10,21 +10,29 @@ from typing import Callable
 
 import duckdb
 import pyarrow as pa
+import torch
 
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.als import fit_als
-from unirec_dagster.evaluation.evaluate import SliceResult, evaluate
+from unirec_dagster.evaluation.evaluate import SliceResult, evaluate, slice_metrics
+from unirec_dagster.evaluation.metrics import KS
 from unirec_dagster.evaluation.served import evaluate_served
-from unirec_dagster.evaluation.split import load_holdout
+from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
 from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
 from unirec_dagster.model.checkpoint import Checkpoint, CheckpointStore, check_compatible
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.trainer import Log, TrainResult
 from unirec_dagster.ranking.scoring import Scorer
-from unirec_dagster.training.context import served_model, text_view
-from unirec_dagster.training.fit import (FittedRecommender, VariantTrainer, cutoff_data, fit_recommender, recall_at_20,
-                                         train_variant, validation_split)
+from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.history import never_recommended
+from unirec_dagster.model.encoder import TextView
+from unirec_dagster.ranking.ranker import TooFewExamples
+from unirec_dagster.training.classic import CLASSIC, TunedClassic, tune_classic
+from unirec_dagster.training.context import cutoff_inputs, served_policy, text_view
+from unirec_dagster.training.fit import (FittedRecommender, ValidationSplit, VariantTrainer, cutoff_data,
+                                         fit_recommender, train_variant, validation_split)
+from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE, RankingSettings, TwoStageFit, fit_two_stage
 from unirec_dagster.warehouse import ensure_schema, transaction
 
 PRETRAINED, FINETUNED = "pretrained", "finetuned"
@@ -71,65 +79,109 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
 
 @dataclass
 class GateResult:
-    passed: bool
-    model_recall: float
-    recent_popular_recall: float
-    mf_recall: float
+    """Which policy serves: the two-stage ranker when its out-of-fold validation Recall@20 beats the
+    strongest classic peer tuned on the same window, else that peer (there is always something to serve)."""
+
+    policy: str
+    ranker: dict[str, float] | None     # the ranker's validation Recall@20, NDCG@20 (None: it could not be fitted)
+    baseline: str                       # the strongest tuned classic peer
+    baseline_metrics: dict[str, float]
+    note: str = ""                      # why the ranker could not be fitted
 
     @classmethod
-    def judge(cls, model_recall: float, recent_popular_recall: float, mf_recall: float) -> "GateResult":
-        """The rule: the served blend must beat both RecentPopular and BPR-MF on validation Recall@20."""
-        return cls(model_recall > max(recent_popular_recall, mf_recall), model_recall, recent_popular_recall, mf_recall)
+    def judge(cls, ranker: dict[str, float] | None, classic: TunedClassic, note: str = "") -> "GateResult":
+        best = classic.strongest
+        wins = ranker is not None and ranker["recall@20"] > classic.validation[best]["recall@20"]
+        return cls(TWO_STAGE if wins else best, ranker, best, classic.validation[best], note)
+
+    @property
+    def passed(self) -> bool:
+        """The learned policy serves."""
+        return self.policy == TWO_STAGE
 
     @property
     def reason(self) -> str:
+        peer = f"{self.baseline} {self.baseline_metrics['recall@20']:.4f}"
+        if self.ranker is None:
+            return f"no ranker ({self.note}): serving the strongest tuned peer, {peer} validation Recall@20"
         verdict = "beats" if self.passed else "does not beat"
-        return (f"validation Recall@20 {self.model_recall:.4f} {verdict} RecentPopular {self.recent_popular_recall:.4f}"
-                f" and BPR-MF {self.mf_recall:.4f}")
+        fallback = "" if self.passed else f"; serving {self.baseline} instead"
+        return f"two-stage ranker validation Recall@20 {self.ranker['recall@20']:.4f} {verdict} {peer}{fallback}"
+
+    def to_manifest(self) -> dict:
+        return {"passed": self.passed, "policy": self.policy, "reason": self.reason, "ranker": self.ranker,
+                "baseline": self.baseline, "baseline_validation": self.baseline_metrics}
 
 
 @dataclass
 class FinetuningResult:
-    checkpoint: Checkpoint                 # the candidate for serving (promoted when the gate passed)
+    checkpoint: Checkpoint                 # what serves: the graph model, its ranker and the tuned peers
     gate: GateResult
     ablations: dict[str, Checkpoint] = field(default_factory=dict)
+    ranking: TwoStageFit | None = None
 
 
 def mf_config(config: FinetuneConfig) -> FinetuneConfig:
-    """The gate's reference, EVALUATION.md's BPR-MF: the same trainer with no graph, no text, no
-    pretraining and the BPR loss (4x cheaper per epoch than the softmax, which matters nightly)."""
+    """EVALUATION.md's BPR-MF: the same trainer with no graph, no text, no pretraining and the BPR
+    loss (4x cheaper per epoch than the softmax)."""
     return config.model_copy(update={"loss": "bpr", "encoder": EncoderConfig(
         dim=config.encoder.dim, layers=0, use_graph=False, use_text=False, user_readout=False)})
 
 
+def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: ValidationSplit,
+                fitted: FittedRecommender, text: TextView | None, classic: TunedClassic, settings: RankingSettings,
+                log: Log | None = None) -> tuple[TwoStageFit | None, str]:
+    """The two-stage ranker fitted on the validation window (None and the reason when the window
+    holds too few users for it)."""
+    known = validation.known
+    inputs = cutoff_inputs(conn, spec, known.signals, known.graph if settings.use_attributes else None,
+                           fitted.validation_embeddings if settings.use_model else None, text, classic.params)
+    try:
+        return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker,
+                             never=never_recommended(conn, spec, known.data.items), log=log), ""
+    except TooFewExamples as error:
+        if log:
+            log(f"no two-stage ranker: {error}")
+        return None, str(error)
+
+
 def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: FinetuneConfig,
                    store: CheckpointStore, from_scratch: bool = False, log: Log | None = None,
-                   trainer: VariantTrainer = train_variant) -> FinetuningResult:
-    """Fine-tune for serving on run_date (cutoff = the next day) from the newest pretrained
-    checkpoint of the last week, and judge it against RecentPopular and BPR-MF on the
-    validation window. BPR-MF (and, with `from_scratch`, the full model without
-    pretraining) are trained on the same splits and kept for the evaluation. `trainer` trains
-    each of them: `train_variant` in this process, or a launcher of distributed workers."""
+                   trainer: VariantTrainer = train_variant, ranking: RankingSettings = RankingSettings(),
+                   mf_ablation: bool = False, pretrained: bool = True) -> FinetuningResult:
+    """Fine-tune the graph model for serving on run_date (cutoff = the next day) from the newest
+    pretrained checkpoint of the last week (from scratch with `pretrained=False`), tune the classic
+    peers and fit the two-stage ranker on the validation window, and let the gate choose what
+    serves. BPR-MF (`mf_ablation`) and the full model without pretraining (`from_scratch`) are
+    trained on the same splits and kept for the evaluation. `trainer` trains each model:
+    `train_variant` in this process, or a launcher of distributed workers."""
     cutoff = run_date + dt.timedelta(days=1)
-    pretrained = store.latest(PRETRAINED, run_date, partition_from=run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1))
-    if pretrained is None:
+    start = store.latest(PRETRAINED, run_date, partition_from=run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1))
+    if start is None and pretrained:
         raise LookupError(f"no pretrained checkpoint of a partition in {run_date - dt.timedelta(days=6)}.."
                           f"{run_date} in {store.root}: materialize pretrained_encoder for one of those days first")
-    check_compatible(pretrained, _fingerprint(conn))
     validation = validation_split(conn, spec, cutoff, validation_days(conn, run_date))
-    if pretrained.snapshot_date >= validation.known.cutoff:
-        raise ValueError(f"{pretrained.version} saw the KG of {pretrained.snapshot_date}, inside the validation window "
-                         f"from {validation.known.cutoff}: its knowledge_graph partition used another validation_days")
+    if start is not None:
+        check_compatible(start, _fingerprint(conn))
+        if start.snapshot_date >= validation.known.cutoff:
+            raise ValueError(f"{start.version} saw the KG of {start.snapshot_date}, inside the validation window "
+                             f"from {validation.known.cutoff}: its knowledge_graph partition used another "
+                             "validation_days")
+    initial = start.state if start is not None and pretrained else None
     final = cutoff_data(conn, spec, cutoff)
     text = text_view(conn) if config.encoder.use_text else None
-    fitted = fit_recommender(validation, final, config, text, pretrained.state, log=log, trainer=trainer)
-    recent = recall_at_20(Scorer(validation.known.signals, {"recent_popularity": 1.0}), validation.holdout)
-    variants = {MF_ABLATION: fit_recommender(validation, final, mf_config(config), None, None, blend=False, log=log,
-                                             trainer=trainer)}
+    fitted = fit_recommender(validation, final, config, text, initial, log=log, trainer=trainer)
+    classic = tune_classic(validation.known.signals, validation.holdout, log=log)
+    two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log)
+    gate = GateResult.judge(two_stage.validation if two_stage else None, classic, note)
+    if log:
+        log(f"quality gate: {gate.reason}")
+    variants = {}
+    if mf_ablation:
+        variants[MF_ABLATION] = fit_recommender(validation, final, mf_config(config), None, None, blend=False,
+                                                log=log, trainer=trainer)
     if from_scratch:
         variants[FROM_SCRATCH] = fit_recommender(validation, final, config, text, None, log=log, trainer=trainer)
-    gate = GateResult.judge(fitted.validation["recall@20"], recent["recall@20"],
-                            variants[MF_ABLATION].validation["recall@20"])
     fingerprint = entity_fingerprint(conn, final.graph.num_entities)
 
     def save(kind: str, fit: FittedRecommender, variant_config: FinetuneConfig, **extra) -> Checkpoint:
@@ -142,10 +194,18 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
 
     ablations = {kind: save(kind, fit, mf_config(config) if kind == MF_ABLATION else config, parent=None)
                  for kind, fit in variants.items()}
-    checkpoint = save(FINETUNED, fitted, config, parent=pretrained.version, promoted=gate.passed,
-                      gate={"passed": gate.passed, "reason": gate.reason,
-                            "recent_popular_recall@20": gate.recent_popular_recall, "mf_recall@20": gate.mf_recall})
-    return FinetuningResult(checkpoint, gate, ablations)
+    about_ranking = None
+    if two_stage is not None:
+        r = two_stage.fit.ranker
+        about_ranking = {**ranking.model_dump(), "rounds": r.rounds, "cv_ndcg": r.cv_ndcg,
+                         "validation": two_stage.validation, "candidate_recall": two_stage.candidate_recall,
+                         "candidates_per_user": round(two_stage.candidates_per_user, 1),
+                         "examples": two_stage.examples, "importances": r.importances(), "cv_curve": two_stage.fit.curve}
+    checkpoint = save(FINETUNED, fitted, config, parent=start.version if initial is not None else None,
+                      promoted=True, policy=gate.policy, gate=gate.to_manifest(), classic=classic.to_manifest(),
+                      ranking=about_ranking,
+                      files={RANKER_FILE: two_stage.fit.ranker.to_text()} if two_stage is not None else None)
+    return FinetuningResult(checkpoint, gate, ablations, two_stage)
 
 
 def promoted_checkpoint(store: CheckpointStore, run_date: dt.date) -> Checkpoint:
@@ -211,8 +271,10 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     out = [MetricRow(checkpoint.version, dt.date.fromisoformat(checkpoint.manifest["validation_cutoff"]), "validation",
                      "all", metric.split("@")[0], 20, checkpoint.manifest["validation"][metric],
                      checkpoint.manifest["validation"]["users"]) for metric in ("recall@20", "ndcg@20")]
+    out += validation_rows(checkpoint)
     text = text_view(conn)
-    served = served_model(conn, spec, checkpoint, run_date, text).scorer
+    policy = served_policy(conn, spec, checkpoint, run_date, text)
+    served = policy.blend
     holdout = load_holdout(conn, spec, served.signals.data, window_end)
     unserved = 0
     if len(holdout.users):
@@ -221,9 +283,17 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         if log:
             log(f"served table: {len(holdout.users):,} evaluated users, {unserved:,} without a row; Recall@20 "
                 f"{served_results[0].metrics['recall@20']:.4f}, NDCG@20 {served_results[0].metrics['ndcg@20']:.4f}")
-        out += metric_rows(f"{checkpoint.version} (in process)", "test", cutoff, evaluate(served, holdout))
-        out += metric_rows(f"{checkpoint.version} (model only, no blend)", "test", cutoff,
+        out += metric_rows(f"{checkpoint.version}: {policy.name} (in process)", "test", cutoff,
+                           evaluate_policy(policy.ranking, holdout))
+        out += metric_rows(f"{checkpoint.version}: logit blend", "test", cutoff, evaluate(served, holdout))
+        out += metric_rows(f"{checkpoint.version}: graph model only", "test", cutoff,
                            evaluate(Scorer(served.signals, {"model": 1.0}, served.embeddings), holdout))
+        if "classic" in checkpoint.manifest:
+            classic = TunedClassic.from_manifest(checkpoint.manifest["classic"])
+            tuned = served.signals.with_classic(classic.params)
+            for name in CLASSIC:
+                out += metric_rows(f"{name} (tuned)", "test", cutoff,
+                                   evaluate(Scorer(tuned, classic.weights(name)), holdout))
         for name, weights in BASELINES.items():
             out += metric_rows(name, "test", cutoff, evaluate(Scorer(served.signals, weights), holdout))
         out += metric_rows("ALS (64 factors)", "test", cutoff,
@@ -231,12 +301,35 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         for kind, label in ABLATION_LABELS.items():
             ablation = store.latest(kind, run_date, partition_from=run_date)
             if ablation is not None:
-                out += metric_rows(label, "test", cutoff, evaluate(
-                    served_model(conn, spec, ablation, run_date, text).scorer, holdout))
+                out += metric_rows(label, "test", cutoff, evaluate_policy(
+                    served_policy(conn, spec, ablation, run_date, text).ranking, holdout))
     elif log:
         log(f"no events after {cutoff} in the warehouse yet: validation metrics only")
     write_metrics(conn, run_date, out, run_id)
     return EvaluationResult(out, checkpoint.version, len(holdout.users), unserved)
+
+
+def validation_rows(checkpoint: Checkpoint) -> list[MetricRow]:
+    """The validation figures the quality gate compared: the ranker's out-of-fold ones and the tuned peers'."""
+    m = checkpoint.manifest
+    if "classic" not in m:
+        return []
+    at, users = dt.date.fromisoformat(m["validation_cutoff"]), m["validation"]["users"]
+    figures = {f"{name} (tuned)": metrics for name, metrics in m["classic"]["validation"].items()}
+    if m.get("ranking"):
+        figures[f"{TWO_STAGE} (out of fold)"] = m["ranking"]["validation"]
+    return [MetricRow(model, at, "validation", "all", metric.split("@")[0], 20, value, users)
+            for model, metrics in figures.items() for metric, value in metrics.items()]
+
+
+def evaluate_policy(ranking: Scorer | TwoStage, holdout: HoldoutPairs) -> list[SliceResult]:
+    """A served policy's figures in process, on every slice."""
+    if isinstance(ranking, Scorer):
+        return evaluate(ranking, holdout)
+    top = torch.cat([block.items.masked_fill(~torch.isfinite(block.scores), -1)
+                     for block in ranking.top_k(holdout.users, max(KS))]) if len(holdout.users) else \
+        torch.empty((0, max(KS)), dtype=torch.long)
+    return slice_metrics(top, holdout, ranking.inputs.signals.data)
 
 
 def write_metrics(conn: duckdb.DuckDBPyConnection, partition: dt.date, metrics: list[MetricRow],
