@@ -4,6 +4,7 @@ other, with the same models folder: switching the dataset and the warehouse need
 import datetime as dt
 
 import dagster as dg
+import torch
 import yaml
 
 from unirec_dagster.defs.evaluation import model_evaluation
@@ -13,6 +14,14 @@ from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
 from unirec_dagster.defs.serving import recommendations, similar_items
 from unirec_dagster.defs.training import finetuned_recommender, pretrained_encoder
 from unirec_dagster.synthetic import generate, write_dataset
+from unirec_dagster.datasets import load_spec
+from unirec_dagster.defs.resources import ModelStoreResource
+from unirec_dagster.evaluation.served import served_ranking
+from unirec_dagster.history import never_recommended
+from unirec_dagster.serving.recommend import ServingSettings, rank_users
+from unirec_dagster.training.classic import CLASSIC
+from unirec_dagster.training.context import served_policy
+from unirec_dagster.training.steps import promoted_checkpoint
 from unirec_dagster.training.steps import SERVED
 from unirec_dagster.warehouse import connect, rows
 from tests.conftest import warehouse_resources
@@ -34,23 +43,52 @@ def shop(tmp_path, name: str, seed: int):
     return spec_path
 
 
-def materialize_everything(resources: dict) -> dg.ExecuteInProcessResult:
+# A ranker that may only look at three trending items per user cannot beat the tuned peers.
+HOBBLED = {"ops": {**SMALL["ops"], "finetuned_recommender": {"config": {
+    **SMALL["ops"]["finetuned_recommender"]["config"],
+    "ranking": {"candidates": {"model": 0, "ease": 0, "rp3beta": 0, "co_purchase": 0, "trending": 3, "new_items": 0}}}}}}
+
+
+def materialize_everything(resources: dict, run_config: dict = SMALL) -> dg.ExecuteInProcessResult:
     last = RUN_DATE + dt.timedelta(days=9)
     assert dg.materialize([raw_events], resources=resources, tags={
         "dagster/asset_partition_range_start": START.isoformat(),
         "dagster/asset_partition_range_end": last.isoformat()}).success
     assert dg.materialize([raw_items, raw_users, item_text_embeddings], resources=resources).success
-    return dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(), run_config=SMALL)
+    return dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(), run_config=run_config)
+
+
+def assert_served_as_ranked_by_the_policy(warehouse, spec_path, models, policy_name: str) -> None:
+    """Every user with a purchase gets exactly the policy's top K, rebuilt in process from the checkpoint."""
+    conn, spec = connect(warehouse), load_spec(spec_path)
+    store = ModelStoreResource(root=str(models)).for_warehouse(conn, spec)
+    policy = served_policy(conn, spec, promoted_checkpoint(store, RUN_DATE), RUN_DATE)
+    assert policy.name == policy_name
+    data = policy.blend.signals.data
+    users = torch.unique(data.train_users)
+    expected = rank_users(policy.ranking, users, ServingSettings(), None, never_recommended(conn, spec, data.items))
+    served, unserved = served_ranking(conn, RUN_DATE, users, data)
+    conn.close()
+    assert unserved == 0 and torch.equal(served, expected.items)
 
 
 def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
+    """Shop b's ranker is hobbled: the gate must serve the strongest tuned peer instead, and say so."""
     models = tmp_path / "models"
     for name, seed in (("shop-a", 0), ("shop-b", 1)):
         warehouse = tmp_path / f"{name}.duckdb"
-        result = materialize_everything(warehouse_resources(warehouse, models, shop(tmp_path, name, seed)))
+        result = materialize_everything(warehouse_resources(warehouse, models, shop(tmp_path, name, seed)),
+                                        SMALL if name == "shop-a" else HOBBLED)
         assert result.success
         gate = [c for c in result.get_asset_check_evaluations() if c.check_name == "quality_gate"]
         assert len(gate) == 1
+        finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
+        served_policy = result.asset_materializations_for_node("recommendations")[0].metadata["policy"].value
+        assert served_policy == finetuned["policy"].value == gate[0].metadata["policy"].value
+        if name == "shop-b":
+            assert not gate[0].passed and gate[0].severity == dg.AssetCheckSeverity.WARN
+            assert served_policy == gate[0].metadata["baseline"].value in CLASSIC
+            assert "serving" in gate[0].description and served_policy in gate[0].description
         evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
         conn = connect(warehouse, read_only=True)
         users_with_history = rows(conn, "SELECT count(DISTINCT user_id) FROM raw.events WHERE ts < $c",
@@ -69,12 +107,14 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
                 WHERE ev.user_id = r.user_id AND ev.ts < $c AND ev.event_type = 'purchase'
                   AND r.reason LIKE '%' || i.title || '%')
             FROM serving.recommendations r
-            WHERE r.partition_date = $d AND (r.reason LIKE 'bought together with %' OR r.reason LIKE 'because you bought %')
+            WHERE r.partition_date = $d AND (r.reason LIKE 'bought together with %' OR r.reason LIKE 'because you bought %'
+                                             OR r.reason LIKE 'shoppers who bought %')
             """, {"d": RUN_DATE, "c": RUN_DATE + dt.timedelta(days=1)})
         assert anchored and all(found for _, _, found in anchored), anchored[:3]
         first = rows(conn, "SELECT user_id, item_id, rank FROM serving.recommendations ORDER BY ALL")
         metric_rows = rows(conn, "SELECT count(*) FROM eval.metrics")[0][0]
         conn.close()
+        assert_served_as_ranked_by_the_policy(warehouse, tmp_path / name / "synthetic.yaml", models, served_policy)
         if name == "shop-a":  # the same partition again, from the same inputs: the same table
             resources = warehouse_resources(warehouse, models, tmp_path / name / "synthetic.yaml")
             assert dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(),

@@ -14,6 +14,7 @@ its shard of every batch, and the averaged gradients keep the workers' models id
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -106,12 +107,33 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device):
+    """Bitwise-repeatable CPU training: some CPU kernels sum in thread order by default, and a 1e-8
+    difference in an embedding is enough to change a ranker split downstream, so a re-run would not
+    serve the same table. (On CUDA the deterministic kernels need CUBLAS_WORKSPACE_CONFIG and are
+    slower: GPU runs are repeatable to rounding only.)"""
+    before = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 def train(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings,
           validate: Callable[[torch.Tensor], float] | None = None, log: Log | None = None,
           label: str = "training") -> TrainResult:
     """Train `model` on `task` for `settings.epochs`, or until `validate` (final embeddings ->
     metric, higher is better) has not improved for `settings.patience` epochs; then the best
     epoch's weights are kept and `history` carries the metric per epoch."""
+    with deterministic_on_cpu(choose_device(settings.device)):
+        return _train(model, task, text, settings, validate, log, label)
+
+
+def _train(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings,
+           validate: Callable[[torch.Tensor], float] | None, log: Log | None, label: str) -> TrainResult:
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     device = choose_device(settings.device)

@@ -1,0 +1,107 @@
+"""The ranking stages on planted data: EASE^R against its closed form, and a ranker that must learn
+from a feature the logit blend cannot use."""
+
+import datetime as dt
+
+import torch
+
+from unirec_dagster.evaluation.evaluate import evaluate, slice_metrics
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import CutoffStats, TrainingData
+from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
+from unirec_dagster.ranking.classic import ease_weights
+from unirec_dagster.ranking.content import ItemContent
+from unirec_dagster.ranking.ranker import Ranker, RankerConfig
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.training.blend import fit_blend
+from unirec_dagster.training.ranking import fit_two_stage
+
+NUM_USERS, NUM_ITEMS, FIRST_ITEM = 400, 60, 1000
+
+
+def test_ease_matches_its_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(30, 12, generator=g) < 0.3).float()
+    lam = 5.0
+    p = torch.linalg.inv(x.T @ x + lam * torch.eye(12))
+    expected = -p / torch.diag(p)
+    expected.fill_diagonal_(0)
+    rows, cols = torch.nonzero(x, as_tuple=True)
+    history = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(rows)), x.shape,
+                                      check_invariants=False).coalesce()
+    columns, weights = ease_weights(history, x.sum(0), lam)
+    assert torch.equal(columns, torch.arange(12)) and torch.allclose(weights, expected, atol=1e-4)
+    # A catalog above the cap is fitted on its most-bought items: the closed form over those columns.
+    top = torch.topk(x.sum(0), 5).indices.sort().values
+    capped_columns, capped = ease_weights(history, x.sum(0), lam, max_items=5)
+    sub = x[:, top]
+    p = torch.linalg.inv(sub.T @ sub + lam * torch.eye(5))
+    expected = -p / torch.diag(p)
+    expected.fill_diagonal_(0)
+    assert torch.equal(capped_columns, top) and torch.allclose(capped, expected, atol=1e-4)
+
+
+def planted_shop(seed: int = 0):
+    """Users with three random past purchases each; in the window every user buys the two items whose
+    price is nearest their usual price: a preference no popularity, co-purchase or EASE^R signal
+    carries, and which is not monotone in any one feature (nearest, not cheapest)."""
+    g = torch.Generator().manual_seed(seed)
+    past = torch.stack([torch.randperm(NUM_ITEMS, generator=g)[:3] for _ in range(NUM_USERS)])
+    users = torch.arange(NUM_USERS).repeat_interleave(3)
+    items = past.reshape(-1)
+    popularity = torch.bincount(items, minlength=NUM_ITEMS).float()
+    data = TrainingData(dt.date(2024, 1, 1), torch.arange(FIRST_ITEM, FIRST_ITEM + NUM_ITEMS), users, items,
+                        torch.rand(len(users), generator=g) * 30, torch.ones(len(users), dtype=torch.long),
+                        popularity, popularity, popularity)
+    item_price = torch.linspace(1.0, 60.0, NUM_ITEMS)[torch.randperm(NUM_ITEMS, generator=g)]
+    user_price = item_price[torch.randint(0, NUM_ITEMS, (NUM_USERS,), generator=g)] * 1.02
+    gap = (torch.log(item_price).unsqueeze(0) - torch.log(user_price).unsqueeze(1)).abs()
+    gap[users, items] = float("inf")                                   # nobody buys the same item again
+    bought = torch.topk(-gap, 2, dim=1).indices                        # (users, 2)
+    zeros, ones = torch.zeros(NUM_ITEMS), torch.ones(NUM_USERS)
+    stats = CutoffStats(
+        data.cutoff,
+        {"buyers_all": popularity, "buyers_7": popularity, "buyers_30": popularity, "buyers_90": popularity,
+         "adopters": zeros, "age_days": zeros + 100, "since_sale_days": zeros + 1, "price": item_price,
+         "buyers_year_ago": zeros},
+        torch.arange(NUM_USERS),
+        {"last_days": ones, "first_days": ones * 30, "positives": ones * 3, "baskets": ones, "distinct_items": ones * 3,
+         "price": user_price},
+        torch.zeros(NUM_USERS, dtype=torch.long), torch.zeros(1, NUM_ITEMS), [])
+    inputs = CutoffInputs(Signals(data), stats, ItemContent(data.items))
+    return inputs, bought
+
+
+def holdout_of(users: torch.Tensor, bought: torch.Tensor) -> HoldoutPairs:
+    pair_users = torch.arange(len(users)).repeat_interleave(2)
+    return HoldoutPairs(users, pair_users, bought[users].reshape(-1), torch.full((len(users),), 2),
+                        torch.zeros(len(pair_users), dtype=torch.bool))
+
+
+def test_ranker_learns_a_preference_the_blend_cannot_use():
+    inputs, bought = planted_shop()
+    fit_users, new_users = torch.arange(0, 250), torch.arange(250, NUM_USERS)
+    config = CandidateConfig(model=0, ease=NUM_ITEMS, rp3beta=0, co_purchase=0, trending=0, new_items=0)
+    ranker_config = RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=150, patience=20, threads=1)
+    fitted = fit_two_stage(inputs, holdout_of(fit_users, bought), config, ranker_config)
+    assert fitted.candidate_recall["total"] == 1.0, "every item is a candidate"
+    assert fitted.validation["recall@20"] > 0.9, fitted.validation          # out of fold, on the fit users
+
+    # Users the ranker never saw: it ranks by the planted preference; the blend cannot.
+    held_out = holdout_of(new_users, bought)
+    stage = TwoStage(inputs, config, fitted.fit.ranker)
+    top = torch.cat([block.items for block in stage.top_k(new_users, 20)])
+    ranker = slice_metrics(top, held_out, inputs.signals.data, slices=False)[0].metrics["recall@20"]
+    blend = Scorer(inputs.signals, fit_blend(Scorer(inputs.signals, {}), holdout_of(fit_users, bought)))
+    blended = evaluate(blend, held_out, slices=False)[0].metrics["recall@20"]
+    assert ranker > 0.9 and blended < 0.6, (ranker, blended)
+    assert next(iter(fitted.fit.ranker.importances())) == "price_gap"
+
+    # Saved as text and read back, it ranks the same; refitting with the same seed gives the same model.
+    again = Ranker.from_text(fitted.fit.ranker.to_text(), fitted.fit.ranker.rounds, fitted.fit.ranker.cv_ndcg)
+    reread = torch.cat([b.items for b in TwoStage(inputs, config, again).top_k(new_users, 20)])
+    assert torch.equal(reread, top)
+    refit = fit_two_stage(inputs, holdout_of(fit_users, bought), config, ranker_config)
+    assert refit.fit.ranker.to_text() == fitted.fit.ranker.to_text()
