@@ -1,8 +1,10 @@
 """EVALUATION.md's strict item cold start on a warehouse that holds a whole dataset (Online Retail by
 default): 10% of the candidate items lose their training events in a scratch copy, the pipeline's
-own steps train and serve there, and the hidden items' test pairs are scored for the served table,
-the pretrained and from-scratch models in process, and the content and attribute-popularity
-baselines on the same split.
+own steps train and serve there, and the hidden items' test pairs are scored for the served table (the
+two-stage ranker, which learned where new items go from the items first sold in its validation
+window), the same ranker with new items never shown, the logit blend with a new item forced into
+every 10th slot (the previous policy), the pretrained and from-scratch models in process, and the
+content and attribute-popularity baselines on the same split.
 
     .venv/bin/python bench/cold_start.py --warehouse data/retail.duckdb
 """
@@ -29,7 +31,8 @@ from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
-from unirec_dagster.training.context import served_model, text_view
+from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.training.context import served_policy, text_view
 from unirec_dagster.training.steps import FROM_SCRATCH, run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect
 
@@ -57,32 +60,37 @@ def main() -> None:
         run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), store, log=print)
         fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print)
         text = text_view(conn)
-        pretrained = served_model(conn, spec, fitted.checkpoint, run_date, text)
-        unpretrained = served_model(conn, spec, fitted.ablations[FROM_SCRATCH], run_date, text)
-        signals = pretrained.scorer.signals
+        policy = served_policy(conn, spec, fitted.checkpoint, run_date, text)
+        scratch = served_policy(conn, spec, fitted.ablations[FROM_SCRATCH], run_date, text)
+        signals = policy.blend.signals
         holdout = load_holdout(conn, spec, signals.data, cutoff + dt.timedelta(days=args.window_days))
         keep = hidden_pairs(conn, signals.data, holdout, hidden)
 
-        def served(model, settings: ServingSettings):
-            """What the serving step writes for `model` under `settings`, read back as a reader does."""
-            write_recommendations(conn, spec, run_date, model.scorer, "bench", None, settings, model.graph)
+        def served(ranking, settings: ServingSettings = ServingSettings()):
+            """What the serving step writes for `ranking` under `settings`, read back as a reader does."""
+            write_recommendations(conn, spec, run_date, ranking, "bench", None, settings, policy.graph)
             return served_ranking(conn, run_date, holdout.users, signals.data)[0]
 
-        def model_only(model):
-            return rank(type(model.scorer)(signals, {"model": 1.0}, model.scorer.embeddings), holdout.users)
+        def model_only(blend):
+            return rank(type(blend)(signals, {"model": 1.0}, blend.embeddings), holdout.users)
 
-        every = ServingSettings().new_item_every
-        rankings = {
-            f"served table: pretrained + fine-tuned, blended, a new item every {every}th slot": served(
-                pretrained, ServingSettings()),
-            "the same, no new-item slots": served(pretrained, ServingSettings(new_item_every=0)),
-            f"from scratch, blended, a new item every {every}th slot": served(unpretrained, ServingSettings()),
-            "pretrained + fine-tuned, model only": model_only(pretrained),
-            "from scratch, model only": model_only(unpretrained),
+        rankings = {f"served table: {policy.name}": served(policy.ranking)}
+        if isinstance(policy.ranking, TwoStage):
+            new = torch.nonzero(~signals.data.interacted).flatten()
+            stage = policy.ranking
+            rankings["the same ranker, new items never shown"] = served(
+                TwoStage(stage.inputs, stage.config, stage.ranker, torch.cat([stage.never, new])))
+        rankings |= {
+            "logit blend, a new item in every 10th slot (the previous policy)": served(
+                policy.blend, ServingSettings(new_item_every=10)),
+            "from scratch: its logit blend, a new item in every 10th slot": served(
+                scratch.blend, ServingSettings(new_item_every=10)),
+            "pretrained + fine-tuned graph model only": model_only(policy.blend),
+            "from-scratch graph model only": model_only(scratch.blend),
             "content (text cosine to the user's past items)": rank_with(content_scores(signals, text), signals,
                                                                         holdout.users),
             "attribute popularity among the user's past items": rank_with(
-                attribute_popularity_scores(signals, pretrained.graph), signals, holdout.users),
+                attribute_popularity_scores(signals, policy.graph), signals, holdout.users),
         }
         everyone = torch.ones(len(holdout.pair_items), dtype=torch.bool)
         results = {name: (hidden_item_metrics(top, holdout, keep, signals.data.num_items),

@@ -1,13 +1,18 @@
 """Recommendation quality on a dataset's warehouse (Online Retail by default), on EVALUATION.md's
-protocol: the served table for one partition, beside the in-process models and baselines on the
-same split, per slice, for several seeds; and what pretraining buys (validation quality and the
-fine-tuning cost, pretrained against from scratch).
+protocol: the served table of each partition beside the classic peers tuned on the same validation
+window (EASE^R, RP3beta, EASE^R + recent popularity), the logit blend, the graph model alone and
+the simple baselines, per slice, for several seeds; the ranker's candidate recall and feature
+importances; and ablations of the ranker's inputs.
 
 Uses a warehouse that already holds the whole dataset (bench/ingest_year.py, or the raw_events
-backfill and the catalogs), then runs the pipeline's own steps: text embeddings, the partition's KG
-snapshots, pretraining, fine-tuning (with the from-scratch twin), the served table, the evaluation.
+backfill and the catalogs), then runs the pipeline's own steps for each partition: text embeddings,
+the partition's KG snapshots, pretraining, fine-tuning (graph model, tuned peers, ranker, gate),
+the served table, the evaluation. Ablations refit the ranker on the same night's validation window
+(without the graph model's candidates and scores; with the from-scratch model's instead of the
+pretrained one's; without the text view's features; without KG attribute overlap) and score it in
+process on the same test window.
 
-    .venv/bin/python bench/retail_quality.py --warehouse data/retail.duckdb --run-date 2011-11-24 --seeds 0,1,2
+    .venv/bin/python bench/retail_quality.py --run-dates 2011-11-10:14,2011-11-24:15 --seeds 0,1,2 --ablations
 """
 
 from __future__ import annotations
@@ -21,100 +26,151 @@ import time
 from pathlib import Path
 
 from unirec_dagster.datasets import load_spec
+from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.graph import build_partition
+from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
+from unirec_dagster.ranking.ranker import RankerConfig
+from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
-from unirec_dagster.training.context import served_model
-from unirec_dagster.training.steps import FROM_SCRATCH, run_evaluation, run_finetuning, run_pretraining
+from unirec_dagster.training.classic import EASE_RECENT
+from unirec_dagster.training.context import cutoff_inputs, served_policy, text_view
+from unirec_dagster.training.ranking import RankingSettings
+from unirec_dagster.training.steps import (FINETUNED, FROM_SCRATCH, SERVED, evaluate_policy, fit_ranking,
+                                           run_evaluation, run_finetuning, run_pretraining)
 from unirec_dagster.warehouse import connect
 
 from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 SLICES = ("all", "cold_users", "warm_users", "new_items", "tail_items")
+PEER = f"{EASE_RECENT} (tuned)"
+ABLATIONS = {
+    "ranker without the graph model (no model candidates or scores)": ({"use_model": False}, FINETUNED),
+    "ranker over the from-scratch model (no pretraining)": ({}, FROM_SCRATCH),
+    "ranker without the text view's features": ({"text": False}, FINETUNED),
+    "ranker without KG attribute overlap": ({"use_attributes": False}, FINETUNED),
+}
 
 
-def first_epoch_reaching(history: list[dict], target: float) -> int | None:
-    return next((row["epoch"] for row in history if "validation" in row and row["validation"] >= target), None)
+def ablation_metrics(conn, spec, result, run_date: dt.date, holdout, change: dict, model: str) -> dict:
+    """Refit the ranker of the night with one input removed; score it in process on the test window."""
+    change = dict(change)
+    text = text_view(conn) if change.pop("text", True) else None
+    settings = RankingSettings(**change)
+    fitted = result.fitted[model]
+    two_stage, _ = fit_ranking(conn, spec, result.validation, fitted, text, result.classic, settings)
+    final = fitted.train
+    inputs = cutoff_inputs(conn, spec, final.signals, final.graph if settings.use_attributes else None,
+                           fitted.embeddings if settings.use_model else None, text, result.classic.params)
+    stage = TwoStage(inputs, settings.candidates, two_stage.fit.ranker, never_recommended(conn, spec, final.data.items))
+    return {r.slice: r.metrics for r in evaluate_policy(stage, holdout)}
 
 
-def one_seed(conn, spec, run_date: dt.date, seed: int, window_days: int, pretrain_epochs: int) -> dict:
+def one_seed(conn, spec, run_date: dt.date, seed: int, window_days: int, pretrain_epochs: int,
+             ablations: bool) -> dict:
     with tempfile.TemporaryDirectory() as models:
         store = CheckpointStore(Path(models))
         started = time.perf_counter()
-        pretrained = run_pretraining(conn, spec, run_date, PretrainConfig(epochs=pretrain_epochs, seed=seed), store,
-                                     log=print)
+        run_pretraining(conn, spec, run_date, PretrainConfig(epochs=pretrain_epochs, seed=seed), store, log=print)
         pretrain_s = time.perf_counter() - started
-        fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(seed=seed), store, from_scratch=True, log=print)
-        served = served_model(conn, spec, fitted.checkpoint, run_date)
-        write_recommendations(conn, spec, run_date, served.scorer, fitted.checkpoint.version, None,
-                              ServingSettings(), served.graph)
-        result = run_evaluation(conn, spec, run_date, store, window_days, log=print)
-        scratch = fitted.ablations[FROM_SCRATCH].manifest
-    main = fitted.checkpoint.manifest
-    # Validation histories carry seconds per run only; the per-epoch cost is the same for both
-    # (same graph, same trainer), so epochs to a given quality compare the wall time.
-    main_curve = [r for r in main["history"] if "validation" in r]
-    scratch_curve = [r for r in scratch["history"] if "validation" in r]
-    scratch_best = max(r["validation"] for r in scratch_curve)
-    reach = first_epoch_reaching(main_curve, scratch_best)
+        started = time.perf_counter()
+        ranking = RankingSettings(ranker=RankerConfig(seed=seed))
+        result = run_finetuning(conn, spec, run_date, FinetuneConfig(seed=seed), store, from_scratch=ablations,
+                                log=print, ranking=ranking)
+        finetune_s = time.perf_counter() - started
+        policy = served_policy(conn, spec, result.checkpoint, run_date)
+        stats = write_recommendations(conn, spec, run_date, policy.ranking, result.checkpoint.version, None,
+                                      ServingSettings(), policy.graph)
+        evaluation = run_evaluation(conn, spec, run_date, store, window_days, log=print)
+        extra = {}
+        if ablations:
+            holdout = load_holdout(conn, spec, result.fitted[FINETUNED].train.data,
+                                   run_date + dt.timedelta(days=1 + window_days))
+            for label, (change, model) in ABLATIONS.items():
+                extra[label] = ablation_metrics(conn, spec, result, run_date, holdout, change, model)
+                print(f"{label}: {extra[label]['all']}", flush=True)
+    m = result.checkpoint.manifest
+    ranking_about = m["ranking"] or {}
     return {
-        "seed": seed, "pretrain_s": round(pretrain_s, 1),
-        "metrics": {f"{r.model}|{r.slice}|{r.metric}@{r.k}": (r.value, r.users) for r in result.rows
+        "seed": seed, "pretrain_s": round(pretrain_s, 1), "finetune_s": round(finetune_s, 1),
+        "serve_s": round(stats.seconds, 1), "policy": m["policy"], "gate": m["gate"]["reason"],
+        "metrics": {f"{r.model}|{r.slice}|{r.metric}@{r.k}": (r.value, r.users) for r in evaluation.rows
                     if r.split == "test" and r.metric in ("recall", "ndcg") and r.k == 20},
-        "pretrained": {"val_model": max(r["validation"] for r in main_curve), "val_blend": main["validation"]["recall@20"],
-                       "best_epoch": main["best_epoch"], "seconds": main["seconds"]},
-        "scratch": {"val_model": scratch_best, "val_blend": scratch["validation"]["recall@20"],
-                    "best_epoch": scratch["best_epoch"], "seconds": scratch["seconds"]},
-        "pretrained_epochs_to_scratch_best": reach, "unserved": result.unserved_users, "users": result.test_users,
+        "validation": {f"{r.model}|{r.metric}@{r.k}": r.value for r in evaluation.rows if r.split == "validation"},
+        "candidate_recall": ranking_about.get("candidate_recall"), "rounds": ranking_about.get("rounds"),
+        "importances": ranking_about.get("importances"), "ablations": extra,
+        "unserved": evaluation.unserved_users, "users": evaluation.test_users,
     }
+
+
+def short(model: str) -> str:
+    return model.split(": ", 1)[1] if model.startswith("finetuned-") else model
+
+
+def report(run_date: str, runs: list[dict]) -> None:
+    mean = statistics.mean
+    for slice_ in SLICES:
+        print(f"\n{run_date}, slice {slice_} (test, mean over seeds):")
+        print("| model | Recall@20 | NDCG@20 | users |\n|---|---|---|---|")
+        models = sorted({key.split("|")[0] for r in runs for key in r["metrics"]})
+        lines = []
+        for model in models:
+            recall = [r["metrics"].get(f"{model}|{slice_}|recall@20") for r in runs]
+            ndcg = [r["metrics"].get(f"{model}|{slice_}|ndcg@20") for r in runs]
+            if all(recall) and all(ndcg):
+                lines.append((mean(v for v, _ in recall), mean(v for v, _ in ndcg), short(model), recall[0][1]))
+        for recall, ndcg, model, users in sorted(lines, reverse=True):
+            print(f"| {model} | {recall:.4f} | {ndcg:.4f} | {users} |")
+    served = [(r["metrics"][f"{SERVED}|all|recall@20"][0], r["metrics"][f"{SERVED}|all|ndcg@20"][0]) for r in runs]
+    peer = [(r["metrics"][f"{PEER}|all|recall@20"][0], r["metrics"][f"{PEER}|all|ndcg@20"][0]) for r in runs]
+    print(f"\n{run_date}: served / tuned EASE^R + recent popularity, per seed: "
+          + ", ".join(f"{s[0] / p[0]:.3f} / {s[1] / p[1]:.3f}" for s, p in zip(served, peer))
+          + f"; mean of seeds: Recall@20 {mean(s[0] for s in served):.4f} vs {mean(p[0] for p in peer):.4f} "
+          f"({mean(s[0] for s in served) / mean(p[0] for p in peer):.3f}x), NDCG@20 {mean(s[1] for s in served):.4f}"
+          f" vs {mean(p[1] for p in peer):.4f} ({mean(s[1] for s in served) / mean(p[1] for p in peer):.3f}x)")
+    if runs[0]["ablations"]:
+        print(f"\n{run_date} ablations (in process, all users, mean over seeds):\n| ranker | Recall@20 | NDCG@20 |"
+              "\n|---|---|---|")
+        for label in runs[0]["ablations"]:
+            print(f"| {label} | {mean(r['ablations'][label]['all']['recall@20'] for r in runs):.4f} | "
+                  f"{mean(r['ablations'][label]['all']['ndcg@20'] for r in runs):.4f} |")
+    for r in runs:
+        print(f"seed {r['seed']}: policy {r['policy']} ({r['gate']}); {r['rounds']} rounds; candidate recall "
+              f"{r['candidate_recall']}; pretrain {r['pretrain_s']}s, fine-tune + ranker {r['finetune_s']}s, "
+              f"serving {r['serve_s']}s")
+    top = runs[0]["importances"] or {}
+    print("importances (seed %s): " % runs[0]["seed"] + ", ".join(f"{k} {v:.3f}" for k, v in list(top.items())[:12]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--warehouse", default=str(PROJECT_ROOT / "data" / "retail.duckdb"))
     parser.add_argument("--spec", default=str(PROJECT_ROOT / "data" / "datasets" / "online-retail.yaml"))
-    parser.add_argument("--run-date", default="2011-11-24", help="the partition; cutoff = the next day")
+    # EVALUATION.md's reference figures at 2011-11-24 (735 users) run the window to the end of the
+    # data, 2011-12-09 inclusive: 15 days after the 2011-11-25 cutoff. 14 would drop the last day.
+    parser.add_argument("--run-dates", default="2011-11-24:15",
+                        help="partitions with their test window in days: DATE:DAYS,...; cutoff = the next day")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0")
-    # EVALUATION.md's reference figures (735 users) run the window to the end of the data, 2011-12-09
-    # inclusive: 15 days after the 2011-11-25 cutoff. 14 would drop the last day (718 users).
-    parser.add_argument("--window-days", type=int, default=15)
+    parser.add_argument("--ablations", action="store_true", help="also refit the ranker without each input")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     conn = connect(args.warehouse)
     started = time.perf_counter()
     load_whole_dataset(conn, spec)
-    run_date = dt.date.fromisoformat(args.run_date)
-    build_partition(conn, spec, run_date)
-    runs = [one_seed(conn, spec, run_date, int(s), args.window_days, args.pretrain_epochs)
-            for s in args.seeds.split(",")]
-    wall = time.perf_counter() - started
-
-    models = sorted({key.split("|")[0] for r in runs for key in r["metrics"]})
-    for slice_ in SLICES:
-        print(f"\nslice {slice_} (test, mean over seeds {args.seeds}; per seed in the JSON line below):")
-        print("| model | Recall@20 | NDCG@20 | users |\n|---|---|---|---|")
-        lines = []
-        for model in models:
-            recall = [r["metrics"].get(f"{model}|{slice_}|recall@20") for r in runs]
-            ndcg = [r["metrics"].get(f"{model}|{slice_}|ndcg@20") for r in runs]
-            if all(recall) and all(ndcg):
-                lines.append((statistics.mean(v for v, _ in recall), statistics.mean(v for v, _ in ndcg),
-                              model.split(" (in process)")[0] if model.startswith("finetuned-") else model,
-                              recall[0][1]))
-        for recall, ndcg, model, users in sorted(lines, reverse=True):
-            print(f"| {model} | {recall:.4f} | {ndcg:.4f} | {users} |")
-    print("\n| seed | pretrained: val model / blend, best epoch, s | from scratch: val model / blend, best epoch, s |"
-          " pretrained epochs to scratch's best val |\n|---|---|---|---|")
-    for r in runs:
-        p, s = r["pretrained"], r["scratch"]
-        print(f"| {r['seed']} | {p['val_model']:.4f} / {p['val_blend']:.4f}, {p['best_epoch']}, {p['seconds']:.0f} | "
-              f"{s['val_model']:.4f} / {s['val_blend']:.4f}, {s['best_epoch']}, {s['seconds']:.0f} | "
-              f"{r['pretrained_epochs_to_scratch_best']} |")
-    print(json.dumps(runs))
-    print(f"\nwall time {wall:.0f}s")
+    results = {}
+    for item in args.run_dates.split(","):
+        day, _, window = item.partition(":")
+        run_date = dt.date.fromisoformat(day)
+        build_partition(conn, spec, run_date)
+        results[day] = [one_seed(conn, spec, run_date, int(s), int(window or 14), args.pretrain_epochs,
+                                 args.ablations) for s in args.seeds.split(",")]
+        print(json.dumps({day: results[day]}), flush=True)
+    for day, runs in results.items():
+        report(day, runs)
+    print(f"\nwall time {time.perf_counter() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ random purchase history (about 20 items per user), it times:
   with the user's purchases excluded: what scoring costs.
 - `blend`: the whole served score (`serving.recommend.score_users`): model, co-purchase,
   recent and all-time popularity, standardised, weighted, reasons, exclusions.
+- `two-stage`: the served two-stage ranker (`serving.recommend.rank_two_stage`): candidates from
+  the model, EASE^R, RP3beta, co-purchase, trending and new items, their features (with a 384-d
+  text view and synthetic history statistics), the LightGBM ranker (fitted beforehand on 2,000
+  users, not timed), reasons. Run on the 4,000-item case only: EASE^R's dense inverse at 50,000
+  items is capped (`ranking.classic.EASE_MAX_ITEMS`) and its weights alone take 1.6 GB.
 - `baseline`: the naive way, one full users x items score matrix and one `torch.topk` over it,
   with the same exclusions. It needs users x items x 4 bytes at once, so on 100k x 50k it runs on
   the share of users that fits in `--baseline-gib` and its rate is reported for that share.
@@ -24,11 +29,17 @@ import time
 
 import torch
 
+from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
+from unirec_dagster.ranking.content import ItemContent
+from unirec_dagster.ranking.ranker import RankerConfig
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
-from unirec_dagster.history import TrainingData
+from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import CutoffStats, TrainingData
 from unirec_dagster.serving.reasons import Explainer
-from unirec_dagster.serving.recommend import score_users
+from unirec_dagster.serving.recommend import rank_two_stage, score_users
+from unirec_dagster.training.ranking import fit_two_stage
 from unirec_dagster.ranking.topk import block_rows, top_k
 
 from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
@@ -52,6 +63,35 @@ def synthetic(users: int, items: int, dim: int, per_user: int, seed: int = 0):
     return embeddings, data
 
 
+def synthetic_inputs(data: TrainingData, embeddings: torch.Tensor, seed: int = 0) -> CutoffInputs:
+    """History statistics drawn at random (their values do not change the cost), a 384-d text view."""
+    g = torch.Generator().manual_seed(seed)
+    items, users = data.num_items, int(data.train_users.max()) + 1
+    r = lambda n, scale=1.0: torch.rand(n, generator=g) * scale  # noqa: E731
+    stats = CutoffStats(
+        data.cutoff, {"buyers_all": data.popularity, "buyers_7": r(items, 5).round(), "buyers_30": r(items, 20).round(),
+                      "buyers_90": r(items, 60).round(), "adopters": r(items, 10).round(), "age_days": r(items, 365),
+                      "since_sale_days": r(items, 30), "price": r(items, 20) + 0.5, "buyers_year_ago": r(items, 20)},
+        torch.arange(users), {"last_days": r(users, 90), "first_days": r(users, 365) + 90, "positives": r(users, 40),
+                              "baskets": r(users, 10), "distinct_items": r(users, 30), "price": r(users, 10) + 0.5},
+        torch.randint(0, 30, (users,), generator=g), r((31, items)), [f"country {i}" for i in range(30)])
+    content = ItemContent(data.items, data.items, torch.randn(items, 384, generator=g))
+    return CutoffInputs(Signals(data), stats, content, embeddings)
+
+
+def fitted_two_stage(inputs: CutoffInputs, seed: int = 0) -> TwoStage:
+    """A ranker fitted on 2,000 users whose window purchases are drawn by popularity."""
+    g = torch.Generator().manual_seed(seed)
+    data = inputs.signals.data
+    users = torch.arange(2_000)
+    pair_users = users.repeat_interleave(3)
+    pair_items = torch.multinomial(data.popularity + 1, len(pair_users), replacement=True, generator=g)
+    holdout = HoldoutPairs(users, pair_users, pair_items, torch.full((len(users),), 3),
+                           torch.zeros(len(pair_users), dtype=torch.bool))
+    fit = fit_two_stage(inputs, holdout, CandidateConfig(), RankerConfig(max_rounds=100, patience=100))
+    return TwoStage(inputs, CandidateConfig(), fit.fit.ranker)
+
+
 def run_case(method: str, users: int, items: int, k: int, dim: int, device: str, baseline_gib: float) -> dict:
     embeddings, data = synthetic(users, items, dim, per_user=20)
     embeddings = embeddings.to(device)
@@ -68,10 +108,15 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
     if method == "model":
         top_k(lambda r: embeddings[r] @ item_vectors.T, users, k, exclude_rows, exclude_items,
               chunk=block_rows(items))
+    elif method == "two-stage":
+        stage = fitted_two_stage(synthetic_inputs(data, embeddings))
+        sync()
+        started = time.perf_counter()
+        rank_two_stage(stage, user_ids, k, Explainer(stage.inputs.signals, embeddings))
     elif method == "blend":
         scorer = Scorer(signals, {"model": 0.4, "co_purchase": 0.3, "recent_popularity": 0.2, "popularity": 0.1},
                         embeddings)
-        score_users(scorer, user_ids, k, True, Explainer(scorer, None))
+        score_users(scorer, user_ids, k, True, Explainer(scorer.signals, scorer.embeddings))
     else:  # baseline: one full matrix
         scored = min(users, int(baseline_gib * 2**30 / 4 / items))
         full = embeddings[:scored] @ item_vectors.T
@@ -101,7 +146,9 @@ def main() -> None:
     print("| users | items | method | users scored | seconds | users/s | peak RSS GiB (after setup) |")
     print("|---|---|---|---|---|---|---|")
     for users, items in CASES:
-        for method in ("model", "blend", "baseline"):
+        for method in ("model", "blend", "two-stage", "baseline"):
+            if method == "two-stage" and items > 4_000:
+                continue
             r = in_fresh_process(__file__, "--only", method, str(users), str(items), "--k", str(args.k), "--dim",
                                  str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib))
             if r is None:

@@ -43,7 +43,7 @@ class ItemContent:
             values, column = torch.unique(tails[keep], return_inverse=True)
             self.incidence = torch.sparse_coo_tensor(
                 torch.stack([position[heads[keep]], column]), torch.ones(int(keep.sum())),
-                (len(items), len(values))).coalesce().to_sparse_csr()
+                (len(items), len(values)), check_invariants=False).coalesce().to_sparse_csr()
 
     def text_similarity(self, history: torch.Tensor) -> torch.Tensor:
         """(users, I) cosine of each item's text to the user's mean past text; `history` is (users, I)

@@ -119,6 +119,10 @@ class FinetuningResult:
     gate: GateResult
     ablations: dict[str, Checkpoint] = field(default_factory=dict)
     ranking: TwoStageFit | None = None
+    # what the night was fitted from, for benchmarks that refit parts of it (ablations)
+    validation: ValidationSplit | None = None
+    fitted: dict[str, FittedRecommender] = field(default_factory=dict)   # FINETUNED and the variants
+    classic: TunedClassic | None = None
 
 
 def mf_config(config: FinetuneConfig) -> FinetuneConfig:
@@ -205,7 +209,8 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                       promoted=True, policy=gate.policy, gate=gate.to_manifest(), classic=classic.to_manifest(),
                       ranking=about_ranking,
                       files={RANKER_FILE: two_stage.fit.ranker.to_text()} if two_stage is not None else None)
-    return FinetuningResult(checkpoint, gate, ablations, two_stage)
+    return FinetuningResult(checkpoint, gate, ablations, two_stage, validation, {FINETUNED: fitted, **variants},
+                            classic)
 
 
 def promoted_checkpoint(store: CheckpointStore, run_date: dt.date) -> Checkpoint:
