@@ -216,6 +216,13 @@ def test_never_recommended_items_are_not_served(conn, shop):
     pairs = rows(conn, "SELECT item_id, similar_item_id FROM serving.similar_items")
     assert {i for i, _ in pairs} == {"A", "B", "C", "D"} and "D" not in {j for _, j in pairs}
     assert len(pairs) == 3 * 2 + 3  # A, B, C: the two others but not D; D: A, B and C
+    # Partitioned: another day's run replaces its own partition only; the latest view reads the newest.
+    later = run_date + dt.timedelta(days=1)
+    write_similar_items(conn, spec, later, data.items, torch.randn(data.num_items, 4), "v2", k=1)
+    write_similar_items(conn, spec, later, data.items, torch.randn(data.num_items, 4), "v2", k=1)
+    assert rows(conn, "SELECT run_date, model_version, count(*) FROM serving.similar_items GROUP BY ALL ORDER BY 1") \
+        == [(run_date, "v1", 9), (later, "v2", 4)]
+    assert rows(conn, "SELECT DISTINCT model_version FROM serving.latest_similar_items") == [("v2",)]
 
 
 def test_hidden_items_lose_their_training_events_but_stay_candidates(conn, shop, tmp_path):

@@ -5,6 +5,8 @@ import datetime as dt
 import json
 
 import pytest
+
+from unirec_dagster.training.steps import served_checkpoint
 import torch
 
 from unirec_dagster.graph import KnowledgeGraph
@@ -111,6 +113,13 @@ def test_store_keeps_one_checkpoint_per_partition_and_never_falls_back(tmp_path)
     (rerun.path / "manifest.json").write_text("{")
     with pytest.raises(CheckpointError, match=rerun.version):
         store.latest("finetuned", day)  # the newest is damaged: fail, do not serve the older one
+    with pytest.raises(LookupError, match="never falls back"):
+        served_checkpoint(store, day + dt.timedelta(days=1))  # the day's own model is missing: no older one
+    assert served_checkpoint(store, day + dt.timedelta(days=1), model_partition=first.partition).version == \
+        first.version, "an older model only when named"
+    # A damaged checkpoint of one partition does not block the others.
+    assert store.of_partition("finetuned", first.partition).version == first.version
+    assert store.latest("finetuned", partition_before=day).version == first.version
 
 
 def test_warm_start_keeps_old_rows_and_adds_new_ones():

@@ -21,7 +21,7 @@ from unirec_dagster.history import never_recommended
 from unirec_dagster.serving.recommend import ServingSettings, rank_users
 from unirec_dagster.training.classic import CLASSIC
 from unirec_dagster.training.context import served_policy
-from unirec_dagster.training.steps import promoted_checkpoint
+from unirec_dagster.training.steps import served_checkpoint
 from unirec_dagster.training.steps import SERVED
 from unirec_dagster.warehouse import connect, rows
 from tests.conftest import warehouse_resources
@@ -62,7 +62,7 @@ def assert_served_as_ranked_by_the_policy(warehouse, spec_path, models, policy_n
     """Every user with a purchase gets exactly the policy's top K, rebuilt in process from the checkpoint."""
     conn, spec = connect(warehouse), load_spec(spec_path)
     store = ModelStoreResource(root=str(models)).for_warehouse(conn, spec)
-    policy = served_policy(conn, spec, promoted_checkpoint(store, RUN_DATE), RUN_DATE)
+    policy = served_policy(conn, spec, served_checkpoint(store, RUN_DATE), RUN_DATE)
     assert policy.name == policy_name
     data = policy.blend.signals.data
     users = torch.unique(data.train_users)

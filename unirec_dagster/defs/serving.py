@@ -1,10 +1,12 @@
-"""What the business reads: serving.recommendations (one partition per run date) and
-serving.similar_items, from the newest promoted model that knows nothing after that date."""
+"""What the business reads: serving.recommendations and serving.similar_items, one partition per
+run date, from that partition's fine-tuned model (an older one only when named in the run config)."""
 
+import datetime as dt
 from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.graph import knowledge_graph
@@ -14,26 +16,48 @@ from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, refresh_similar_items,
                                               users_short_of_k, write_recommendations)
 from unirec_dagster.training.context import served_policy, text_view
-from unirec_dagster.training.steps import promoted_checkpoint
+from unirec_dagster.training.steps import served_checkpoint
 
 
 class RecommendationConfig(ServingSettings, dg.Config):
-    """Run config of recommendations: the ServingSettings fields."""
+    """Run config of recommendations: the ServingSettings fields, and an explicit older model."""
+
+    model_partition: str | None = Field(None, description="Serve the fine-tuned model of this earlier partition "
+                                        "(YYYY-MM-DD) instead of the day's own; the model_age check then warns.")
+
+
+def model_age_check(asset: str, run_date, checkpoint) -> dg.AssetCheckResult:
+    """Passes when the day's own model served; warns, naming it, when an older one was chosen on purpose."""
+    own = checkpoint.partition == run_date
+    return dg.AssetCheckResult(
+        check_name="model_age", asset_key=asset, passed=own, severity=dg.AssetCheckSeverity.WARN,
+        description="the partition's own model" if own else
+        f"served {checkpoint.version}, the model of {checkpoint.partition}, {(run_date - checkpoint.partition).days} "
+        "days older than the partition (model_partition in the run config)",
+        metadata={"model_version": checkpoint.version, "model_partition": checkpoint.partition.isoformat()})
+
+
+def _model_partition(value: str | None):
+    return dt.date.fromisoformat(value) if value else None
 
 
 @dg.asset(group_name="serving", kinds={"duckdb"}, partitions_def=daily_partitions,
           deps=[finetuned_recommender, knowledge_graph, raw_events], pool=WAREHOUSE_POOL, code_version="3",
           check_specs=[dg.AssetCheckSpec("coverage", asset="recommendations",
-                                         description="Every user with history got K recommendations.")],
+                                         description="Every user with history got K recommendations."),
+                       dg.AssetCheckSpec("model_age", asset="recommendations",
+                                         description="The partition's own fine-tuned model served (warns when "
+                                                     "an older one was chosen with model_partition).")],
           description="Top K items for every user with history, for the night after the partition date "
                       "(data up to its end), ranked by the policy of the newest fine-tuned model up to that date: "
                       "the two-stage ranker, or the strongest tuned classic peer when the gate chose it.")
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource,
                     dataset: DatasetResource, model_store: ModelStoreResource):
     spec, run_date = dataset.load(), partition_date(context)
-    settings = ServingSettings(**config.model_dump())
+    settings = ServingSettings(**config.model_dump(exclude={"model_partition"}))
     with duckdb.get_connection() as conn:
-        checkpoint = promoted_checkpoint(model_store.for_warehouse(conn, spec), run_date)
+        checkpoint = served_checkpoint(model_store.for_warehouse(conn, spec), run_date,
+                                       _model_partition(config.model_partition))
         served = served_policy(conn, spec, checkpoint, run_date)
         stats = write_recommendations(conn, spec, run_date, served.ranking, checkpoint.version, context.run_id,
                                       settings, served.graph)
@@ -49,17 +73,19 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         "published": dg.MetadataValue.path(str(published))})
     yield dg.AssetCheckResult(check_name="coverage", passed=short == 0,
                               severity=dg.AssetCheckSeverity.WARN, metadata={"users_short_of_k": short})
+    yield model_age_check("recommendations", run_date, checkpoint)
 
 
 @dg.asset(group_name="serving", kinds={"duckdb"}, partitions_def=daily_partitions,
           deps=[finetuned_recommender, knowledge_graph], pool=WAREHOUSE_POOL, code_version="3",
-          description="serving.similar_items: cosine neighbours in the model's space; items without interactions "
-                      "are placed through their aligned text view.")
+          description="serving.similar_items (one partition per run date; serving.latest_similar_items reads the "
+                      "newest): cosine neighbours in the model's space; items without interactions are placed "
+                      "through their aligned text view.")
 def similar_items(context: dg.AssetExecutionContext, duckdb: DuckDBResource, dataset: DatasetResource,
                   model_store: ModelStoreResource):
     spec, run_date = dataset.load(), partition_date(context)
     with duckdb.get_connection() as conn:
-        checkpoint = promoted_checkpoint(model_store.for_warehouse(conn, spec), run_date)
+        checkpoint = served_checkpoint(model_store.for_warehouse(conn, spec), run_date)
         written, items = refresh_similar_items(conn, spec, run_date, checkpoint, text_view(conn))
     return dg.MaterializeResult(metadata={"dagster/row_count": written, "items": items,
                                           "model_version": checkpoint.version})

@@ -136,7 +136,7 @@ class CheckpointStore:
         version = f"{kind}-{partition.isoformat()}-{created.strftime('%Y%m%dT%H%M%S%f')}"
         parent = self.root / kind
         parent.mkdir(parents=True, exist_ok=True)
-        earlier = [m["path"] for m in self.manifests(kind) if m["partition"] == partition.isoformat()]
+        earlier = self._folders(kind, partition, partition)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         try:
@@ -166,25 +166,44 @@ class CheckpointStore:
             shutil.rmtree(path, ignore_errors=True)
         return Checkpoint(final, json.loads(text), state)
 
+    def _folders(self, kind: str, first: dt.date | None = None, last: dt.date | None = None) -> list[Path]:
+        """Checkpoint folders of `kind` with a partition in [first, last], oldest first, from their
+        names (`<kind>-<partition>-<created>`) alone: no manifest is read, so a damaged checkpoint
+        of another partition is never in the way."""
+        folder = self.root / kind
+        found = []
+        for child in folder.iterdir() if folder.exists() else []:
+            stamp = child.name[len(kind) + 1:]
+            if not child.name.startswith(f"{kind}-") or len(stamp) < 11:
+                continue
+            try:
+                partition = dt.date.fromisoformat(stamp[:10])
+            except ValueError:
+                continue
+            if (first is None or partition >= first) and (last is None or partition <= last):
+                found.append((stamp, child))
+        return [path for _, path in sorted(found)]
+
     def manifests(self, kind: str) -> list[dict[str, Any]]:
         """Verified manifests of `kind` (each with its "path"), by partition, then creation time.
         A damaged checkpoint raises CheckpointError instead of being skipped."""
-        folder = self.root / kind
-        found = [{**read_manifest(child), "path": str(child)}
-                 for child in (folder.iterdir() if folder.exists() else []) if child.name.startswith(f"{kind}-")]
-        return sorted(found, key=lambda m: (m["partition"], m["created_at"]))
+        return [{**read_manifest(path), "path": str(path)} for path in self._folders(kind)]
 
     def latest(self, kind: str, partition_on_or_before: dt.date | None = None, *,
                partition_before: dt.date | None = None, partition_from: dt.date | None = None,
                where: Any = None) -> Checkpoint | None:
         """The checkpoint of `kind` of the newest partition in the given bounds (and meeting `where`,
-        a manifest -> bool), or None."""
-        usable = [m for m in self.manifests(kind)
-                  if (partition_on_or_before is None or m["partition"] <= partition_on_or_before.isoformat())
-                  and (partition_before is None or m["partition"] < partition_before.isoformat())
-                  and (partition_from is None or m["partition"] >= partition_from.isoformat())
-                  and (where is None or where(m))]
-        return load_checkpoint(Path(usable[-1]["path"])) if usable else None
+        a manifest -> bool), or None. Checkpoints are read newest first: a damaged one in the way
+        raises CheckpointError (nothing silently falls back past it), older ones are never read."""
+        last = partition_on_or_before
+        if partition_before is not None:
+            day_before = partition_before - dt.timedelta(days=1)
+            last = day_before if last is None else min(last, day_before)
+        for path in reversed(self._folders(kind, partition_from, last)):
+            manifest = read_manifest(path)
+            if where is None or where(manifest):
+                return load_checkpoint(path)
+        return None
 
     def of_partition(self, kind: str, partition: dt.date) -> Checkpoint:
         found = self.latest(kind, partition, partition_from=partition)

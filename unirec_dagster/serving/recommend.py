@@ -281,8 +281,8 @@ def users_short_of_k(conn: duckdb.DuckDBPyConnection, run_date: dt.date, k: int)
 
 def refresh_similar_items(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date,
                           checkpoint: Checkpoint, text: TextView | None) -> tuple[int, int]:
-    """Rewrite serving.similar_items from a fine-tuned checkpoint over the KG of `run_date`;
-    returns (rows written, items)."""
+    """Replace the partition `run_date` of serving.similar_items from a fine-tuned checkpoint over
+    the KG of `run_date`; returns (rows written, items)."""
     graph = load_graph(conn, run_date)
     model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
     items, vectors = similar_item_vectors(model, graph, text)
@@ -315,7 +315,7 @@ def write_similar_items(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_
                                block_rows(len(item_ids)), never=never_recommended(conn, spec, item_ids))
     table = _ranked_table(item_ids, scores, item_ids[neighbours])
     with transaction(conn):
-        conn.execute("DELETE FROM serving.similar_items")
+        conn.execute("DELETE FROM serving.similar_items WHERE run_date = $d", {"d": run_date})
         conn.register("new_similar", table)
         conn.execute("""
             INSERT INTO serving.similar_items

@@ -213,12 +213,18 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                             classic)
 
 
-def promoted_checkpoint(store: CheckpointStore, run_date: dt.date) -> Checkpoint:
-    """The fine-tuned checkpoint of the newest partition up to run_date that passed the gate."""
-    found = store.latest(FINETUNED, run_date, where=lambda m: m.get("promoted"))
+def served_checkpoint(store: CheckpointStore, run_date: dt.date, model_partition: dt.date | None = None) -> Checkpoint:
+    """The fine-tuned checkpoint that serves run_date: its own partition's, never silently an older
+    one (a deleted or never-built day fails with what to do). `model_partition` names an older
+    partition's model explicitly; the caller reports it (the serving assets warn)."""
+    wanted = model_partition or run_date
+    if wanted > run_date:
+        raise ValueError(f"the model of {wanted} knows data after {run_date}: it cannot serve that day")
+    found = store.latest(FINETUNED, wanted, partition_from=wanted, where=lambda m: m.get("promoted", True))
     if found is None:
-        raise LookupError(f"no promoted fine-tuned model for {run_date} in {store.root}: materialize "
-                          "finetuned_recommender first (its quality gate must pass)")
+        raise LookupError(f"no fine-tuned model of partition {wanted} in {store.root}: materialize "
+                          f"finetuned_recommender for {wanted} first. Serving never falls back to an older model "
+                          "by itself; to serve one on purpose, set model_partition in the run config.")
     return found
 
 

@@ -157,6 +157,9 @@ VIEWS = {
     "serving.latest_recommendations": """
         SELECT * FROM serving.recommendations
         WHERE partition_date = (SELECT max(partition_date) FROM serving.recommendations)""",
+    "serving.latest_similar_items": """
+        SELECT * FROM serving.similar_items
+        WHERE run_date = (SELECT max(run_date) FROM serving.similar_items)""",
 }
 
 
