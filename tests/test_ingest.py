@@ -222,19 +222,24 @@ def day1_events(conn):
     ("empty", "no data line, but the day holds"),
     ("header only", "no data line, but the day holds"),
     ("timestamp format", "rejected, above max_reject_rate 50%; mostly bad_timestamp"),
+    ("truncated", "1 events, but the stored day holds 3: a drop of 67%, above max_volume_drop 50%"),
 ])
 def test_a_stored_day_is_never_replaced_by_nothing(tmp_path, conn, load, damage, message):
-    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\nu1,A,2024-01-01 10:00:00\nu2,B,2024-01-01 11:00:00\n")
+    write_text(tmp_path / "2024-01-01.csv", "user,item,ts\nu1,A,2024-01-01 10:00:00\nu2,B,2024-01-01 11:00:00\n"
+                                            "u3,C,2024-01-01 12:00:00\n")
     spec = load({}, max_reject_rate=0.5)
     ingest_days(conn, spec, [DAY1])
     stored = day1_events(conn)
-    assert len(stored) == 2
+    assert len(stored) == 3
     if damage == "typo":
         spec = load({"path": "{date}.cvs"}, max_reject_rate=0.5)
     elif damage == "empty":
         (tmp_path / "2024-01-01.csv").write_text("")
     elif damage == "header only":
         (tmp_path / "2024-01-01.csv").write_text("user,item,ts\n")
+    elif damage == "truncated":  # cut inside the second line: one event is left, the cut line is rejected
+        text = (tmp_path / "2024-01-01.csv").read_text()
+        (tmp_path / "2024-01-01.csv").write_text(text[:text.index("u2") + 8])
     else:
         spec = load({"timestamp": {"column": "ts", "format": "%d/%m/%Y %H:%M"}}, max_reject_rate=0.5)
     with pytest.raises(IngestRefused, match=message) as refused:
@@ -242,9 +247,9 @@ def test_a_stored_day_is_never_replaced_by_nothing(tmp_path, conn, load, damage,
     assert ("{date}.cvs" if damage == "typo" else "2024-01-01.csv") in str(refused.value)
     assert day1_events(conn) == stored, "the stored day is untouched"
     if damage != "typo":
-        override = {"force": True} if damage == "timestamp format" else {"allow_empty": True}
+        override = {"force": True} if damage in ("timestamp format", "truncated") else {"allow_empty": True}
         ingest_days(conn, spec, [DAY1], **override)  # the operator says so: the day is replaced
-        assert day1_events(conn) == []
+        assert len(day1_events(conn)) == (1 if damage == "truncated" else 0)
 
 
 def test_refused_day_names_an_example_line_and_the_other_days_are_written(tmp_path, conn, load):

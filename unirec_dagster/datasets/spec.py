@@ -214,6 +214,9 @@ class DatasetSpec(_Strict):
     items: EntitySpec = EntitySpec()
     users: EntitySpec = EntitySpec()
     max_reject_rate: float = Field(0.5, ge=0, le=1, description="Asset check threshold on rejected lines.")
+    max_volume_drop: float = Field(0.5, ge=0, le=1, description="A re-ingest that would keep less than "
+                                   "(1 - max_volume_drop) of a stored day's events (a truncated file) is refused "
+                                   "unless forced.")
     spec_dir: Path = Field(Path("."), exclude=True)
 
     @model_validator(mode="after")

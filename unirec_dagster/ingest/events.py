@@ -271,6 +271,10 @@ def _refusal(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stats: Partitio
             "no data line" if not stats.lines_read else f"no accepted line of {stats.lines_read:,}")
         return (f"{where}: {what}, but the day holds {held:,} events; the stored day is kept. Check events.path "
                 "and the file, or run with allow_empty: true to empty the day.")
+    if 0 < stats.accepted < held * (1 - spec.max_volume_drop) and not force:
+        return (f"{where}: {stats.accepted:,} events, but the stored day holds {held:,}: a drop of "
+                f"{1 - stats.accepted / held:.0%}, above max_volume_drop {spec.max_volume_drop:.0%} (a truncated or "
+                "partial file?). The stored day is kept. Check the file, or run with force: true to replace the day.")
     return None
 
 
@@ -285,8 +289,8 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
     """Ingest each of `days` into raw.events / raw.rejected_events, replacing those partitions.
 
     A day is only replaced by something believable: a missing or empty file (or one with no
-    accepted line) for a day that holds events needs `allow_empty`, and a reject rate above the
-    spec's max_reject_rate needs `force`. Refused days keep what they held; the others are written,
+    accepted line) for a day that holds events needs `allow_empty`; a reject rate above the
+    spec's max_reject_rate, or a volume drop above its max_volume_drop, needs `force`. Refused days keep what they held; the others are written,
     then IngestRefused names every refused day. A path that matches no file for any of the days
     fails before anything is written."""
     ensure_schema(conn)
