@@ -89,3 +89,20 @@ def test_attribute_named_like_a_built_in_entity_type_is_refused(tmp_path):
     path = write_spec(tmp_path, {}, items={"attributes": {"item": "group"}})
     with pytest.raises(SpecError, match=r"items\.attributes\.item.*built-in entity type"):
         load_spec(path)
+
+
+@pytest.mark.parametrize("events, extra, key, words", [
+    ({"timestamp": {"column": "ts", "format": "%Y-%m-%d %Q"}}, {}, "events.timestamp.format", "unknown strptime directive(s) %Q"),
+    ({"timestamp": {"column": "ts", "format": "yyyy-mm-dd"}}, {}, "events.timestamp.format", "no strptime directive"),
+    ({"user_id": ""}, {}, "events.user_id.column", "the column name is empty"),
+    ({"timestamp": {"column": " "}}, {}, "events.timestamp.column", "the column name is empty"),
+    ({}, {"name": "../.."}, "name", "not a usable name"),
+    ({}, {"name": "shop/a"}, "name", "not a usable name"),
+])
+def test_unusable_values_are_refused_at_load_naming_the_key(tmp_path, events, extra, key, words):
+    message = error_for(tmp_path, events, **extra)
+    assert f"key '{key}'" in message and words in message, message
+
+
+def test_dashed_directives_are_accepted(tmp_path):
+    assert load_spec(write_spec(tmp_path, {"timestamp": {"column": "ts", "format": "%-m/%-d/%Y %H:%M"}}))

@@ -44,11 +44,44 @@ class ColumnRef(_Strict):
     def _shorthand(cls, value):
         return {"column": value} if isinstance(value, str) else value
 
+    @field_validator("column")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the column name is empty: name the source column")
+        return value
+
+
+# strptime directives DuckDB's strptime reads (%-d: without the leading zero)
+STRPTIME_DIRECTIVE = re.compile(r"%(-?)(.)")
+STRPTIME_CODES = set("aAwdbBmyYHIpMSfzZjUWcxXgGuVn%")
+
 
 class TimestampSpec(_Strict):
     column: str
     format: str | None = Field(None, description="strptime format, e.g. '%Y-%m-%d %H:%M:%S'.")
     unit: Literal["s", "ms"] | None = Field(None, description="Epoch seconds or milliseconds.")
+
+    @field_validator("column")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the column name is empty: name the timestamp column")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _known_directives(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        unknown = sorted({f"%{dash}{code}" for dash, code in STRPTIME_DIRECTIVE.findall(value)
+                          if code not in STRPTIME_CODES})
+        if unknown:
+            raise ValueError(f"unknown strptime directive(s) {', '.join(unknown)} in '{value}'; use e.g. "
+                             "'%Y-%m-%d %H:%M:%S' (%Y year, %m month, %d day, %H hour, %M minute, %S second)")
+        if not STRPTIME_DIRECTIVE.search(value):
+            raise ValueError(f"'{value}' has no strptime directive; use e.g. '%Y-%m-%d %H:%M:%S'")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -207,9 +240,21 @@ class EventsSpec(SourceFile):
         return self
 
 
+SPEC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
 class DatasetSpec(_Strict):
-    name: str
+    name: str = Field(description="Names the dataset's model folder: letters, digits, '.', '_', '-'.")
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        # The name becomes a folder under the models directory: it may not climb out of it.
+        if not SPEC_NAME.match(value) or ".." in value:
+            raise ValueError(f"'{value}' is not a usable name: letters, digits, '.', '_' and '-' only, starting "
+                             "with a letter or digit, no '..' (it names the dataset's model folder)")
+        return value
     events: EventsSpec
     items: EntitySpec = EntitySpec()
     users: EntitySpec = EntitySpec()
