@@ -133,6 +133,14 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp
     assert "popular recently" in capsys.readouterr().out
     assert show.main(["--user", "u6", "--warehouse", str(tmp_path / "warehouse.duckdb")]) == 1
     assert "no event up to then" in capsys.readouterr().err
+    warehouse = str(tmp_path / "warehouse.duckdb")
+    assert show.main(["--user", "u4", "--warehouse", warehouse, "--date", "2024-02-01"]) == 1
+    assert "2024-02-01 was never built (1 partitions from 2024-01-03 to 2024-01-03)" in capsys.readouterr().err
+    assert show.main(["--user", "u4", "--warehouse", str(tmp_path / "nowhere.duckdb")]) == 1
+    assert "no warehouse at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        show.main(["--user", "u4", "--warehouse", warehouse, "--limit", "0"])
+    assert "not a positive number" in capsys.readouterr().err
 
 
 def test_blocked_blend_ranks_as_the_full_matrix():

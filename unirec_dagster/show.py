@@ -23,10 +23,27 @@ QUERY = """SELECT rank, item_id, coalesce(title, ''), score, reason, model_versi
            WHERE partition_date = $d AND user_id = $u ORDER BY rank LIMIT $n"""
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of recommendations")
+    return value
+
+
 def _from_warehouse(path: str, user: str, day: dt.date | None, limit: int) -> tuple[dt.date | None, list, str]:
     conn = connect(path, read_only=True)
     try:
-        day = day or rows(conn, "SELECT max(partition_date) FROM serving.recommendations")[0][0]
+        try:
+            built = rows(conn, "SELECT min(partition_date), max(partition_date), count(DISTINCT partition_date), "
+                               "bool_or(partition_date = $d) FROM serving.recommendations", {"d": day})[0]
+        except duckdb.CatalogException:  # a warehouse the serving step never wrote to
+            built = (None, None, 0, False)
+        if built[1] is None:
+            return day, [], "no partition of serving.recommendations was built yet: materialize recommendations"
+        if day is not None and not built[3]:
+            return day, [], (f"the partition {day} was never built ({built[2]} partitions from {built[0]} to "
+                             f"{built[1]}): materialize recommendations for it")
+        day = day or built[1]
         found = rows(conn, QUERY.format(source="serving.recommendations r LEFT JOIN raw.items i USING (item_id)"),
                      {"d": day, "u": user, "n": limit})
         last = rows(conn, "SELECT max(ts) FROM raw.events WHERE user_id = $u AND ts < $d + INTERVAL 1 DAY",
@@ -53,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--user", required=True)
     parser.add_argument("--date", type=dt.date.fromisoformat, help="partition date (default: the newest)")
-    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--limit", type=_positive, default=20)
     parser.add_argument("--warehouse", default=str(settings.duckdb_path()))
     args = parser.parse_args(argv)
+    if not Path(args.warehouse).is_file():
+        print(f"no warehouse at {args.warehouse}: run the pipeline first (make run), or pass --warehouse or set "
+              f"{settings.DUCKDB_PATH_ENV}", file=sys.stderr)
+        return 1
     try:
         day, found, why = _from_warehouse(args.warehouse, args.user, args.date, args.limit)
     except duckdb.IOException as error:
