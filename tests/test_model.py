@@ -5,9 +5,9 @@ import datetime as dt
 import json
 
 import pytest
-
-from unirec_dagster.training.steps import served_checkpoint
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_checkpoint
@@ -17,6 +17,8 @@ from unirec_dagster.model.encoder import (GraphEncoder, Propagation, RelationWei
 from unirec_dagster.model import objectives
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.sampling import NeighbourSampler, SampledEmbedding
+from unirec_dagster.model.trainer import TrainSettings, train
+from unirec_dagster.training.steps import served_checkpoint
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
 
@@ -239,3 +241,51 @@ def test_empty_fanouts_are_refused_not_ignored():
     graph, text, _ = planted_graph()
     with pytest.raises(ValueError, match="fanouts must be positive"):
         pretrain(graph, text, config(link_weight=1.0).model_copy(update={"fanouts": [], "epochs": 1}), "purchase")
+
+
+class _RecordingTask:
+    """45 examples in batches of 10: the two workers' shards differ in length (the last batch has 5),
+    and each worker draws as many random numbers as its shard is long, as negatives do."""
+
+    weights, unit, examples_per_epoch = {"fit": 1.0}, "edges", 45
+
+    def __init__(self):
+        self.seen: list[list[int]] = []
+
+    def start_epoch(self, generator):
+        self.seen.append([])
+        return None
+
+    def batches(self, generator):
+        order = torch.randperm(self.examples_per_epoch, generator=generator)
+        yield from order.split(10)
+
+    def loss(self, model, emb, batch, generator):
+        torch.rand(len(batch) * 7, generator=generator)
+        self.seen[-1] += batch.tolist()
+        return {"fit": emb[batch % model.num_entities].pow(2).mean()}
+
+
+def _shard_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        task = _RecordingTask()
+        train(GraphEncoder(45, 1, EncoderConfig(dim=4, layers=0)), task, None,
+              TrainSettings(epochs=3, lr=0.01, seed=0, device="cpu"))
+        with open(f"{out}.{rank}", "w") as handle:
+            json.dump(task.seen, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_workers_shards_partition_every_epoch(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_shard_worker, args=(2, port, str(tmp_path / "seen")), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"seen.{r}").read_text()) for r in range(2)]
+    for epoch in range(3):
+        first, second = ranks[0][epoch], ranks[1][epoch]
+        assert not set(first) & set(second), f"epoch {epoch + 1}: an example on both workers"
+        assert sorted(first + second) == list(range(45)), f"epoch {epoch + 1}: the shards miss examples"

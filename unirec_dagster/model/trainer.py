@@ -100,6 +100,11 @@ class _Step(nn.Module):
             return self.task.loss(self.model, emb, batch, generator)
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of an epoch's shared draws: the same on every worker, whatever each drew before."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) outside torch.distributed."""
     if dist.is_available() and dist.is_initialized():
@@ -135,13 +140,18 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
 def _train(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings,
            validate: Callable[[torch.Tensor], float] | None, log: Log | None, label: str) -> TrainResult:
     torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     device = choose_device(settings.device)
     model.to(device)
     text_on_device = text.for_model(model, device) if text is not None else None
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     rank, world_size = world()
+    # Two streams, as DistributedSampler does it: what every worker must agree on (the epoch's masks
+    # and order, so the shards batch[rank::world_size] partition the epoch) is drawn from a generator
+    # seeded by (seed, epoch) alone; what each worker samples for its own shard (negatives), whose
+    # amount depends on the shard, from its own generator. One shared generator let the workers'
+    # orders drift apart after the first epoch.
+    sampling = torch.Generator().manual_seed(settings.seed * 1009 + rank)
     step = _Step(model, task, autocast)
     if world_size > 1:
         step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
@@ -152,15 +162,16 @@ def _train(model: GraphEncoder, task: Task, text: TextView | None, settings: Tra
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        propagation = task.start_epoch(generator)
+        shared = epoch_generator(settings.seed, epoch)
+        propagation = task.start_epoch(shared)
         propagation = propagation.to(device) if propagation is not None else None
         sampler = None
         if settings.fanouts is not None and propagation is not None and model.propagates:
             sampler = NeighbourSampler(propagation, settings.fanouts, model.config.layers)
         totals = dict.fromkeys(task.weights, 0.0)
         steps = 0
-        for batch in task.batches(generator):
-            losses = step(propagation, sampler, text_on_device, batch[rank::world_size], generator)  # this worker's shard
+        for batch in task.batches(shared):
+            losses = step(propagation, sampler, text_on_device, batch[rank::world_size], sampling)  # this worker's shard
             loss = sum(task.weights[name] * value.float() for name, value in losses.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

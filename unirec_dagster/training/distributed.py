@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job", type=Path, required=True)
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
+    if cuda:  # each worker on its own GPU before NCCL starts (else every rank's communicator uses GPU 0)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
     settings = json.loads((args.job / SETTINGS).read_text())
