@@ -82,6 +82,8 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         assert result.success
         gate = [c for c in result.get_asset_check_evaluations() if c.check_name == "quality_gate"]
         assert len(gate) == 1
+        age = [c for c in result.get_asset_check_evaluations() if c.check_name == "pretrained_age"]
+        assert age[0].passed and age[0].metadata["age_days"].value == 0
         finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
         served_policy = result.asset_materializations_for_node("recommendations")[0].metadata["policy"].value
         assert served_policy == finetuned["policy"].value == gate[0].metadata["policy"].value

@@ -1,5 +1,7 @@
 """Model assets: multi-task pretraining and fine-tuning with its quality gate."""
 
+import datetime as dt
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -16,7 +18,8 @@ from unirec_dagster.ranking.candidates import CandidateConfig
 from unirec_dagster.ranking.ranker import RankerConfig
 from unirec_dagster.training.ranking import RankingSettings
 from unirec_dagster.training.fit import train_variant
-from unirec_dagster.training.steps import PRETRAINED_WINDOW_DAYS, run_finetuning, run_pretraining
+from unirec_dagster.training.steps import (PRETRAINED_FRESH_DAYS, PRETRAINED_WINDOW_DAYS, run_finetuning,
+                                           run_pretraining)
 
 
 # On Kubernetes (deploy/: the K8s run launcher or k8s_job_executor) the training steps ask for a GPU;
@@ -87,7 +90,7 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
 
 @dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
           deps=[knowledge_graph, item_text_embeddings,
-                # weekly pretraining: the newest of the last week's partitions is the parent
+                # weekly pretraining: the newest of the last four weeks' partitions is the parent
                 dg.AssetDep(pretrained_encoder, partition_mapping=dg.TimeWindowPartitionMapping(
                     start_offset=-(PRETRAINED_WINDOW_DAYS - 1), end_offset=0,
                     allow_nonexistent_upstream_partitions=True))],
@@ -96,8 +99,13 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
               "quality_gate", asset="finetuned_recommender", blocking=True,
               description="The two-stage ranker serves only when its out-of-fold validation Recall@20 beats the "
                           "strongest classic peer (EASE^R, RP3beta, EASE^R + recent popularity) tuned on the same "
-                          "window; otherwise that peer serves, and this check warns.")],
-          description="Fine-tuned from the newest pretrained_encoder partition of the last 7 days for serving on the "
+                          "window; otherwise that peer serves, and this check warns."),
+              dg.AssetCheckSpec(
+                  "pretrained_age", asset="finetuned_recommender",
+                  description=f"The pretrained start is at most {PRETRAINED_FRESH_DAYS} days older than the "
+                              "partition (weekly pretraining ran); warns otherwise.")],
+          description="Fine-tuned from the newest pretrained_encoder partition of the last 28 days (the "
+                      "pretrained_age check warns past 7) for serving on the "
                       "partition date: early-stopped on the validation window before the cutoff, then retrained up "
                       "to it. On the same window the classic peers are tuned and the two-stage ranker (candidates "
                       "from the graph model, EASE^R, RP3beta, co-purchase, trending and new items; LightGBM "
@@ -127,6 +135,14 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
         "candidates_per_user": ranking.get("candidates_per_user", 0.0),
         "feature_importance": dg.MetadataValue.md(importance_table(ranking.get("importances") or {})),
         "ablations": {kind: c.version for kind, c in result.ablations.items()}})
+    parent_age = (partition_date(context) - dt.date.fromisoformat(m["parent"].split("-", 1)[1][:10])).days \
+        if m["parent"] else None
+    yield dg.AssetCheckResult(
+        check_name="pretrained_age", passed=parent_age is not None and parent_age <= PRETRAINED_FRESH_DAYS,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"fine-tuned from {m['parent']}, {parent_age} days old" if m["parent"] else
+                     "trained without a pretrained start"),
+        metadata={"parent": m["parent"] or "", "age_days": parent_age if parent_age is not None else -1})
     yield dg.AssetCheckResult(
         check_name="quality_gate", passed=gate.passed, description=gate.reason, severity=dg.AssetCheckSeverity.WARN,
         metadata={"policy": gate.policy, "baseline": gate.baseline,

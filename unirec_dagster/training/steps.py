@@ -39,7 +39,10 @@ PRETRAINED, FINETUNED = "pretrained", "finetuned"
 MF_ABLATION, FROM_SCRATCH = "mf-ablation", "from-scratch"
 ABLATION_LABELS = {MF_ABLATION: "BPR-MF (the same trainer: no graph, no text, no pretraining)",
                    FROM_SCRATCH: "full model from scratch (no pretraining)"}
-PRETRAINED_WINDOW_DAYS = 7  # fine-tuning of day D takes the newest pretrained partition in [D - 6, D]
+# Fine-tuning of day D takes the newest pretrained partition in [D - 27, D]: pretraining is weekly,
+# and one failed week must not stop a month of nightly runs; the pretrained_age check warns past a week.
+PRETRAINED_WINDOW_DAYS = 28
+PRETRAINED_FRESH_DAYS = 7
 
 
 def _fingerprint(conn: duckdb.DuckDBPyConnection):
@@ -154,7 +157,7 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                    trainer: VariantTrainer = train_variant, ranking: RankingSettings = RankingSettings(),
                    mf_ablation: bool = False, pretrained: bool = True) -> FinetuningResult:
     """Fine-tune the graph model for serving on run_date (cutoff = the next day) from the newest
-    pretrained checkpoint of the last week (from scratch with `pretrained=False`), tune the classic
+    pretrained checkpoint of the last PRETRAINED_WINDOW_DAYS (from scratch with `pretrained=False`), tune the classic
     peers and fit the two-stage ranker on the validation window, and let the gate choose what
     serves. BPR-MF (`mf_ablation`) and the full model without pretraining (`from_scratch`) are
     trained on the same splits and kept for the evaluation. `trainer` trains each model:
@@ -162,7 +165,8 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     cutoff = run_date + dt.timedelta(days=1)
     start = store.latest(PRETRAINED, run_date, partition_from=run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1))
     if start is None and pretrained:
-        raise LookupError(f"no pretrained checkpoint of a partition in {run_date - dt.timedelta(days=6)}.."
+        raise LookupError(f"no pretrained checkpoint of a partition in "
+                          f"{run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1)}.."
                           f"{run_date} in {store.root}: materialize pretrained_encoder for one of those days first")
     validation = validation_split(conn, spec, cutoff, validation_days(conn, run_date))
     if start is not None:
