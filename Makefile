@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DAGSTER := $(VENV)/bin/dagster
 MODULE := -m unirec_dagster.definitions
 
-.PHONY: setup run test bench dev clean
+.PHONY: setup run test test-fast lint bench dev clean
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -45,6 +45,14 @@ run: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The quick tier while editing: everything but the whole-pipeline and multi-process tests.
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check unirec_dagster tests bench
+	$(VENV)/bin/mypy unirec_dagster
 
 bench: setup
 	$(PY) bench/ingest_year.py

@@ -21,17 +21,24 @@ from pathlib import Path
 import torch
 
 from unirec_dagster.datasets import load_spec
-from unirec_dagster.evaluation.cold_start import (attribute_popularity_scores, choose_hidden_items, content_scores,
-                                                  hidden_item_metrics, hidden_pairs, hide_items, rank_with)
+from unirec_dagster.evaluation.cold_start import (
+    attribute_popularity_scores,
+    choose_hidden_items,
+    content_scores,
+    hidden_item_metrics,
+    hidden_pairs,
+    hide_items,
+    rank_with,
+)
 from unirec_dagster.evaluation.evaluate import rank, subset_metrics
 from unirec_dagster.evaluation.served import served_ranking
 from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.graph import build_partition
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
+from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
-from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.context import served_policy, text_view
 from unirec_dagster.training.steps import FROM_SCRATCH, run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect

@@ -16,18 +16,18 @@ import time
 from functools import partial
 from pathlib import Path
 
+from measure import load_whole_dataset  # bench/measure.py, beside this script
+
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.graph import build_partition
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
-from unirec_dagster.training.distributed import finetune_in_workers, pretrain_in_workers
-from unirec_dagster.training.fit import train_variant
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.settings import DEFAULT_DATASET
+from unirec_dagster.training.distributed import finetune_in_workers, pretrain_in_workers
+from unirec_dagster.training.fit import train_variant
 from unirec_dagster.training.steps import run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect
-
-from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 
 def main() -> None:

@@ -69,12 +69,15 @@ def main() -> None:
         baseline_wall = time.perf_counter() - started
 
     lines = events + rejected
-    print(f"| method | lines | wall s | lines/s |")
-    print(f"|---|---|---|---|")
-    print(f"| unirec raw_events backfill, {len(files)} files, one Dagster run (CLI start-up included) | {lines:,} | {wall:.1f} | {lines / wall:,.0f} |")
+    print("| method | lines | wall s | lines/s |")
+    print("|---|---|---|---|")
+    print(f"| unirec raw_events backfill, {len(files)} files, one Dagster run (CLI start-up included) | {lines:,} | "
+          f"{wall:.1f} | {lines / wall:,.0f} |")
     print(f"| the CLI's fixed cost: the same command for one day ({spec.events.start_date}) | – | {one_day:.1f} | – |")
-    print(f"| unirec ingest_days in process (what the asset runs, no CLI start-up) | {lines:,} | {direct_wall:.1f} | {lines / direct_wall:,.0f} |")
-    print(f"| baseline: bare DuckDB read_csv, no contract or quarantine | {plain:,} | {baseline_wall:.1f} | {plain / baseline_wall:,.0f} |")
+    print(f"| unirec ingest_days in process (what the asset runs, no CLI start-up) | {lines:,} | {direct_wall:.1f} | "
+          f"{lines / direct_wall:,.0f} |")
+    print(f"| baseline: bare DuckDB read_csv, no contract or quarantine | {plain:,} | {baseline_wall:.1f} | "
+          f"{plain / baseline_wall:,.0f} |")
     print(f"ratio to the baseline: {wall / baseline_wall:.1f}x with the CLI, {(wall - one_day) / baseline_wall:.1f}x "
           f"with the CLI less its one-day fixed cost, {direct_wall / baseline_wall:.1f}x in process")
     print(f"accepted {events:,} + rejected {rejected:,} = {lines:,} (expected 541,909)")

@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import duckdb
+from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.graph import build_snapshot
 from unirec_dagster.ingest import ingest_days
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import connect, rows
-
-from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 
 def build_only(db: str, spec_path: str, day: str) -> None:
@@ -48,7 +47,8 @@ def build_only(db: str, spec_path: str, day: str) -> None:
 def ingest_only(db: str, spec_path: str) -> None:
     """Run in a child process so that its peak RSS is the ingestion's alone."""
     spec = load_spec(spec_path)
-    days = [spec.events.start_date + dt.timedelta(days=i) for i in range((spec.events.end_date - spec.events.start_date).days + 1)]
+    span = (spec.events.end_date - spec.events.start_date).days
+    days = [spec.events.start_date + dt.timedelta(days=i) for i in range(span + 1)]
     conn = connect(db)
     started = time.perf_counter()
     ingest_days(conn, spec, days)
@@ -101,7 +101,8 @@ def main() -> None:
     print(f"| ingestion, glob layout streamed ({ingested['events']:,} accepted + {ingested['rejected']:,} rejected "
           f"of {read:,} rows) | {ingested['wall']:.1f} | {ingested['peak_gib']:.2f} |")
     print(f"| baseline: bare DuckDB read of the same Parquet file into an in-memory table | {bare:.1f} | – |")
-    print(f"| KG snapshot build ({result['entities']:,} entities, {result['triples']:,} triples) | {result['wall']:.1f} | {result['peak_gib']:.2f} |")
+    print(f"| KG snapshot build ({result['entities']:,} entities, {result['triples']:,} triples) | {result['wall']:.1f} | "
+          f"{result['peak_gib']:.2f} |")
     print(f"| baseline: bare user-item GROUP BY over raw.events | {result['baseline']:.1f} | (same process) |")
     print("triples by relation:", result["by_relation"])
 

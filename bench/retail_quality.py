@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import load_whole_dataset  # bench/measure.py, beside this script
+
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.graph import build_partition
@@ -38,11 +40,17 @@ from unirec_dagster.settings import PROJECT_ROOT
 from unirec_dagster.training.classic import EASE_RECENT
 from unirec_dagster.training.context import cutoff_inputs, served_policy, text_view
 from unirec_dagster.training.ranking import RankingSettings
-from unirec_dagster.training.steps import (FINETUNED, FROM_SCRATCH, SERVED, evaluate_policy, fit_ranking,
-                                           run_evaluation, run_finetuning, run_pretraining)
+from unirec_dagster.training.steps import (
+    FINETUNED,
+    FROM_SCRATCH,
+    SERVED,
+    evaluate_policy,
+    fit_ranking,
+    run_evaluation,
+    run_finetuning,
+    run_pretraining,
+)
 from unirec_dagster.warehouse import connect
-
-from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 SLICES = ("all", "cold_users", "warm_users", "new_items", "tail_items")
 PEER = f"{EASE_RECENT} (tuned)"
@@ -141,7 +149,7 @@ def report(run_date: str, runs: list[dict]) -> None:
               f"{r['candidate_recall']}; pretrain {r['pretrain_s']}s, fine-tune + ranker {r['finetune_s']}s, "
               f"serving {r['serve_s']}s")
     top = runs[0]["importances"] or {}
-    print("importances (seed %s): " % runs[0]["seed"] + ", ".join(f"{k} {v:.3f}" for k, v in list(top.items())[:12]))
+    print(f"importances (seed {runs[0]['seed']}): " + ", ".join(f"{k} {v:.3f}" for k, v in list(top.items())[:12]))
 
 
 def main() -> None:

@@ -28,21 +28,20 @@ import json
 import time
 
 import torch
+from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
+from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.history import CutoffStats, TrainingData
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
 from unirec_dagster.ranking.content import ItemContent
 from unirec_dagster.ranking.ranker import RankerConfig
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.ranking.topk import block_rows, top_k
 from unirec_dagster.ranking.two_stage import TwoStage
-from unirec_dagster.evaluation.split import HoldoutPairs
-from unirec_dagster.history import CutoffStats, TrainingData
 from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.serving.recommend import rank_two_stage, score_users
 from unirec_dagster.training.ranking import fit_two_stage
-from unirec_dagster.ranking.topk import block_rows, top_k
-
-from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 CASES = [(200_000, 4_000), (100_000, 50_000)]  # (users, items)
 

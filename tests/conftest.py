@@ -3,10 +3,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
-
-import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings

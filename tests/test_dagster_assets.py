@@ -6,12 +6,12 @@ import datetime as dt
 import dagster as dg
 import pytest
 
+from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH, warehouse_resources
 from unirec_dagster.definitions import defs
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import IngestConfig, raw_events, raw_items, raw_users
 from unirec_dagster.ingest import IngestRefused
 from unirec_dagster.warehouse import connect, rows
-from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH, warehouse_resources
 
 
 def sample_lines(day: str) -> int:

@@ -9,33 +9,37 @@ import textwrap
 import pytest
 import torch
 
-from unirec_dagster.evaluation.metrics import ranking_metrics
-from unirec_dagster.ranking.scoring import Scorer
-from unirec_dagster.ranking.signals import Signals
+from tests.conftest import write_text
+from unirec_dagster import show
 from unirec_dagster.evaluation.cold_start import choose_hidden_items, hide_items
 from unirec_dagster.evaluation.evaluate import evaluate
+from unirec_dagster.evaluation.metrics import ranking_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
-from unirec_dagster.history import TrainingData, load_training
-from unirec_dagster import show
-from unirec_dagster.graph import build_snapshot
 from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings
+from unirec_dagster.graph import build_snapshot, load_graph
+from unirec_dagster.history import TrainingData, load_training
 from unirec_dagster.ingest import build_catalog, ingest_days
-from unirec_dagster.graph import load_graph
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation
 from unirec_dagster.model.pretrain import PretrainTask
 from unirec_dagster.model.text_encoder import TextEncoder
-from unirec_dagster.serving.reasons import POSITIVE, Explainer
-from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, score_users,
-                                              write_recommendations, write_similar_items)
-from unirec_dagster.training.blend import fit_blend
-from unirec_dagster.training.fit import negative_candidates
 from unirec_dagster.ranking.classic import ClassicParams
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.serving.reasons import POSITIVE, Explainer
+from unirec_dagster.serving.recommend import (
+    ServingSettings,
+    publish_recommendations,
+    score_users,
+    write_recommendations,
+    write_similar_items,
+)
+from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.classic import EASE, EASE_RECENT, RP3BETA, TunedClassic
+from unirec_dagster.training.fit import negative_candidates
 from unirec_dagster.training.ranking import TWO_STAGE
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
-from tests.conftest import write_text
 
 
 def test_metrics_match_hand_computation():
@@ -122,7 +126,7 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp
               ("u3", "B"), ("u3", "C"), ("u4", "D"), ("u5", "A")}
     assert not bought & {(u, i) for u, i, _ in recs}
     by_user = {}
-    for user, item, reason in recs:
+    for user, _, reason in recs:
         by_user.setdefault(user, []).append(reason)
     # u4 and u5 have one purchase (< min_history 2): recently popular in their country.
     assert all(r.startswith("popular recently") for r in by_user["u4"] + by_user["u5"])

@@ -3,12 +3,12 @@ import datetime as dt
 import pytest
 import torch
 
+from tests.conftest import write_text
 from unirec_dagster.graph import KGParams, build_snapshot, load_graph
 from unirec_dagster.graph.checks import check_snapshot
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import rows
-from tests.conftest import write_text
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
 PARAMS = KGParams(half_life_days=1.0, price_bands=2, keyword_min_items=2, keyword_max_item_share=0.9,

@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import write_text
 from unirec_dagster.datasets import SpecError
 from unirec_dagster.ingest import IngestRefused, build_catalog, ingest_days
 from unirec_dagster.warehouse import rows, scalar
-from tests.conftest import write_text
 
 DAY1, DAY2, DAY3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
 
@@ -109,7 +109,7 @@ def test_failed_write_leaves_the_old_partition(conn, retail_like, monkeypatch):
 
     # The second statement of the partition's transaction fails: the delete before it must not stick.
     monkeypatch.setattr(events_module, "_INSERT_REJECTS", "INSERT INTO raw.no_such_table SELECT 1")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="no_such_table"):
         ingest_days(conn, retail_like, [DAY1])
     assert table_counts(conn) == before
 

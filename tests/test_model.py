@@ -10,11 +10,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.model import objectives
 from unirec_dagster.model.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_checkpoint
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
-from unirec_dagster.model.encoder import (GraphEncoder, Propagation, RelationWeightedSpMM, StackedAdjacency, TextView,
-                                         normalized_entries)
-from unirec_dagster.model import objectives
+from unirec_dagster.model.encoder import (
+    GraphEncoder,
+    Propagation,
+    RelationWeightedSpMM,
+    StackedAdjacency,
+    TextView,
+    normalized_entries,
+)
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.sampling import NeighbourSampler, SampledEmbedding
 from unirec_dagster.model.trainer import TrainSettings, train
@@ -233,7 +239,8 @@ def test_sampled_pretraining_learns_as_whole_graph_pretraining_does():
     cfg = config(link_weight=1.0, kg_weight=0.5)
     whole = [r["link"] for r in pretrain(graph, text, cfg, "purchase").history]
     sampled = [r["link"] for r in pretrain(graph, text, cfg.model_copy(update={"fanouts": [2]}), "purchase").history]
-    assert abs(sampled[0] - whole[0]) < 0.1
+    # The same start; the first epoch's mean loss differs only by the sampled steps' noise (2.4% here).
+    assert abs(sampled[0] - whole[0]) < 0.03 * whole[0]
     assert sampled[0] - sampled[-1] > 0.5 * (whole[0] - whole[-1]) > 0
 
 
@@ -278,6 +285,7 @@ def _shard_worker(rank: int, world_size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_workers_shards_partition_every_epoch(tmp_path):
     import socket
     with socket.socket() as s:

@@ -4,9 +4,9 @@ import datetime as dt
 
 import dagster as dg
 
-from unirec_dagster.defs.resources import DatasetResource
-from unirec_dagster.defs.schedules import (new_event_file_sensor, nightly_schedule, weekly_pretraining_schedule)
 from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH
+from unirec_dagster.defs.resources import DatasetResource
+from unirec_dagster.defs.schedules import new_event_file_sensor, nightly_schedule, weekly_pretraining_schedule
 
 
 def test_weekly_pretraining_runs_for_the_last_complete_day():

@@ -4,27 +4,29 @@ other, with the same models folder: switching the dataset and the warehouse need
 import datetime as dt
 
 import dagster as dg
+import pytest
 import torch
 import yaml
 
+from tests.conftest import warehouse_resources
+from unirec_dagster.datasets import load_spec
 from unirec_dagster.defs.evaluation import model_evaluation
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
+from unirec_dagster.defs.resources import ModelStoreResource
 from unirec_dagster.defs.serving import recommendations, similar_items
 from unirec_dagster.defs.training import finetuned_recommender, pretrained_encoder
-from unirec_dagster.synthetic import generate, write_dataset
-from unirec_dagster.datasets import load_spec
-from unirec_dagster.defs.resources import ModelStoreResource
 from unirec_dagster.evaluation.served import served_ranking
 from unirec_dagster.history import never_recommended
 from unirec_dagster.serving.recommend import ServingSettings, rank_users
+from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.training.classic import CLASSIC
 from unirec_dagster.training.context import served_policy
-from unirec_dagster.training.steps import served_checkpoint
-from unirec_dagster.training.steps import SERVED
+from unirec_dagster.training.steps import SERVED, served_checkpoint
 from unirec_dagster.warehouse import connect, rows
-from tests.conftest import warehouse_resources
+
+pytestmark = pytest.mark.slow
 
 START, RUN_DATE = dt.date(2010, 12, 1), dt.date(2010, 12, 28)  # inside the sample's partition calendar
 MODEL_ASSETS = [knowledge_graph, pretrained_encoder, finetuned_recommender, recommendations, model_evaluation,

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
+from tests.conftest import warehouse_resources
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.slots import free_stuck_slots
-from tests.conftest import warehouse_resources
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
 
 
 def test_a_killed_run_frees_its_slot_and_the_next_run_completes(tmp_path, monkeypatch):

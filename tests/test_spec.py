@@ -1,8 +1,8 @@
 import pytest
 
+from tests.conftest import write_spec
 from unirec_dagster import settings
 from unirec_dagster.datasets import SpecError, load_spec
-from tests.conftest import write_spec
 
 
 def error_for(tmp_path, events=None, **extra) -> str:

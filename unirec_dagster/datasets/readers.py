@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import numpy as np
@@ -244,7 +244,7 @@ def _read_csv_by_line(path: Path, source: SourceFile, wanted: list[str]) -> RawR
     raws: list[str] = []
     rejects: list[Reject] = []
     blank = 0
-    names: list[str] | None = None if source.header else list(source.columns)
+    names: list[str] | None = None if source.header else list(source.columns or [])
     positions = None if names is None else _positions(path, names, wanted)
     for number, text, bad_encoding in _each_line(path, source.encoding):
         if names is None:  # the header line
@@ -272,7 +272,7 @@ def _read_csv_by_line(path: Path, source: SourceFile, wanted: list[str]) -> RawR
             rejects.append(Reject(number, "wrong_column_count",
                                   f"expected {len(names)} fields, found {len(fields)}", text))
             continue
-        for name, pos in zip(wanted, positions):
+        for name, pos in zip(wanted, positions or []):
             columns[name].append(fields[pos])
         lines.append(number)
         raws.append(text)

@@ -187,7 +187,7 @@ class AttributeSpec(_Strict):
         return self
 
     def source_columns(self) -> list[str]:
-        return list(self.one_hot) if self.one_hot is not None else [self.column]
+        return list(self.one_hot) if self.one_hot is not None else [str(self.column)]  # one of them is set
 
 
 class EntitySpec(_Strict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
@@ -33,9 +33,9 @@ def history_table(history: list[dict]) -> dg.MetadataValue:
     return markdown_table(["epoch", *keys], ([row["epoch"], *(float(row.get(k, 0.0)) for k in keys)] for row in epochs))
 
 
-def importance_table(importances: dict[str, float], top: int = 15) -> str:
-    """The ranker's most useful features, by their share of the total split gain (markdown text)."""
-    return markdown_table(["feature", "share of gain"], list(importances.items())[:top]).value
+def importance_table(importances: dict[str, float], top: int = 15) -> dg.MetadataValue:
+    """The ranker's most useful features, by their share of the total split gain."""
+    return markdown_table(["feature", "share of gain"], list(importances.items())[:top])
 
 
 COMPARISON = [("recall", 20), ("ndcg", 20), ("hitrate", 20), ("mrr", None), ("coverage", 20)]

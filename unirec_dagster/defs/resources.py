@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -51,7 +52,7 @@ class ModelStoreResource(dg.ConfigurableResource):
         return CheckpointStore(Path(self.root).expanduser().resolve() / f"{spec.name}-{warehouse_id(conn)}")
 
 
-def default_resources() -> dict[str, dg.ConfigurableResource]:
+def default_resources() -> dict[str, Any]:
     return {
         "dataset": DatasetResource(spec_path=env_or_default(settings.DATASET_ENV, str(settings.DEFAULT_DATASET))),
         "duckdb": DuckDBResource(database=env_or_default(settings.DUCKDB_PATH_ENV, str(settings.DEFAULT_DUCKDB_PATH)),

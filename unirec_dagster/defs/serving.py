@@ -13,8 +13,13 @@ from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
 from unirec_dagster.defs.training import finetuned_recommender
-from unirec_dagster.serving.recommend import (ServingSettings, publish_recommendations, refresh_similar_items,
-                                              users_short_of_k, write_recommendations)
+from unirec_dagster.serving.recommend import (
+    ServingSettings,
+    publish_recommendations,
+    refresh_similar_items,
+    users_short_of_k,
+    write_recommendations,
+)
 from unirec_dagster.training.context import served_policy, text_view
 from unirec_dagster.training.steps import served_checkpoint
 

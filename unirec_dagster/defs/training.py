@@ -7,20 +7,18 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
+from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrainer
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.presentation import history_table, importance_table
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
-from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrainer
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.ranking.candidates import CandidateConfig
 from unirec_dagster.ranking.ranker import RankerConfig
-from unirec_dagster.training.ranking import RankingSettings
 from unirec_dagster.training.fit import train_variant
-from unirec_dagster.training.steps import (PRETRAINED_FRESH_DAYS, PRETRAINED_WINDOW_DAYS, run_finetuning,
-                                           run_pretraining)
-
+from unirec_dagster.training.ranking import RankingSettings
+from unirec_dagster.training.steps import PRETRAINED_FRESH_DAYS, PRETRAINED_WINDOW_DAYS, run_finetuning, run_pretraining
 
 # On Kubernetes (deploy/: the K8s run launcher or k8s_job_executor) the training steps ask for a GPU;
 # elsewhere these tags are ignored and the device is chosen as usual (CUDA when present).
@@ -133,7 +131,7 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
         "ranker_validation": ranking.get("validation") or {}, "ranker_rounds": ranking.get("rounds", 0),
         "candidate_recall": ranking.get("candidate_recall") or {},
         "candidates_per_user": ranking.get("candidates_per_user", 0.0),
-        "feature_importance": dg.MetadataValue.md(importance_table(ranking.get("importances") or {})),
+        "feature_importance": importance_table(ranking.get("importances") or {}),
         "ablations": {kind: c.version for kind, c in result.ablations.items()}})
     parent_age = (partition_date(context) - dt.date.fromisoformat(m["parent"].split("-", 1)[1][:10])).days \
         if m["parent"] else None

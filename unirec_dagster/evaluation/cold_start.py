@@ -12,8 +12,8 @@ user's past items).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import pyarrow as pa
@@ -21,8 +21,8 @@ import torch
 
 from unirec_dagster.evaluation.evaluate import SliceResult, subset_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
-from unirec_dagster.history import TrainingData
 from unirec_dagster.graph import KnowledgeGraph
+from unirec_dagster.history import TrainingData
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.ranking.content import ItemContent
 from unirec_dagster.ranking.signals import Signals

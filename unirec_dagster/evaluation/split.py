@@ -20,7 +20,6 @@ import torch
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.history import TrainingData, as_timestamp, entity_join, tensor_column
 
-
 TEST_WINDOW_DAYS = 14  # EVALUATION.md's default W: the test window is [C, C + W)
 
 
@@ -34,7 +33,7 @@ class HoldoutPairs:
     positives_per_user: torch.Tensor
     unseen_item_pair: torch.Tensor  # (pairs,) bool: the item had no positive event before C
 
-    def subset(self, keep_users: torch.Tensor, keep_pairs: torch.Tensor) -> "HoldoutPairs":
+    def subset(self, keep_users: torch.Tensor, keep_pairs: torch.Tensor) -> HoldoutPairs:
         """The users where `keep_users` (U,) is set, with their pairs where `keep_pairs` (pairs,) is
         set; `positives_per_user` counts the kept pairs."""
         rows = torch.nonzero(keep_users, as_tuple=True)[0]

@@ -8,8 +8,8 @@ and items sharing a text share a vector.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import duckdb
 import numpy as np

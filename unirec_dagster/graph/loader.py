@@ -35,7 +35,7 @@ class KnowledgeGraph:
     def nodes_of_type(self, name: str) -> torch.Tensor:
         return torch.nonzero(self.entity_type == self.type_names.index(name), as_tuple=True)[0]
 
-    def to(self, device: torch.device | str) -> "KnowledgeGraph":
+    def to(self, device: torch.device | str) -> KnowledgeGraph:
         return KnowledgeGraph(
             self.snapshot_date, self.num_entities, self.entity_type.to(device), self.type_names,
             self.relation_names, self.relation_types,

@@ -18,7 +18,8 @@ from unirec_dagster.datasets import DatasetSpec, read_records
 from unirec_dagster.datasets.readers import LINE_COLUMN, RAW_COLUMN
 from unirec_dagster.datasets.spec import EntitySpec
 from unirec_dagster.ingest import sql
-from unirec_dagster.warehouse import Params, ensure_schema, quote_identifier as q, rows, scalar, transaction
+from unirec_dagster.warehouse import Params, ensure_schema, rows, scalar, transaction
+from unirec_dagster.warehouse import quote_identifier as q
 
 
 @dataclass
@@ -49,10 +50,11 @@ def _source_rows(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, 
         )
         return 0
 
-    path = spec.resolve(entity.file.path)
+    path, file_id = spec.resolve(entity.file.path), entity.id
+    assert file_id is not None  # the spec refuses a file without an id at load
     if not path.is_file():
         raise FileNotFoundError(f"{kind} attribute file {path} (key '{kind}.file.path' of the dataset spec) not found")
-    records = read_records(path, entity.file, list(dict.fromkeys([entity.id.column, *columns])))
+    records = read_records(path, entity.file, list(dict.fromkeys([file_id.column, *columns])))
     conn.register("entity_arrow", records.table)
     conn.register("entity_structural", pa.table({
         "source_line": pa.array([r.line for r in records.rejects], pa.int64()),
@@ -64,7 +66,7 @@ def _source_rows(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, kind: str, 
         selected = ", ".join(f"{sql.text(c)} AS {q(c)}" for c in columns)
         conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE entity_file_rows AS
-                SELECT {sql.identifier(entity.id)} AS entity_id, {LINE_COLUMN} AS order_key,
+                SELECT {sql.identifier(file_id)} AS entity_id, {LINE_COLUMN} AS order_key,
                        {RAW_COLUMN} AS raw_content{', ' + selected if selected else ''}
                 FROM entity_arrow"""
         )

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import duckdb
 import pyarrow as pa
@@ -290,9 +289,9 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
 
     A day is only replaced by something believable: a missing or empty file (or one with no
     accepted line) for a day that holds events needs `allow_empty`; a reject rate above the
-    spec's max_reject_rate, or a volume drop above its max_volume_drop, needs `force`. Refused days keep what they held; the others are written,
-    then IngestRefused names every refused day. A path that matches no file for any of the days
-    fails before anything is written."""
+    spec's max_reject_rate, or a volume drop above its max_volume_drop, needs `force`. Refused days
+    keep what they held; the others are written, then IngestRefused names every refused day. A path
+    that matches no file for any of the days fails before anything is written."""
     ensure_schema(conn)
     wanted = spec.event_source_columns()
     progress = Progress(len(days), "days", log, label="raw_events")
@@ -357,15 +356,15 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
     else:
         # Glob layout: files hold many days, so read them once and place each row on its own date.
         started = time.perf_counter()
-        paths = spec.events_files()
-        if not paths and not allow_empty:
+        files = spec.events_files()
+        if not files and not allow_empty:
             raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
                                 "the glob in the dataset spec.")
         _start_staging(conn)
-        for batch in iter_records(paths, spec.events, wanted, CHUNK_BYTES):
+        for batch in iter_records(files, spec.events, wanted, CHUNK_BYTES):
             _stage_batches(conn, spec, [(records, None) for records in batch])
         if days:
-            write_chunk([PartitionStats(day, spec.events.path, file_found=bool(paths)) for day in days], {}, started)
+            write_chunk([PartitionStats(day, spec.events.path, file_found=bool(files)) for day in days], {}, started)
         else:
             _check_staged(conn)
         _write_undated_rejects(conn, run_id)

@@ -7,7 +7,8 @@ a bound parameter, collected under a generated name in a `Params` dict.
 from __future__ import annotations
 
 from unirec_dagster.datasets.spec import AttributeSpec, ColumnRef, EventTypeSpec, TimestampSpec
-from unirec_dagster.warehouse import Params, quote_identifier as q
+from unirec_dagster.warehouse import Params
+from unirec_dagster.warehouse import quote_identifier as q
 
 TRUTHY = ["1", "1.0", "true", "t", "yes", "y"]
 

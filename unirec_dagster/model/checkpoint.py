@@ -132,7 +132,7 @@ class CheckpointStore:
         """Write a checkpoint of `kind` ("pretrained", "finetuned", ...) for `partition`, replacing
         that partition's earlier attempt once the new one is in place. `files`: text files (name ->
         content) kept beside the weights, each with its SHA-256 in the manifest (the ranker)."""
-        created = dt.datetime.now(dt.timezone.utc)
+        created = dt.datetime.now(dt.UTC)
         version = f"{kind}-{partition.isoformat()}-{created.strftime('%Y%m%dT%H%M%S%f')}"
         parent = self.root / kind
         parent.mkdir(parents=True, exist_ok=True)

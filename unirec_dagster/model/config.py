@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 class EncoderConfig(BaseModel):
     dim: int = Field(64, ge=4, description="Embedding size of every entity.")
     layers: int = Field(2, ge=0, le=6, description="Propagation layers over the KG (0: plain embeddings, i.e. MF).")
-    use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings (BPR-MF, the gate's reference).")
+    use_graph: bool = Field(True, description="Propagate over all KG relations; False keeps only the embeddings "
+                            "(BPR-MF).")
     use_text: bool = Field(True, description="Fuse each item's projected text vector into its embedding (gated sum).")
     init_std: float = Field(0.1, gt=0)
     user_readout: bool = Field(True, description="Time-aware user side: a user also reads the items of their "
@@ -36,7 +37,8 @@ class PretrainConfig(BaseModel):
                                                  "(a sampled softmax over shared negatives), or BPR.")
     negatives: int = Field(1024, ge=1, description="Sampled items the link softmax shares as negatives per step.")
     loss_temperature: float = Field(0.1, gt=0, description="Temperature of the link softmax.")
-    kg_weight: float = Field(0.5, ge=0, description="Weight of DistMult triple completion on attribute/keyword/co-occurrence edges.")
+    kg_weight: float = Field(0.5, ge=0, description="Weight of DistMult triple completion on attribute/keyword/"
+                             "co-occurrence edges.")
     mask_weight: float = Field(0.5, ge=0, description="Weight of masked attribute prediction.")
     align_weight: float = Field(0.5, ge=0, description="Weight of text-graph InfoNCE alignment.")
     masked_relation: str | None = Field(None, description="Item relation to mask (default: the first item attribute relation).")

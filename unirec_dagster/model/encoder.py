@@ -44,7 +44,7 @@ class StackedAdjacency:
 
     @classmethod
     def from_entries(cls, parts: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
-                     num_nodes: int) -> "StackedAdjacency":
+                     num_nodes: int) -> StackedAdjacency:
         """`parts`: (relation id, rows, cols, values) per relation."""
         rows = torch.cat([r for _, r, _, _ in parts]) if parts else torch.empty(0, dtype=torch.long)
         cols = torch.cat([c for _, _, c, _ in parts]) if parts else torch.empty(0, dtype=torch.long)
@@ -57,7 +57,7 @@ class StackedAdjacency:
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0)
         return cls(crow, cols, values, relation, num_nodes)
 
-    def to(self, device: torch.device) -> "StackedAdjacency":
+    def to(self, device: torch.device) -> StackedAdjacency:
         return StackedAdjacency(self.crow.to(device), self.cols.to(device), self.values.to(device),
                                 self.relation.to(device), self.num_nodes)
 
@@ -143,10 +143,10 @@ class TextView:
     def dim(self) -> int:
         return int(self.vectors.shape[1]) if len(self.ids) else 0
 
-    def to(self, device: torch.device) -> "TextView":
+    def to(self, device: torch.device) -> TextView:
         return TextView(self.ids.to(device), self.vectors.to(device))
 
-    def for_model(self, model: "GraphEncoder", device: torch.device) -> "TextView | None":
+    def for_model(self, model: GraphEncoder, device: torch.device) -> TextView | None:
         """This view on `device` when the model has a text view and there are texts, else None."""
         return self.to(device) if model.text_dim and len(self.ids) else None
 
@@ -163,7 +163,7 @@ class Propagation:
 
     @classmethod
     def from_graph(cls, graph: KnowledgeGraph, config: EncoderConfig,
-                   drop: dict[str, torch.Tensor] | None = None) -> "Propagation":
+                   drop: dict[str, torch.Tensor] | None = None) -> Propagation:
         """`drop` maps a relation name to a boolean mask of its edges to leave out (masked attributes)."""
         parts = []
         for rid, name in enumerate(graph.relation_names):
@@ -179,9 +179,9 @@ class Propagation:
             readout = readout_matrix(graph.edge_index[positive], graph.edge_weight[positive], graph.num_entities)
         return cls(adjacency, readout, unseen_items(graph))
 
-    def to(self, device: torch.device) -> "Propagation":
+    def to(self, device: torch.device) -> Propagation:
         return Propagation(self.adjacency.to(device),
-                           tuple(a.to(device) for a in self.readout) if self.readout else None,
+                           (self.readout[0].to(device), self.readout[1].to(device)) if self.readout else None,
                            self.unseen_items.to(device) if self.unseen_items is not None else None)
 
 

@@ -5,7 +5,7 @@ metric (or run for a fixed number of epochs, as chosen on validation earlier).""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ class FinetuneTask:
         self.graph, self.config, self.text = graph, config, text
         self.users, self.items, self.pair_weights, self.candidates = users, items, weights, candidate_items
         self.examples_per_epoch = len(users)
-        self.weights = {config.loss: 1.0}
+        self.weights: dict[str, float] = {config.loss: 1.0}
         if text is not None and len(text.ids) and config.align_weight:
             self.weights["align"] = config.align_weight
 
@@ -56,17 +56,18 @@ class FinetuneTask:
         device, config = emb.device, self.config
         ids = {"users": self.users[batch], "items": self.items[batch],
                "negatives": link_negatives(config.loss, self.candidates, len(batch), config.negatives, generator)}
-        if "align" in self.weights:
-            aligned = alignment_pick(self.text, generator)
-            ids["aligned"] = self.text.ids[aligned]
+        text = self.text if "align" in self.weights else None
+        if text is not None:
+            aligned = alignment_pick(text, generator)
+            ids["aligned"] = text.ids[aligned]
         rows = lookup(emb, ids)
-        losses = {config.loss: link_loss(config.loss, rows["users"], rows["items"], rows["negatives"],
+        losses: dict[str, torch.Tensor] = {config.loss: link_loss(config.loss, rows["users"], rows["items"], rows["negatives"],
                                          config.loss_temperature, self.pair_weights[batch].to(device),
                                          l2=config.weight_decay)}
-        if "align" in self.weights:
-            if self.text.vectors.device != device:
-                self.text = self.text.to(device)
-            losses["align"] = alignment_loss(model, rows["aligned"], self.text, aligned, config.temperature)
+        if text is not None:
+            if text.vectors.device != device:
+                self.text = text = text.to(device)  # once: the text view stays on the training device
+            losses["align"] = alignment_loss(model, rows["aligned"], text, aligned, config.temperature)
         return losses
 
 

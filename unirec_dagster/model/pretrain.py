@@ -15,8 +15,14 @@ import torch
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model.config import PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation, TextView
-from unirec_dagster.model.objectives import (distmult_loss, info_nce, link_loss, link_negatives, lookup,
-                                             masked_attribute_loss)
+from unirec_dagster.model.objectives import (
+    distmult_loss,
+    info_nce,
+    link_loss,
+    link_negatives,
+    lookup,
+    masked_attribute_loss,
+)
 from unirec_dagster.model.trainer import Log, TrainResult, TrainSettings, build_model, train
 
 ALIGN_BATCH = 1024  # items per InfoNCE step: in-batch negatives, a 1024 x 1024 logit matrix
@@ -146,9 +152,10 @@ class PretrainTask:
         if masking:
             pick = torch.randint(len(self.masked_items), (min(n, len(self.masked_items)),), generator=generator)
             ids["masked"], ids["candidates"], targets = self.masked_items[pick], self.candidates, self.masked_values[pick]
-        if "align" in self.weights:
-            aligned = alignment_pick(self.text, generator)
-            ids["aligned"] = self.text.ids[aligned]
+        text = self.text if "align" in self.weights else None
+        if text is not None:
+            aligned = alignment_pick(text, generator)
+            ids["aligned"] = text.ids[aligned]
         rows, device, losses = lookup(emb, ids), emb.device, {}
         if "link" in self.weights:
             losses["link"] = link_loss(config.link_loss, rows["users"], rows["positives"], rows["negatives"],
@@ -158,10 +165,10 @@ class PretrainTask:
                                          rows["corrupted"])
         if masking:
             losses["mask"] = masked_attribute_loss(rows["masked"], targets.to(device), rows["candidates"])
-        if "align" in self.weights:
-            if self.text.vectors.device != device:
-                self.text = self.text.to(device)  # once: the text view stays on the training device
-            losses["align"] = alignment_loss(model, rows["aligned"], self.text, aligned, config.temperature)
+        if text is not None:
+            if text.vectors.device != device:
+                self.text = text = text.to(device)  # once: the text view stays on the training device
+            losses["align"] = alignment_loss(model, rows["aligned"], text, aligned, config.temperature)
         return losses
 
 

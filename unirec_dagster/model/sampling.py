@@ -61,9 +61,9 @@ class NeighbourSampler:
             reached = tails[-1].unique()
             frontier = reached[~expanded[reached]]  # each entity's neighbours are drawn once
         ends = torch.cumsum(torch.tensor([len(h) for h in heads]), 0).tolist()
-        heads, tails, values = torch.cat(heads), torch.cat(tails), torch.cat(values)
-        nodes = torch.cat([seeds, tails]).unique()
-        return nodes, torch.searchsorted(nodes, heads), torch.searchsorted(nodes, tails), values, ends
+        head_ids, tail_ids = torch.cat(heads), torch.cat(tails)
+        nodes = torch.cat([seeds, tail_ids]).unique()
+        return nodes, torch.searchsorted(nodes, head_ids), torch.searchsorted(nodes, tail_ids), torch.cat(values), ends
 
     def embed(self, model: GraphEncoder, x: torch.Tensor, ids: torch.Tensor,
               generator: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,8 @@ Sentence vectors are the attention-masked mean of the last hidden states, L2-nor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -18,8 +18,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,7 @@ class Task(Protocol):
     def batches(self, generator: torch.Generator) -> Iterator[Any]:
         """The epoch's batches; `len(batch)` examples each."""
 
-    def loss(self, model: GraphEncoder, emb: torch.Tensor, batch: Any,
+    def loss(self, model: GraphEncoder, emb: Any, batch: Any,
              generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Unweighted losses of a batch, keyed as in `weights`; `emb` are the step's final embeddings."""
 
@@ -152,7 +153,7 @@ def _train(model: GraphEncoder, task: Task, text: TextView | None, settings: Tra
     # amount depends on the shard, from its own generator. One shared generator let the workers'
     # orders drift apart after the first epoch.
     sampling = torch.Generator().manual_seed(settings.seed * 1009 + rank)
-    step = _Step(model, task, autocast)
+    step: nn.Module = _Step(model, task, autocast)
     if world_size > 1:
         step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=True)

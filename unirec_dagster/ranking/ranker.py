@@ -56,7 +56,7 @@ class Ranker:
     cv_ndcg: float                      # NDCG@20 of the held-out folds at the chosen round (LightGBM's own)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        return self.booster.predict(features, num_threads=self.booster.params.get("num_threads", 0))
+        return np.asarray(self.booster.predict(features, num_threads=self.booster.params.get("num_threads", 0)))
 
     def importances(self) -> dict[str, float]:
         """Total gain of each feature's splits, as a share of all gain."""
@@ -69,7 +69,7 @@ class Ranker:
         return self.booster.model_to_string()
 
     @classmethod
-    def from_text(cls, text: str, rounds: int, cv_ndcg: float) -> "Ranker":
+    def from_text(cls, text: str, rounds: int, cv_ndcg: float) -> Ranker:
         booster = lgb.Booster(model_str=text)
         return cls(booster, booster.feature_name(), rounds, cv_ndcg)
 

@@ -56,7 +56,7 @@ class Signals:
                            (num_items, num_items))
         return _sparse(torch.cat(rows), torch.cat(cols), torch.cat(vals), (num_items, num_items))
 
-    def with_classic(self, classic: ClassicParams) -> "Signals":
+    def with_classic(self, classic: ClassicParams) -> Signals:
         """The same signals with other EASE/RP3beta hyperparameters (the history and co-purchase shared)."""
         other = copy.copy(self)
         other.classic = classic

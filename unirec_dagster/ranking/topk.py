@@ -3,7 +3,7 @@ Memory stays at one block; a full users x items matrix is never formed."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 

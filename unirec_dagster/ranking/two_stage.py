@@ -8,14 +8,22 @@ serves at the cutoff (`top_k`), so what the ranker learned from is what it is la
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from unirec_dagster.ranking.candidates import (CandidateConfig, Candidates, CutoffInputs, feature_names, generate,
-                                               item_features, pair_features, score_block)
+from unirec_dagster.ranking.candidates import (
+    CandidateConfig,
+    Candidates,
+    CutoffInputs,
+    feature_names,
+    generate,
+    item_features,
+    pair_features,
+    score_block,
+)
 from unirec_dagster.ranking.ranker import Ranker
 from unirec_dagster.ranking.topk import block_rows
 

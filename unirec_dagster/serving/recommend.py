@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -23,15 +23,16 @@ import torch
 from pydantic import BaseModel, Field
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.history import never_recommended
-from unirec_dagster.ranking.scoring import Scorer, total
-from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.graph import KnowledgeGraph, load_graph
+from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView, unseen_items
-from unirec_dagster.serving.reasons import Explainer
+from unirec_dagster.ranking.scoring import Scorer, total
 from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
+from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.warehouse import Params, ensure_schema, quote_path, rows, transaction
+
 
 class ServingSettings(BaseModel):
     """What the nightly table holds; the recommendations asset's run config is this same model."""
@@ -100,8 +101,8 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
 
     out: list[tuple[torch.Tensor, ...]] = []
     chunk = chunk or block_rows(scorer.signals.data.num_items)
-    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k - slots, *excluded, chunk=chunk,
-                                                     never=never):
+    for rows_, top_scores, top_items in top_k_blocks(block, len(users), k - slots, excluded[0], excluded[1],
+                                                     chunk=chunk, never=never):
         n = rows_.stop - rows_.start
         if slots:  # nobody has bought a new item: no exclusions apply to these slots
             best = torch.topk(total({name: p[:, new] for name, p in parts.items()}, n), slots, dim=1)
@@ -114,7 +115,7 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
     if not out:
         empty = torch.empty((0, k), dtype=torch.long)
         return ScoredUsers(torch.empty((0, k)), empty, empty, empty, empty, explainer.templates)
-    return ScoredUsers(*(torch.cat(column) for column in zip(*out)), explainer.templates)
+    return _stacked(out, explainer.templates)
 
 
 def rank_two_stage(stage: TwoStage, users: torch.Tensor, k: int, explainer: Explainer) -> ScoredUsers:
@@ -126,7 +127,7 @@ def rank_two_stage(stage: TwoStage, users: torch.Tensor, k: int, explainer: Expl
     if not out:
         empty = torch.empty((0, k), dtype=torch.long)
         return ScoredUsers(torch.empty((0, k)), empty, empty, empty, empty, explainer.templates)
-    return ScoredUsers(*(torch.cat(column) for column in zip(*out)), explainer.templates)
+    return _stacked(out, explainer.templates)
 
 
 def rank_users(policy: Scorer | TwoStage, users: torch.Tensor, settings: ServingSettings,
@@ -138,6 +139,12 @@ def rank_users(policy: Scorer | TwoStage, users: torch.Tensor, settings: Serving
     return score_users(policy, users, settings.k, settings.exclude_purchased,
                        Explainer(policy.signals, policy.embeddings, graph), never=never,
                        new_item_every=settings.new_item_every)
+
+
+def _stacked(blocks: list[tuple[torch.Tensor, ...]], templates: list[str]) -> ScoredUsers:
+    """Blocks of (scores, items, reasons, anchors, values) as one ScoredUsers."""
+    scores, items, reasons, anchors, values = (torch.cat(column) for column in zip(*blocks))
+    return ScoredUsers(scores, items, reasons, anchors, values, templates)
 
 
 def _interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
@@ -197,7 +204,8 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
         conn.unregister("fallback_users")
         written = rows(conn, "SELECT count(*) FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})[0][0]
     seconds = time.perf_counter() - started
-    return ServingStats(len(user_ids), len(scored_users), int((~modelled).sum()), written, seconds, len(user_ids) / max(seconds, 1e-9))
+    return ServingStats(len(user_ids), len(scored_users), int((~modelled).sum()), written, seconds,
+                        len(user_ids) / max(seconds, 1e-9))
 
 
 def _ranked_table(sources: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor, **extra: np.ndarray) -> pa.Table:

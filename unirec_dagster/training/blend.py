@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.evaluation.split import HoldoutPairs
+from unirec_dagster.ranking.scoring import Scorer
 
 MAX_CELLS = 48_000_000  # users x items x features held at once while fitting (~0.2 GB, ~1 GB with gradients)
 

@@ -43,7 +43,7 @@ class TunedClassic:
                 "validation": self.validation}
 
     @classmethod
-    def from_manifest(cls, about: dict) -> "TunedClassic":
+    def from_manifest(cls, about: dict) -> TunedClassic:
         return cls(ClassicParams(**about["params"]), about["recent_weight"], about["validation"])
 
 

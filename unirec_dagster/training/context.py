@@ -7,24 +7,23 @@ import datetime as dt
 from dataclasses import dataclass
 
 import duckdb
-
 import torch
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.history import TrainingData, load_stats, load_training, never_recommended
 from unirec_dagster.features import load_item_text_vectors
 from unirec_dagster.graph import KnowledgeGraph, load_graph
+from unirec_dagster.history import TrainingData, load_stats, load_training, never_recommended
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
 from unirec_dagster.ranking.classic import ClassicParams
 from unirec_dagster.ranking.content import ItemContent
 from unirec_dagster.ranking.ranker import Ranker
+from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.classic import TunedClassic
 from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE
-from unirec_dagster.ranking.scoring import Scorer
-from unirec_dagster.ranking.signals import Signals
 
 
 def text_view(conn: duckdb.DuckDBPyConnection) -> TextView | None:

@@ -25,9 +25,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,9 +35,9 @@ from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 from safetensors.torch import load_file, save_file
 
 from unirec_dagster.evaluation.split import HoldoutPairs
-from unirec_dagster.history import TrainingData
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.graph.loader import load_graph_file, save_graph_file
+from unirec_dagster.history import TrainingData
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.model.pretrain import pretrain
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         vectors = load_file(str(args.job / TEXT))
         text = TextView(vectors["ids"], vectors["vectors"])
     initial = load_file(str(args.job / INITIAL)) if (args.job / INITIAL).exists() else None
-    pipes = contextlib.nullcontext()
+    pipes: contextlib.AbstractContextManager = contextlib.nullcontext()
     if rank == 0 and PipesEnvVarParamsLoader().is_dagster_pipes_process():  # launched by Dagster, not by hand
         pipes = open_dagster_pipes()  # rank 0 speaks for the workers
     with pipes as context:

@@ -12,8 +12,8 @@ once by the caller and shared by every variant trained that night (the model, it
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import duckdb
 import torch
@@ -21,8 +21,8 @@ import torch
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.evaluate import evaluate
 from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
-from unirec_dagster.history import TrainingData, load_training
 from unirec_dagster.graph import KnowledgeGraph, load_graph
+from unirec_dagster.history import TrainingData, load_training
 from unirec_dagster.model.config import FinetuneConfig
 from unirec_dagster.model.encoder import GraphEncoder, TextView
 from unirec_dagster.model.finetune import finetune, recency_weights

@@ -25,7 +25,6 @@ from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
 from unirec_dagster.ranking.ranker import RankerConfig, RankerFit, TooFewExamples, fit_ranker
 from unirec_dagster.ranking.two_stage import Examples, TwoStage
 
-
 TWO_STAGE = "two-stage ranker"   # the served policy's name when the ranker serves
 RANKER_FILE = "ranker.txt"        # the ranker in a fine-tuned checkpoint, LightGBM's text format
 

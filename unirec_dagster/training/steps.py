@@ -5,8 +5,8 @@ made (a checkpoint, a gate verdict, metric rows), not a path to open again."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
-from typing import Callable
 
 import duckdb
 import pyarrow as pa
@@ -19,19 +19,26 @@ from unirec_dagster.evaluation.metrics import KS
 from unirec_dagster.evaluation.served import evaluate_served
 from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
 from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
+from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import Checkpoint, CheckpointStore, check_compatible
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
+from unirec_dagster.model.encoder import TextView
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.trainer import Log, TrainResult
+from unirec_dagster.ranking.ranker import TooFewExamples
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.two_stage import TwoStage
-from unirec_dagster.history import never_recommended
-from unirec_dagster.model.encoder import TextView
-from unirec_dagster.ranking.ranker import TooFewExamples
 from unirec_dagster.training.classic import CLASSIC, TunedClassic, tune_classic
 from unirec_dagster.training.context import cutoff_inputs, served_policy, text_view
-from unirec_dagster.training.fit import (FittedRecommender, ValidationSplit, VariantTrainer, cutoff_data,
-                                         fit_recommender, train_variant, validation_split)
+from unirec_dagster.training.fit import (
+    FittedRecommender,
+    ValidationSplit,
+    VariantTrainer,
+    cutoff_data,
+    fit_recommender,
+    train_variant,
+    validation_split,
+)
 from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE, RankingSettings, TwoStageFit, fit_two_stage
 from unirec_dagster.warehouse import ensure_schema, transaction
 
@@ -92,7 +99,7 @@ class GateResult:
     note: str = ""                      # why the ranker could not be fitted
 
     @classmethod
-    def judge(cls, ranker: dict[str, float] | None, classic: TunedClassic, note: str = "") -> "GateResult":
+    def judge(cls, ranker: dict[str, float] | None, classic: TunedClassic, note: str = "") -> GateResult:
         best = classic.strongest
         wins = ranker is not None and ranker["recall@20"] > classic.validation[best]["recall@20"]
         return cls(TWO_STAGE if wins else best, ranker, best, classic.validation[best], note)

@@ -7,9 +7,10 @@ fetched completely here rather than with fetchone().
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 
@@ -25,7 +26,7 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     return duckdb.connect(str(path), read_only=read_only, config=connection_config())
 
 
-def connection_config() -> dict[str, str]:
+def connection_config() -> dict[str, str | bool | int | float | list[str]]:
     """Settings for every warehouse connection, the Dagster resource's included."""
     return {"memory_limit": settings.duckdb_memory_limit()}
 
@@ -58,11 +59,14 @@ class Params(dict):
         return f"${name}::{sql_type}"
 
 
-def rows(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
+SqlParams = Sequence[Any] | Mapping[str, Any] | None  # positional (?) or named ($name) values
+
+
+def rows(conn: duckdb.DuckDBPyConnection, sql: str, params: SqlParams = None) -> list[tuple]:
     return conn.execute(sql, params or []).fetchall()
 
 
-def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> Any:
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: SqlParams = None) -> Any:
     result = rows(conn, sql, params)
     return result[0][0] if result else None
 

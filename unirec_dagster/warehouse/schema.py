@@ -184,8 +184,8 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table, columns in TABLES.items():
         conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-    for table, columns in ADDED_COLUMNS.items():
-        for column in columns:
+    for table, added in ADDED_COLUMNS.items():
+        for column in added:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
     for view, query in VIEWS.items():
         conn.execute(f"CREATE VIEW IF NOT EXISTS {view} AS {query}")
