@@ -94,6 +94,11 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
             assert served_policy == gate[0].metadata["baseline"].value in CLASSIC
             assert "serving" in gate[0].description and served_policy in gate[0].description
         evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
+        assert evaluation["strongest_peer"].value in {f"{name} (tuned)" for name in CLASSIC}
+        assert evaluation["served_over_peer_recall@20"].value == pytest.approx(
+            evaluation["served_recall@20"].value / evaluation["strongest_peer_recall@20"].value, abs=1e-3)
+        preview = result.asset_materializations_for_node("recommendations")[0].metadata["preview"].value
+        assert preview.count("\n") == 1 + 3 * 5, "a header line, then three users with five items each"
         conn = connect(warehouse, read_only=True)
         users_with_history = rows(conn, "SELECT count(DISTINCT user_id) FROM raw.events WHERE ts < $c",
                                   {"c": RUN_DATE + dt.timedelta(days=1)})[0][0]

@@ -11,7 +11,7 @@ from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, Model
 from unirec_dagster.defs.serving import recommendations
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
-from unirec_dagster.training.steps import run_evaluation
+from unirec_dagster.training.steps import SERVED, run_evaluation
 
 
 class EvaluationConfig(dg.Config):
@@ -33,12 +33,25 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     with duckdb.get_connection() as conn:
         result = run_evaluation(conn, spec, run_date, model_store.for_warehouse(conn, spec), config.window_days,
                                 context.run_id, log=context.log.info)
-    headline = result.headline()
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(result.rows), "model": result.model_version,
-        "evaluated_users": result.test_users, "users_without_a_row": result.unserved_users,
-        **{f"served_{name}": value for name, value in headline.items() if name in ("recall@20", "ndcg@20")},
-        "test_comparison": comparison_table(result.rows, "test"),
-        "cold_users": comparison_table(result.rows, "test", "cold_users"),
-        "new_items": comparison_table(result.rows, "test", "new_items"),
-        "validation": comparison_table(result.rows, "validation")})
+    metadata: dict = {"dagster/row_count": len(result.rows), "model": result.model_version,
+                      "evaluated_users": result.test_users, "users_without_a_row": result.unserved_users,
+                      "validation": comparison_table(result.rows, "validation")}
+    if not result.test_users:  # the newest days: their test window has not happened yet
+        newest = result.newest_evaluated
+        metadata["test_window"] = dg.MetadataValue.md(
+            "No events after this partition's cutoff in the warehouse yet, so no test figures. "
+            + (f"The newest partition with them is **{newest}**: open its materialization." if newest else
+               "No partition has test figures yet: materialize model_evaluation for a historic day."))
+        return dg.MaterializeResult(metadata=metadata)
+    # numbers (not tables) so Dagster's Plots tab draws them over partitions
+    for metric in ("recall", "ndcg"):
+        served, peer = result.value(SERVED, metric), result.value(result.peer, metric) if result.peer else None
+        metadata[f"served_{metric}@20"] = served
+        if peer:
+            metadata[f"strongest_peer_{metric}@20"] = peer
+            metadata[f"served_over_peer_{metric}@20"] = round(served / peer, 4) if served is not None else None
+    metadata |= {"strongest_peer": result.peer or "",
+                 "test_comparison": comparison_table(result.rows, "test"),
+                 "cold_users": comparison_table(result.rows, "test", "cold_users"),
+                 "new_items": comparison_table(result.rows, "test", "new_items")}
+    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})

@@ -11,10 +11,12 @@ from pydantic import Field
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events
+from unirec_dagster.defs.presentation import markdown_table
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.serving.recommend import (
     ServingSettings,
+    preview,
     publish_recommendations,
     refresh_similar_items,
     users_short_of_k,
@@ -67,6 +69,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         stats = write_recommendations(conn, spec, run_date, served.ranking, checkpoint.version, context.run_id,
                                       settings, served.graph)
         short = users_short_of_k(conn, run_date, settings.k)
+        sample = preview(conn, run_date)
         published = publish_recommendations(conn, run_date, Path(duckdb.database))
     context.log.info(f"{stats.users:,} users ({stats.fallback_users:,} fallback), {stats.rows:,} rows, "
                      f"{stats.users_per_second:,.0f} users/s")
@@ -75,7 +78,8 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         "fallback_users": stats.fallback_users, "users_per_second": stats.users_per_second,
         "model_version": checkpoint.version, "kg_snapshot": checkpoint.manifest["kg_snapshot"],
         "pretrained_parent": checkpoint.manifest["parent"] or "", "policy": served.name,
-        "published": dg.MetadataValue.path(str(published))})
+        "published": dg.MetadataValue.path(str(published)),
+        "preview": markdown_table(["user", "rank", "item", "title", "reason"], sample)})
     yield dg.AssetCheckResult(check_name="coverage", passed=short == 0,
                               severity=dg.AssetCheckSeverity.WARN, metadata={"users_short_of_k": short})
     yield model_age_check("recommendations", run_date, checkpoint)

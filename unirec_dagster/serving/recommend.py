@@ -280,6 +280,21 @@ def publish_recommendations(conn: duckdb.DuckDBPyConnection, run_date: dt.date, 
     return final
 
 
+def preview(conn: duckdb.DuckDBPyConnection, run_date: dt.date, users: int = 3, k: int = 5) -> list[tuple]:
+    """(user, rank, item, title, reason) of the first `k` items of a few users of the partition: the
+    most active users with a personalised list, so the preview shows what the ranker does."""
+    return rows(conn, """
+        WITH chosen AS (
+            SELECT r.user_id FROM serving.recommendations r
+            JOIN (SELECT user_id, count(*) AS events FROM raw.events GROUP BY 1) e USING (user_id)
+            WHERE r.partition_date = $d AND r.rank = 1 AND r.reason NOT LIKE 'popular recently among %'
+            ORDER BY e.events DESC, r.user_id LIMIT $u)
+        SELECT r.user_id, r.rank, r.item_id, coalesce(i.title, ''), r.reason
+        FROM serving.recommendations r JOIN chosen USING (user_id) LEFT JOIN raw.items i USING (item_id)
+        WHERE r.partition_date = $d AND r.rank <= $k ORDER BY r.user_id, r.rank""",
+                {"d": run_date, "u": users, "k": k})
+
+
 def users_short_of_k(conn: duckdb.DuckDBPyConnection, run_date: dt.date, k: int) -> int:
     """Users of the partition with fewer than k recommendations (a catalog smaller than k after
     their purchases are excluded)."""

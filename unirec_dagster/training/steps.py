@@ -40,7 +40,7 @@ from unirec_dagster.training.fit import (
     validation_split,
 )
 from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE, RankingSettings, TwoStageFit, fit_two_stage
-from unirec_dagster.warehouse import ensure_schema, transaction
+from unirec_dagster.warehouse import ensure_schema, rows, transaction
 
 PRETRAINED, FINETUNED = "pretrained", "finetuned"
 MF_ABLATION, FROM_SCRATCH = "mf-ablation", "from-scratch"
@@ -273,11 +273,14 @@ class EvaluationResult:
     model_version: str
     test_users: int          # evaluated users of the test window (0 when the warehouse has no day after it)
     unserved_users: int      # of them, users without a row in the served partition (they score zero)
+    peer: str | None = None  # the strongest tuned classic peer on validation (the figure to beat)
+    newest_evaluated: dt.date | None = None  # without a test window: the newest partition that has one
 
-    def headline(self) -> dict[str, float]:
-        """The served table's test figures over all evaluated users."""
-        return {f"{r.metric}@{r.k}" if r.k else r.metric: r.value for r in self.rows
-                if r.model == SERVED and r.split == "test" and r.slice == "all"}
+    def value(self, model: str, metric: str = "recall", k: int | None = 20) -> float | None:
+        """A test figure over all evaluated users."""
+        return next((r.value for r in self.rows if r.model == model and r.split == "test" and r.slice == "all"
+                     and r.metric == metric and r.k == k), None)
+
 
 
 def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, store: CheckpointStore,
@@ -325,10 +328,16 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
             if ablation is not None:
                 out += metric_rows(label, "test", cutoff, evaluate_policy(
                     served_policy(conn, spec, ablation, run_date, text).ranking, holdout))
-    elif log:
-        log(f"no events after {cutoff} in the warehouse yet: validation metrics only")
     write_metrics(conn, run_date, out, run_id)
-    return EvaluationResult(out, checkpoint.version, len(holdout.users), unserved)
+    newest = None
+    if not len(holdout.users):
+        newest = rows(conn, "SELECT max(partition_date) FROM eval.metrics WHERE split = 'test'")[0][0]
+        if log:
+            log(f"no events after {cutoff} in the warehouse yet: validation metrics only"
+                + (f"; the newest partition with test figures is {newest}" if newest else ""))
+    peer = (f"{TunedClassic.from_manifest(checkpoint.manifest['classic']).strongest} (tuned)"
+            if "classic" in checkpoint.manifest else None)
+    return EvaluationResult(out, checkpoint.version, len(holdout.users), unserved, peer, newest)
 
 
 def validation_rows(checkpoint: Checkpoint) -> list[MetricRow]:
