@@ -1,6 +1,7 @@
 """The whole asset graph materialized by Dagster on two small synthetic shops, one after the
 other, with the same models folder: switching the dataset and the warehouse needs nothing by hand."""
 
+import base64
 import datetime as dt
 
 import dagster as dg
@@ -87,6 +88,8 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         age = [c for c in result.get_asset_check_evaluations() if c.check_name == "pretrained_age"]
         assert age[0].passed and age[0].metadata["age_days"].value == 0
         finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
+        image = finetuned["curves_image"].value  # markdown with an embedded PNG
+        assert base64.b64decode(image.split("base64,")[1].rstrip(")")).startswith(b"\x89PNG")
         served_policy = result.asset_materializations_for_node("recommendations")[0].metadata["policy"].value
         assert served_policy == finetuned["policy"].value == gate[0].metadata["policy"].value
         if name == "shop-b":

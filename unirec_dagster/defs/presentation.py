@@ -1,7 +1,11 @@
-"""How results look in the Dagster UI: every markdown table of the asset metadata, in one place."""
+"""How results look in the Dagster UI: every markdown table and picture of the asset metadata, in
+one place. Pictures are PNGs drawn with matplotlib and embedded in markdown as data URIs (what
+Dagster's docs suggest for images in metadata), so they need no file server."""
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Iterable, Sequence
 
 import dagster as dg
@@ -36,6 +40,38 @@ def history_table(history: list[dict]) -> dg.MetadataValue:
 def importance_table(importances: dict[str, float], top: int = 15) -> dg.MetadataValue:
     """The ranker's most useful features, by their share of the total split gain."""
     return markdown_table(["feature", "share of gain"], list(importances.items())[:top])
+
+
+def curves_image(history: list[dict], title: str) -> dg.MetadataValue:
+    """Each loss of a training run per epoch (left axis), and the validation metric when there is one
+    (right axis), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: draw to a buffer
+    import matplotlib.pyplot as plt
+
+    epochs = [row for row in history if "epoch" in row]
+    figure, losses = plt.subplots(figsize=(6, 3.2), dpi=100)
+    try:
+        x = [row["epoch"] for row in epochs]
+        for key in (k for k in (epochs[0] if epochs else {}) if k not in ("epoch", "validation")):
+            losses.plot(x, [row.get(key) for row in epochs], marker=".", label=key)
+        losses.set_xlabel("epoch")
+        losses.set_ylabel("loss")
+        if any("validation" in row for row in epochs):
+            metric = losses.twinx()
+            metric.plot(x, [row.get("validation") for row in epochs], color="black", linestyle="--", marker="o",
+                        label="validation Recall@20")
+            metric.set_ylabel("validation Recall@20")
+            metric.legend(loc="upper right", fontsize=8)
+        losses.legend(loc="upper left", fontsize=8)
+        losses.set_title(title, fontsize=10)
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})")
 
 
 COMPARISON = [("recall", 20), ("ndcg", 20), ("hitrate", 20), ("mrr", None), ("coverage", 20)]

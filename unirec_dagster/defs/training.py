@@ -10,7 +10,7 @@ from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrainer
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
-from unirec_dagster.defs.presentation import history_table, importance_table
+from unirec_dagster.defs.presentation import curves_image, history_table, importance_table
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
@@ -83,6 +83,7 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
         "parent": m["parent"] or "", "epochs": len(m["history"]), "device": m["device"],
         "parameters": m["parameters"], "edges_per_second": m["edges_per_second"], "seconds": m["seconds"],
         "final_losses": m["final_losses"], "loss_curves": history_table(m["history"]),
+        "loss_curves_image": curves_image(m["history"], f"pretraining {m['partition']}"),
         "relation_weights": m["relation_weights"], "world_size": m["world_size"]})
 
 
@@ -127,6 +128,7 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
         "policy": m["policy"], "best_epoch": m["best_epoch"], "blend": m["blend"],
         "graph_model_validation": m["validation"], "device": m["device"], "seconds": m["seconds"],
         "validation_curve": history_table(m["history"]), "world_size": m["world_size"],
+        "curves_image": curves_image(m["history"], f"fine-tuning, validation fit {m['validation_cutoff']}"),
         "classic_validation": m["classic"]["validation"],
         "ranker_validation": ranking.get("validation") or {}, "ranker_rounds": ranking.get("rounds", 0),
         "candidate_recall": ranking.get("candidate_recall") or {},
