@@ -55,12 +55,12 @@ def curves_image(history: list[dict], title: str) -> dg.MetadataValue:
     try:
         x = [row["epoch"] for row in epochs]
         for key in (k for k in (epochs[0] if epochs else {}) if k not in ("epoch", "validation")):
-            losses.plot(x, [row.get(key) for row in epochs], marker=".", label=key)
+            losses.plot(x, [float(row.get(key, "nan")) for row in epochs], marker=".", label=key)
         losses.set_xlabel("epoch")
         losses.set_ylabel("loss")
         if any("validation" in row for row in epochs):
             metric = losses.twinx()
-            metric.plot(x, [row.get("validation") for row in epochs], color="black", linestyle="--", marker="o",
+            metric.plot(x, [float(row.get("validation", "nan")) for row in epochs], color="black", linestyle="--", marker="o",
                         label="validation Recall@20")
             metric.set_ylabel("validation Recall@20")
             metric.legend(loc="upper right", fontsize=8)
