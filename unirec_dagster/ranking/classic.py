@@ -30,20 +30,35 @@ class ClassicParams:
     rp3_beta: float = 0.4
 
 
-def ease_weights(history: torch.Tensor, item_buyers: torch.Tensor, lam: float,
-                 max_items: int = EASE_MAX_ITEMS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(columns, B): EASE's (n, n) item weights over the candidate positions `columns`, the `max_items`
-    most-bought items when the catalog is larger. `history` is the sparse binary users x items matrix."""
+def ease_gram(history: torch.Tensor, item_buyers: torch.Tensor,
+              max_items: int = EASE_MAX_ITEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns, XᵀX): the candidate positions EASE^R is fitted on (the `max_items` most-bought when
+    the catalog is larger) and their (n, n) float64 Gram matrix; the same for every λ."""
     num_items = history.shape[1]
     columns = (torch.arange(num_items) if num_items <= max_items
                else torch.topk(item_buyers, max_items).indices.sort().values)
     x = history.index_select(1, columns).coalesce() if len(columns) < num_items else history
-    gram = torch.sparse.mm(x.t(), x).to_dense().double()                         # (n, n) XᵀX
-    gram.diagonal().add_(lam)
-    precision = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    return columns, torch.sparse.mm(x.t(), x).to_dense().double()
+
+
+def ease_from_gram(gram: torch.Tensor, lam: float) -> torch.Tensor:
+    """EASE^R's (n, n) weights for λ. An LU inverse: on this CPU 1.7x faster than cholesky_inverse
+    for the same result (the matrix is positive definite for λ > 0)."""
+    regularised = gram.clone()
+    regularised.diagonal().add_(lam)
+    precision = torch.linalg.inv(regularised)
+    del regularised
     weights = -precision / precision.diagonal()
     weights.fill_diagonal_(0.0)
-    return columns, weights.float()
+    return weights.float()
+
+
+def ease_weights(history: torch.Tensor, item_buyers: torch.Tensor, lam: float,
+                 max_items: int = EASE_MAX_ITEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns, B): EASE's (n, n) item weights over the candidate positions `columns`. `history` is
+    the sparse binary users x items matrix."""
+    columns, gram = ease_gram(history, item_buyers, max_items)
+    return columns, ease_from_gram(gram, lam)
 
 
 def rp3beta_weights(history: torch.Tensor, alpha: float, beta: float, neighbours: int = RP3_NEIGHBOURS,

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from unirec_dagster.history import TrainingData
-from unirec_dagster.ranking.classic import ClassicParams, ease_weights, rp3beta_weights
+from unirec_dagster.ranking.classic import ClassicParams, ease_from_gram, ease_gram, rp3beta_weights
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -65,8 +65,13 @@ class Signals:
         return other
 
     @functools.cached_property
+    def _ease_gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return ease_gram(self.history, self.data.popularity)   # kept by with_classic: it does not depend on λ
+
+    @functools.cached_property
     def _ease(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return ease_weights(self.history, self.data.popularity, self.classic.ease_lambda)
+        columns, gram = self._ease_gram
+        return columns, ease_from_gram(gram, self.classic.ease_lambda)
 
     @functools.cached_property
     def _rp3beta(self) -> torch.Tensor:
