@@ -10,7 +10,7 @@ from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import load_spec
-from unirec_dagster.defs.resources import DatasetResource, ModelStoreResource
+from unirec_dagster.defs.resources import ComputeResource, DatasetResource, ModelStoreResource, TextModelResource
 from unirec_dagster.warehouse import connect
 
 SAMPLE_SPEC_PATH = settings.DEFAULT_DATASET
@@ -20,7 +20,8 @@ SAMPLE_SPEC = load_spec(SAMPLE_SPEC_PATH)
 def warehouse_resources(warehouse: Path, models: Path, spec_path: Path = SAMPLE_SPEC_PATH) -> dict:
     """The Dagster resources of a test: its own warehouse file and models folder, a chosen dataset."""
     return {"duckdb": DuckDBResource(database=str(warehouse)), "dataset": DatasetResource(spec_path=str(spec_path)),
-            "model_store": ModelStoreResource(root=str(models)), "pipes_subprocess_client": dg.PipesSubprocessClient()}
+            "model_store": ModelStoreResource(root=str(models)), "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "text_model": TextModelResource(), "compute": ComputeResource(device="cpu")}
 
 
 def write_spec(directory: Path, events: dict, **extra) -> Path:

@@ -128,6 +128,11 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         conn.close()
         assert_served_as_ranked_by_the_policy(warehouse, tmp_path / name / "synthetic.yaml", models, served_policy)
         if name == "shop-a":  # the same partition again, from the same inputs: the same table
+            # ... even with a second text model's vectors in the warehouse: checkpoints name theirs
+            conn = connect(warehouse)
+            conn.execute("INSERT INTO features.text_embeddings SELECT text_hash, 'another-model', embedding, now() "
+                         "FROM features.text_embeddings")
+            conn.close()
             resources = warehouse_resources(warehouse, models, tmp_path / name / "synthetic.yaml")
             assert dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(),
                                   run_config=SMALL).success

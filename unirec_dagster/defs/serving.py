@@ -22,7 +22,7 @@ from unirec_dagster.serving.recommend import (
     users_short_of_k,
     write_recommendations,
 )
-from unirec_dagster.training.context import served_policy, text_view
+from unirec_dagster.training.context import checkpoint_text_view, served_policy
 from unirec_dagster.training.steps import served_checkpoint
 
 
@@ -95,6 +95,6 @@ def similar_items(context: dg.AssetExecutionContext, duckdb: DuckDBResource, dat
     spec, run_date = dataset.load(), partition_date(context)
     with duckdb.get_connection() as conn:
         checkpoint = served_checkpoint(model_store.for_warehouse(conn, spec), run_date)
-        written, items = refresh_similar_items(conn, spec, run_date, checkpoint, text_view(conn))
+        written, items = refresh_similar_items(conn, spec, run_date, checkpoint, checkpoint_text_view(conn, checkpoint))
     return dg.MaterializeResult(metadata={"dagster/row_count": written, "items": items,
                                           "model_version": checkpoint.version})

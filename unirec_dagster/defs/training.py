@@ -11,7 +11,7 @@ from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrai
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.presentation import curves_image, history_table, importance_table
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
+from unirec_dagster.defs.resources import WAREHOUSE_POOL, ComputeResource, DatasetResource, ModelStoreResource, TextModelResource
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.ranking.candidates import CandidateConfig
@@ -69,14 +69,15 @@ class FinetuningConfig(FinetuneConfig, dg.Config):
                       "with world_size > 1 in torchrun workers under DistributedDataParallel, through Dagster Pipes.")
 def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingConfig, duckdb: DuckDBResource,
                        dataset: DatasetResource, model_store: ModelStoreResource,
-                       pipes_subprocess_client: dg.PipesSubprocessClient):
+                       pipes_subprocess_client: dg.PipesSubprocessClient, text_model: TextModelResource,
+                       compute: ComputeResource):
     spec = dataset.load()
-    settings = PretrainConfig(**config.model_dump())
+    settings = PretrainConfig(**{**config.model_dump(), "device": compute.device_for(config.device)})
     pretrainer = torchrun_pretrainer(context, pipes_subprocess_client) if settings.world_size > 1 else pretrain
     with duckdb.get_connection() as conn:
         store = model_store.for_warehouse(conn, spec)
         checkpoint = run_pretraining(conn, spec, partition_date(context), settings, store, log=context.log.info,
-                                     pretrainer=pretrainer)
+                                     pretrainer=pretrainer, text_model=text_model.name)
     m = checkpoint.manifest
     return dg.MaterializeResult(metadata={
         "version": m["version"], "path": str(checkpoint.path), "kg_snapshot": m["kg_snapshot"],
@@ -112,15 +113,18 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
                       "Dagster Pipes.")
 def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningConfig, duckdb: DuckDBResource,
                           dataset: DatasetResource, model_store: ModelStoreResource,
-                          pipes_subprocess_client: dg.PipesSubprocessClient):
+                          pipes_subprocess_client: dg.PipesSubprocessClient, text_model: TextModelResource,
+                          compute: ComputeResource):
     spec = dataset.load()
-    settings = FinetuneConfig(**config.model_dump(exclude={"from_scratch", "mf_ablation", "ranking"}))
+    settings = FinetuneConfig(**{**config.model_dump(exclude={"from_scratch", "mf_ablation", "ranking"}),
+                                 "device": compute.device_for(config.device)})
     trainer = torchrun_finetuner(context, pipes_subprocess_client) if settings.world_size > 1 else train_variant
     with duckdb.get_connection() as conn:
         result = run_finetuning(conn, spec, partition_date(context), settings,
                                 model_store.for_warehouse(conn, spec), from_scratch=config.from_scratch,
                                 log=context.log.info, trainer=trainer,
-                                ranking=RankingSettings(**config.ranking.model_dump()), mf_ablation=config.mf_ablation)
+                                ranking=RankingSettings(**config.ranking.model_dump()), mf_ablation=config.mf_ablation,
+                                text_model=text_model.name)
     m, gate = result.checkpoint.manifest, result.gate
     ranking = m["ranking"] or {}
     yield dg.MaterializeResult(metadata={

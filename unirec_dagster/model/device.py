@@ -1,14 +1,12 @@
-"""Device choice: CUDA when there is one, CPU otherwise; UNIREC_DEVICE or config overrides."""
+"""Device choice: CUDA when there is one, CPU otherwise, unless named (the compute resource or the
+run config name it; UNIREC_DEVICE reaches the code only through the resource)."""
 
 from __future__ import annotations
 
 import torch
 
-from unirec_dagster import settings
-
 
 def choose_device(name: str = "auto") -> torch.device:
-    name = settings.device_name() if name == "auto" else name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

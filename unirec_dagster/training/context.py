@@ -26,9 +26,15 @@ from unirec_dagster.training.classic import TunedClassic
 from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE
 
 
-def text_view(conn: duckdb.DuckDBPyConnection) -> TextView | None:
-    ids, vectors = load_item_text_vectors(conn)
+def text_view(conn: duckdb.DuckDBPyConnection, model: str | None = None) -> TextView | None:
+    """The items' text vectors of `model` (None: the only model in the warehouse)."""
+    ids, vectors = load_item_text_vectors(conn, model)
     return TextView(ids, vectors) if len(ids) else None
+
+
+def checkpoint_text_view(conn: duckdb.DuckDBPyConnection, checkpoint: Checkpoint) -> TextView | None:
+    """The text vectors of the model the checkpoint was trained with (older checkpoints name none)."""
+    return text_view(conn, checkpoint.manifest.get("text_model"))
 
 
 @dataclass
@@ -43,7 +49,7 @@ def served_model(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint:
     data = load_training(conn, spec, run_date + dt.timedelta(days=1))
     graph = load_graph(conn, run_date)
     model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
-    emb = model.embed_graph(graph, text if text is not None else text_view(conn))
+    emb = model.embed_graph(graph, text if text is not None else checkpoint_text_view(conn, checkpoint))
     return ServedModel(Scorer(Signals(data), checkpoint.manifest["blend"], emb), graph)
 
 
@@ -74,7 +80,7 @@ def served_policy(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint
                   text: TextView | None = None) -> ServedPolicy:
     """The checkpoint's served policy with what is known at the end of `run_date`."""
     m = checkpoint.manifest
-    text = text if text is not None else text_view(conn)
+    text = text if text is not None else checkpoint_text_view(conn, checkpoint)
     served = served_model(conn, spec, checkpoint, run_date, text)
     if "policy" not in m:      # a checkpoint from before the ranker: it served its blend
         return ServedPolicy("blend", served.scorer, served.scorer, served.graph)

@@ -29,7 +29,7 @@ from unirec_dagster.ranking.ranker import TooFewExamples
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.classic import CLASSIC, TunedClassic, tune_classic
-from unirec_dagster.training.context import cutoff_inputs, served_policy, text_view
+from unirec_dagster.training.context import checkpoint_text_view, cutoff_inputs, served_policy, text_view
 from unirec_dagster.training.fit import (
     FittedRecommender,
     ValidationSplit,
@@ -56,6 +56,14 @@ def _fingerprint(conn: duckdb.DuckDBPyConnection):
     return lambda n: entity_fingerprint(conn, n)
 
 
+def text_model_name(conn: duckdb.DuckDBPyConnection, named: str | None) -> str | None:
+    """The text model a checkpoint records: the one named, or the only one in the warehouse."""
+    if named:
+        return named
+    found = rows(conn, "SELECT DISTINCT model FROM features.text_embeddings")
+    return found[0][0] if len(found) == 1 else None
+
+
 def validation_days(conn: duckdb.DuckDBPyConnection, run_date: dt.date) -> int:
     """The validation window of the models of `run_date`, as the knowledge_graph partition chose it."""
     return snapshot_params(conn, run_date).validation_days
@@ -65,13 +73,15 @@ Pretrainer = Callable[..., TrainResult]  # pretrain's signature: in process, or 
 
 
 def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: PretrainConfig,
-                    store: CheckpointStore, log: Log | None = None, pretrainer: Pretrainer = pretrain) -> Checkpoint:
+                    store: CheckpointStore, log: Log | None = None, pretrainer: Pretrainer = pretrain,
+                    text_model: str | None = None) -> Checkpoint:
     """Pretrain on the KG as of run_date - validation_days (so fine-tuning's validation window stays
     unseen), warm-started from the newest pretrained checkpoint of an earlier partition.
-    `pretrainer` trains: `pretrain` in this process, or a launcher of distributed workers."""
+    `pretrainer` trains: `pretrain` in this process, or a launcher of distributed workers.
+    `text_model` names the text view's model (None: the only one in the warehouse)."""
     as_of = run_date - dt.timedelta(days=validation_days(conn, run_date))
     graph = load_graph(conn, as_of)
-    text = text_view(conn) if config.encoder.use_text else None
+    text = text_view(conn, text_model) if config.encoder.use_text else None
     previous = store.latest(PRETRAINED, partition_before=run_date)
     if previous is not None:
         check_compatible(previous, _fingerprint(conn))
@@ -84,7 +94,8 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
         config=config.model_dump(), parent=previous.version if previous else None, history=result.history,
         final_losses={k: v for k, v in result.history[-1].items() if k != "epoch"}, seconds=result.seconds,
         edges_per_second=result.examples_per_second, device=result.device,
-        relation_weights=result.model.relation_weights(graph.relation_names), world_size=result.world_size)
+        relation_weights=result.model.relation_weights(graph.relation_names), world_size=result.world_size,
+        text_model=text_model_name(conn, text_model) if text is not None else None)
 
 
 @dataclass
@@ -162,7 +173,8 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
 def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: FinetuneConfig,
                    store: CheckpointStore, from_scratch: bool = False, log: Log | None = None,
                    trainer: VariantTrainer = train_variant, ranking: RankingSettings = RankingSettings(),
-                   mf_ablation: bool = False, pretrained: bool = True) -> FinetuningResult:
+                   mf_ablation: bool = False, pretrained: bool = True,
+                   text_model: str | None = None) -> FinetuningResult:
     """Fine-tune the graph model for serving on run_date (cutoff = the next day) from the newest
     pretrained checkpoint of the last PRETRAINED_WINDOW_DAYS (from scratch with `pretrained=False`), tune the classic
     peers and fit the two-stage ranker on the validation window, and let the gate choose what
@@ -184,7 +196,7 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                              "validation_days")
     initial = start.state if start is not None and pretrained else None
     final = cutoff_data(conn, spec, cutoff)
-    text = text_view(conn) if config.encoder.use_text else None
+    text = text_view(conn, text_model) if config.encoder.use_text else None
     fitted = fit_recommender(validation, final, config, text, initial, log=log, trainer=trainer)
     classic = tune_classic(validation.known.signals, validation.holdout, log=log)
     two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log)
@@ -205,7 +217,8 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
             config=variant_config.model_dump(), cutoff=cutoff.isoformat(),
             validation_cutoff=validation.known.cutoff.isoformat(), blend=fit.blend, best_epoch=fit.best_epoch,
             validation=fit.validation, history=fit.history, seconds=fit.seconds,
-            device=str(next(fit.model.parameters()).device), world_size=fit.world_size, **extra)
+            device=str(next(fit.model.parameters()).device), world_size=fit.world_size,
+            text_model=text_model_name(conn, text_model) if text is not None else None, **extra)
 
     ablations = {kind: save(kind, fit, mf_config(config) if kind == MF_ABLATION else config, parent=None)
                  for kind, fit in variants.items()}
@@ -297,7 +310,7 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                      "all", metric.split("@")[0], 20, checkpoint.manifest["validation"][metric],
                      checkpoint.manifest["validation"]["users"]) for metric in ("recall@20", "ndcg@20")]
     out += validation_rows(checkpoint)
-    text = text_view(conn)
+    text = checkpoint_text_view(conn, checkpoint)
     policy = served_policy(conn, spec, checkpoint, run_date, text)
     served = policy.blend
     holdout = load_holdout(conn, spec, served.signals.data, window_end)
