@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,14 +74,26 @@ def rp3beta_weights(history: torch.Tensor, alpha: float, beta: float, neighbours
     # X with each user's row scaled by deg_u^-α: the second step of the walk
     walk = torch.sparse_coo_tensor(history.indices(), user_degree[users].pow(-alpha), history.shape,
                                    check_invariants=False).coalesce()
-    by_item = history.t().coalesce()
+
+    def weigh(slab: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        slab *= item_degree[ids].pow(-alpha).unsqueeze(1)
+        slab /= item_degree.pow(beta).unsqueeze(0)
+        return slab
+
+    return top_neighbours(history.t().coalesce(), walk, weigh, neighbours, block)
+
+
+def top_neighbours(by_item: torch.Tensor, right: torch.Tensor, weigh: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   neighbours: int, block: int) -> torch.Tensor:
+    """(items, items) sparse: each item's `neighbours` best positive scores, where the scores of a
+    block of items `ids` are weigh((by_item[ids] @ right) dense, ids), an item never its own
+    neighbour. Built block by block, so only a (block x items) slab is dense at a time."""
+    num_items = right.shape[1]
     k = min(neighbours, max(num_items - 1, 1))
     rows, cols, vals = [], [], []
     for start in range(0, num_items, block):
         ids = torch.arange(start, min(start + block, num_items))
-        slab = torch.sparse.mm(by_item.index_select(0, ids), walk).to_dense()     # (block, items)
-        slab *= item_degree[ids].pow(-alpha).unsqueeze(1)
-        slab /= item_degree.pow(beta).unsqueeze(0)
+        slab = weigh(torch.sparse.mm(by_item.index_select(0, ids), right).to_dense(), ids)   # (block, items)
         slab[torch.arange(len(ids)), ids] = 0.0
         top = torch.topk(slab, k, dim=1)
         keep = top.values > 0

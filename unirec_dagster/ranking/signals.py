@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from unirec_dagster.history import TrainingData
-from unirec_dagster.ranking.classic import ClassicParams, ease_from_gram, ease_gram, rp3beta_weights
+from unirec_dagster.ranking.classic import ClassicParams, ease_from_gram, ease_gram, rp3beta_weights, top_neighbours
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -39,22 +39,8 @@ class Signals:
         num_items = self.data.num_items
         by_item = self.history.t().coalesce()
         norms = torch.zeros(num_items).index_add_(0, by_item.indices()[0], by_item.values()).sqrt().clamp(min=1)
-        rows, cols, vals = [], [], []
-        k = min(neighbours, max(num_items - 1, 1))
-        for start in range(0, num_items, block):
-            ids = torch.arange(start, min(start + block, num_items))
-            slab = torch.sparse.mm(by_item.index_select(0, ids), self.history).to_dense()
-            slab = slab / norms[ids].unsqueeze(1) / norms.unsqueeze(0)
-            slab[torch.arange(len(ids)), ids] = 0.0
-            top = torch.topk(slab, k, dim=1)
-            keep = top.values > 0
-            rows.append(ids.unsqueeze(1).expand(-1, k)[keep])
-            cols.append(top.indices[keep])
-            vals.append(top.values[keep])
-        if not rows:
-            return _sparse(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0),
-                           (num_items, num_items))
-        return _sparse(torch.cat(rows), torch.cat(cols), torch.cat(vals), (num_items, num_items))
+        return top_neighbours(by_item, self.history,
+                              lambda slab, ids: slab / norms[ids].unsqueeze(1) / norms.unsqueeze(0), neighbours, block)
 
     def with_classic(self, classic: ClassicParams) -> Signals:
         """The same signals with other EASE/RP3beta hyperparameters (the history and co-purchase shared)."""
