@@ -104,7 +104,8 @@ def one_seed(conn, spec, run_date: dt.date, seed: int, window_days: int, pretrai
     return {
         "seed": seed, "pretrain_s": round(pretrain_s, 1), "finetune_s": round(finetune_s, 1),
         "serve_s": round(stats.seconds, 1), "policy": m["policy"], "gate": m["gate"]["reason"],
-        "metrics": {f"{r.model}|{r.slice}|{r.metric}@{r.k}": (r.value, r.users) for r in evaluation.rows
+        # model names without the checkpoint version, so that seeds line up
+        "metrics": {f"{short(r.model)}|{r.slice}|{r.metric}@{r.k}": (r.value, r.users) for r in evaluation.rows
                     if r.split == "test" and r.metric in ("recall", "ndcg") and r.k == 20},
         "validation": {f"{r.model}|{r.metric}@{r.k}": r.value for r in evaluation.rows if r.split == "validation"},
         "candidate_recall": ranking_about.get("candidate_recall"), "rounds": ranking_about.get("rounds"),
@@ -128,7 +129,7 @@ def report(run_date: str, runs: list[dict]) -> None:
             recall = [r["metrics"].get(f"{model}|{slice_}|recall@20") for r in runs]
             ndcg = [r["metrics"].get(f"{model}|{slice_}|ndcg@20") for r in runs]
             if all(recall) and all(ndcg):
-                lines.append((mean(v for v, _ in recall), mean(v for v, _ in ndcg), short(model), recall[0][1]))
+                lines.append((mean(v for v, _ in recall), mean(v for v, _ in ndcg), model, recall[0][1]))
         for recall, ndcg, model, users in sorted(lines, reverse=True):
             print(f"| {model} | {recall:.4f} | {ndcg:.4f} | {users} |")
     served = [(r["metrics"][f"{SERVED}|all|recall@20"][0], r["metrics"][f"{SERVED}|all|ndcg@20"][0]) for r in runs]
