@@ -10,8 +10,7 @@ random purchase history (about 20 items per user), it times:
 - `two-stage`: the served two-stage ranker (`serving.recommend.rank_two_stage`): candidates from
   the model, EASE^R, RP3beta, co-purchase, trending and new items, their features (with a 384-d
   text view and synthetic history statistics), the LightGBM ranker (fitted beforehand on 2,000
-  users, not timed), reasons. Run on the 4,000-item case only: EASE^R's dense inverse at 50,000
-  items is capped (`ranking.classic.EASE_MAX_ITEMS`) and its weights alone take 1.6 GB.
+  users, not timed), reasons. Run on the 4,000-item case only, to keep the bench short.
 - `baseline`: the naive way, one full users x items score matrix and one `torch.topk` over it,
   with the same exclusions. It needs users x items x 4 bytes at once, so on 100k x 50k it runs on
   the share of users that fits in `--baseline-gib` and its rate is reported for that share.
