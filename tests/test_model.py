@@ -297,3 +297,25 @@ def test_two_workers_shards_partition_every_epoch(tmp_path):
         first, second = ranks[0][epoch], ranks[1][epoch]
         assert not set(first) & set(second), f"epoch {epoch + 1}: an example on both workers"
         assert sorted(first + second) == list(range(45)), f"epoch {epoch + 1}: the shards miss examples"
+
+
+class _DivergingTask(_RecordingTask):
+    """A loss that turns infinite on the second step."""
+
+    def loss(self, model, emb, batch, generator):
+        self.seen[-1] += batch.tolist()
+        scale = float("inf") if len(self.seen[-1]) > 10 else 1.0
+        return {"fit": emb[batch % model.num_entities].pow(2).mean() * scale}
+
+
+def test_a_non_finite_loss_stops_training_with_its_place(tmp_path):
+    with pytest.raises(FloatingPointError, match="non-finite loss at epoch 1, step 2 \\(fit inf\\)"):
+        train(GraphEncoder(45, 1, EncoderConfig(dim=4, layers=0)), _DivergingTask(), None,
+              TrainSettings(epochs=2, lr=0.01, seed=0, device="cpu"))
+    store = CheckpointStore(tmp_path)
+    model = _model()
+    name, weights = next((n, p) for n, p in model.named_parameters() if p.dim() == 2)
+    with torch.no_grad():
+        weights[0, 0] = float("nan")
+    saved = store.save("finetuned", dt.date(2024, 1, 1), model, dt.date(2024, 1, 1), ["a", "b"], "fp")
+    assert saved.non_finite() == [name]

@@ -87,6 +87,7 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         assert len(gate) == 1
         age = [c for c in result.get_asset_check_evaluations() if c.check_name == "pretrained_age"]
         assert age[0].passed and age[0].metadata["age_days"].value == 0
+        assert [c.passed for c in result.get_asset_check_evaluations() if c.check_name == "finite_weights"] == [True]
         finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
         image = finetuned["curves_image"].value  # markdown with an embedded PNG
         assert base64.b64decode(image.split("base64,")[1].rstrip(")")).startswith(b"\x89PNG")

@@ -101,6 +101,9 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
                           "strongest classic peer (EASE^R, RP3beta, EASE^R + recent popularity) tuned on the same "
                           "window; otherwise that peer serves, and this check warns."),
               dg.AssetCheckSpec(
+                  "finite_weights", asset="finetuned_recommender", blocking=True,
+                  description="Every weight of the fine-tuned model is finite (no NaN or infinity is served)."),
+              dg.AssetCheckSpec(
                   "pretrained_age", asset="finetuned_recommender",
                   description=f"The pretrained start is at most {PRETRAINED_FRESH_DAYS} days older than the "
                               "partition (weekly pretraining ran); warns otherwise.")],
@@ -141,6 +144,10 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
         "ablations": {kind: c.version for kind, c in result.ablations.items()}})
     parent_age = (partition_date(context) - dt.date.fromisoformat(m["parent"].split("-", 1)[1][:10])).days \
         if m["parent"] else None
+    broken = result.checkpoint.non_finite()
+    yield dg.AssetCheckResult(check_name="finite_weights", passed=not broken,
+                              description=f"non-finite tensors: {', '.join(broken)}" if broken else "all finite",
+                              metadata={"non_finite_tensors": len(broken)})
     yield dg.AssetCheckResult(
         check_name="pretrained_age", passed=parent_age is not None and parent_age <= PRETRAINED_FRESH_DAYS,
         severity=dg.AssetCheckSeverity.WARN,

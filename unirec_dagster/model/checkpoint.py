@@ -56,6 +56,11 @@ class Checkpoint:
     def snapshot_date(self) -> dt.date:
         return dt.date.fromisoformat(self.manifest["kg_snapshot"])
 
+    def non_finite(self) -> list[str]:
+        """Names of the weight tensors holding a NaN or an infinity (none in a healthy checkpoint)."""
+        return [name for name, tensor in self.state.items()
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+
     def read_text(self, name: str) -> str:
         """A text file saved beside the weights (`CheckpointStore.save(files=...)`), verified against
         the SHA-256 the manifest recorded for it."""

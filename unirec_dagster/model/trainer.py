@@ -174,6 +174,11 @@ def _train(model: GraphEncoder, task: Task, text: TextView | None, settings: Tra
         for batch in task.batches(shared):
             losses = step(propagation, sampler, text_on_device, batch[rank::world_size], sampling)  # this worker's shard
             loss = sum(task.weights[name] * value.float() for name, value in losses.items())
+            if not torch.isfinite(loss):  # fail here, not with NaN weights saved and served
+                raise FloatingPointError(
+                    f"{label}: a non-finite loss at epoch {epoch}, step {steps + 1} ("
+                    + ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
+                    + "); lower the learning rate or check the inputs. Nothing was saved.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
