@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--baseline-gib", type=float, default=4.0, help="Memory the naive full matrix may take.")
+    parser.add_argument("--cases", default=",".join(f"{u}x{i}" for u, i in CASES),
+                        help="USERSxITEMS,...: which cases to run (default: all)")
     parser.add_argument("--only", nargs=3, metavar=("METHOD", "USERS", "ITEMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
@@ -143,7 +145,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, K={args.k}, dim={args.dim}")
     print("| users | items | method | users scored | seconds | users/s | peak RSS GiB (after setup) |")
     print("|---|---|---|---|---|---|---|")
-    for users, items in CASES:
+    for users, items in [tuple(int(n) for n in case.split("x")) for case in args.cases.split(",")]:
         for method in ("model", "blend", "two-stage", "baseline"):
             if method == "two-stage" and items > 4_000:
                 continue
