@@ -10,10 +10,10 @@ import datetime as dt
 import glob
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATE_PLACEHOLDER = re.compile(r"\{date(?::([^}]+))?\}")
 
@@ -30,10 +30,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _named_column(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the column name is empty: name the source column")
+    return value
+
+
+ColumnName = Annotated[str, AfterValidator(_named_column)]  # a source column: never empty
+
+
 class ColumnRef(_Strict):
     """A source column holding an id or a value; `CustomerID` is shorthand for `{column: CustomerID}`."""
 
-    column: str
+    column: ColumnName
     strip_float_suffix: bool = Field(
         False, description="Turn ids that were written as floats (17850.0) back into 17850."
     )
@@ -44,12 +53,6 @@ class ColumnRef(_Strict):
     def _shorthand(cls, value):
         return {"column": value} if isinstance(value, str) else value
 
-    @field_validator("column")
-    @classmethod
-    def _named(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the column name is empty: name the source column")
-        return value
 
 
 # strptime directives DuckDB's strptime reads (%-d: without the leading zero)
@@ -58,16 +61,9 @@ STRPTIME_CODES = set("aAwdbBmyYHIpMSfzZjUWcxXgGuVn%")
 
 
 class TimestampSpec(_Strict):
-    column: str
+    column: ColumnName
     format: str | None = Field(None, description="strptime format, e.g. '%Y-%m-%d %H:%M:%S'.")
     unit: Literal["s", "ms"] | None = Field(None, description="Epoch seconds or milliseconds.")
-
-    @field_validator("column")
-    @classmethod
-    def _named(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the column name is empty: name the timestamp column")
-        return value
 
     @field_validator("format")
     @classmethod
