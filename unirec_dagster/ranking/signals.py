@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 
 import torch
 
 from unirec_dagster.history import TrainingData
 from unirec_dagster.ranking.classic import ClassicParams, ease_from_gram, ease_gram, rp3beta_weights, top_neighbours
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def _sparse(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
