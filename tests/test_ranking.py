@@ -105,3 +105,21 @@ def test_ranker_learns_a_preference_the_blend_cannot_use():
     assert torch.equal(reread, top)
     refit = fit_two_stage(inputs, holdout_of(fit_users, bought), config, ranker_config)
     assert refit.fit.ranker.to_text() == fitted.fit.ranker.to_text()
+
+
+def test_new_item_every_puts_unsold_items_into_their_slots():
+    inputs, bought = planted_shop()
+    interacted = torch.ones(NUM_ITEMS, dtype=torch.bool)
+    interacted[:6] = False                                             # six items nobody has bought
+    data = inputs.signals.data
+    unsold = TrainingData(data.cutoff, data.items, data.train_users, data.train_items, data.train_last_days,
+                          data.train_counts, data.popularity, data.recent_popularity, data.positive_counts, interacted)
+    inputs = CutoffInputs(Signals(unsold), inputs.stats, inputs.content)
+    config = CandidateConfig(model=0, ease=30, rp3beta=0, co_purchase=0, trending=0, new_items=6)
+    fitted = fit_two_stage(inputs, holdout_of(torch.arange(0, 250), bought), config,
+                           RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=30, patience=10, threads=1))
+    stage, users = TwoStage(inputs, config, fitted.fit.ranker), torch.arange(250, NUM_USERS)
+    forced = torch.cat([block.items for block in stage.top_k(users, 20, new_item_every=5)])
+    is_new = ~interacted[forced]
+    others = [r for r in range(20) if r not in (4, 9, 14, 19)]
+    assert is_new[:, [4, 9, 14, 19]].all() and not is_new[:, others].any()

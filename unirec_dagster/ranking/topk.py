@@ -48,3 +48,24 @@ def top_k(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.
     if not blocks:
         return torch.empty((0, k)), torch.empty((0, k), dtype=torch.long)
     return torch.cat([b[1].cpu() for b in blocks]), torch.cat([b[2].cpu() for b in blocks])
+
+
+def new_item_slots(k: int, every: int, available: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(slots, the other ranks, the slots' ranks) of a top `k` whose every `every`-th rank (n, 2n,
+    ...; 0-based n-1, 2n-1, ...) goes to a new item, as far as `available` new items go."""
+    slots = min(k // every, available) if every else 0
+    new_ranks = torch.arange(1, slots + 1) * every - 1
+    is_new = torch.zeros(k, dtype=torch.bool)
+    is_new[new_ranks] = True
+    return slots, torch.nonzero(~is_new).flatten(), new_ranks
+
+
+def interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
+               new_ranks: torch.Tensor) -> torch.Tensor:
+    """Rows of `main` and `new` placed at their ranks (columns) of one (rows, k) tensor."""
+    if main.shape[1] < len(main_ranks):  # fewer candidates than slots: the new items come last
+        return torch.cat([main, new.to(main.device)], 1)
+    out = torch.empty((main.shape[0], len(main_ranks) + len(new_ranks)), dtype=main.dtype, device=main.device)
+    out[:, main_ranks.to(main.device)] = main
+    out[:, new_ranks.to(main.device)] = new.to(main.device)
+    return out

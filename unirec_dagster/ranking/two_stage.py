@@ -25,7 +25,7 @@ from unirec_dagster.ranking.candidates import (
     score_block,
 )
 from unirec_dagster.ranking.ranker import Ranker
-from unirec_dagster.ranking.topk import block_rows
+from unirec_dagster.ranking.topk import block_rows, interleave, new_item_slots
 
 
 @dataclass
@@ -71,11 +71,15 @@ class TwoStage:
             candidates = generate(self.inputs, block, self.config)
             yield Examples(block.users, candidates, pair_features(self.inputs, block, candidates, self.items_table))
 
-    def top_k(self, users: torch.Tensor, k: int) -> Iterator[RankedBlock]:
-        """The ranker's top K of `users`, block by block."""
+    def top_k(self, users: torch.Tensor, k: int, new_item_every: int = 0) -> Iterator[RankedBlock]:
+        """The ranker's top K of `users`, block by block; with `new_item_every` = n, ranks n, 2n, ...
+        hold the user's best-ranked items nobody has bought yet (an operator's override of where
+        the ranker learned they belong)."""
         if self.ranker is None:
             raise ValueError("a TwoStage without a fitted ranker can build examples but not rank")
         start = 0
+        new = self.inputs.new_items[~torch.isin(self.inputs.new_items, self.never)]
+        slots, main_ranks, new_ranks = new_item_slots(k, new_item_every, len(new))
         popularity = torch.log1p(self.inputs.stats.items["buyers_30"])
         popularity = popularity / popularity.max().clamp(min=1e-6)                     # (I,) in [0, 1]
         for examples in self.examples(users):
@@ -89,9 +93,16 @@ class TwoStage:
             scores[history[0], history[1]] = float("-inf")
             if len(self.never):
                 scores[:, self.never] = float("-inf")
-            top = torch.topk(scores, min(k, num_items), dim=1)
+            if slots:
+                best_new = torch.topk(scores[:, new], slots, dim=1)
+                scores[:, new] = float("-inf")
+                rest = torch.topk(scores, min(k - slots, num_items), dim=1)
+                top_values = interleave(rest.values, best_new.values, main_ranks, new_ranks)
+                top_items = interleave(rest.indices, new[best_new.indices], main_ranks, new_ranks)
+            else:
+                top_values, top_items = torch.topk(scores, min(k, num_items), dim=1)
             leads = cand.generators + [FILLER]
             lead_of = torch.full((n, num_items), len(cand.generators), dtype=torch.long)
             lead_of[cand.rows, cand.items] = cand.lead({g: self.config.size(g) for g in cand.generators})
-            yield RankedBlock(slice(start, start + n), top.values, top.indices, lead_of.gather(1, top.indices), leads)
+            yield RankedBlock(slice(start, start + n), top_values, top_items, lead_of.gather(1, top_items), leads)
             start += n

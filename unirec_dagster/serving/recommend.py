@@ -28,7 +28,7 @@ from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView, unseen_items
 from unirec_dagster.ranking.scoring import Scorer, total
-from unirec_dagster.ranking.topk import block_rows, top_k, top_k_blocks
+from unirec_dagster.ranking.topk import block_rows, interleave, new_item_slots, top_k, top_k_blocks
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.warehouse import Params, ensure_schema, quote_path, rows, transaction
@@ -47,7 +47,7 @@ class ServingSettings(BaseModel):
     new_item_every: int = Field(0, ge=0, description="An override of where new items go: every n-th slot of a "
                                 "list (ranks n, 2n, ...) goes to the user's best-scored item that nobody has "
                                 "interacted with yet, when there are such items. 0 (the default): the ranker "
-                                "places new items where it learned they belong. Applies to a scorer policy only.")
+                                "places new items where it learned they belong.")
 
 
 @dataclass
@@ -86,13 +86,9 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
     new = torch.nonzero(~scorer.signals.data.interacted).flatten()
     if never is not None and len(new):
         new = new[~torch.isin(new, never)]
-    slots = min(k // new_item_every, len(new)) if new_item_every else 0
+    slots, main_ranks, new_ranks = new_item_slots(k, new_item_every, len(new))
     if slots:  # the other slots are filled from the items with a history
         never = new if never is None else torch.cat([never, new])
-        new_ranks = torch.arange(1, slots + 1) * new_item_every - 1
-        is_new_rank = torch.zeros(k, dtype=torch.bool)
-        is_new_rank[new_ranks] = True
-        main_ranks = torch.nonzero(~is_new_rank).flatten()
 
     def block(rows_: slice) -> torch.Tensor:
         nonlocal parts
@@ -106,8 +102,8 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
         n = rows_.stop - rows_.start
         if slots:  # nobody has bought a new item: no exclusions apply to these slots
             best = torch.topk(total({name: p[:, new] for name, p in parts.items()}, n), slots, dim=1)
-            top_scores, top_items = _interleave(top_scores, best.values, main_ranks, new_ranks), \
-                _interleave(top_items, new[best.indices.cpu()].to(top_items.device), main_ranks, new_ranks)
+            top_scores, top_items = interleave(top_scores, best.values, main_ranks, new_ranks), \
+                interleave(top_items, new[best.indices.cpu()].to(top_items.device), main_ranks, new_ranks)
         chosen = torch.stack([p.expand(n, -1).gather(1, top_items.to(p.device)) for p in parts.values()], -1)
         top_items = top_items.cpu()
         out.append((top_scores.cpu(), top_items, *explainer.explain(users[rows_], top_items, chosen.argmax(-1).cpu(),
@@ -118,10 +114,12 @@ def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: 
     return _stacked(out, explainer.templates)
 
 
-def rank_two_stage(stage: TwoStage, users: torch.Tensor, k: int, explainer: Explainer) -> ScoredUsers:
-    """The two-stage ranker's top-K of `users`, with reasons led by the generator that proposed each item."""
+def rank_two_stage(stage: TwoStage, users: torch.Tensor, k: int, explainer: Explainer,
+                   new_item_every: int = 0) -> ScoredUsers:
+    """The two-stage ranker's top-K of `users`, with reasons led by the generator that proposed each
+    item; with `new_item_every` = n, ranks n, 2n, ... hold the ranker's best unsold items."""
     out: list[tuple[torch.Tensor, ...]] = []
-    for block in stage.top_k(users, k):
+    for block in stage.top_k(users, k, new_item_every):
         out.append((block.scores, block.items, *explainer.explain(users[block.rows], block.items, block.lead,
                                                                   block.leads)))
     if not out:
@@ -135,7 +133,7 @@ def rank_users(policy: Scorer | TwoStage, users: torch.Tensor, settings: Serving
     """The served policy's top-K of `users`: the two-stage ranker, or a scorer's blend."""
     if isinstance(policy, TwoStage):
         explainer = Explainer(policy.inputs.signals, policy.inputs.embeddings, graph)
-        return rank_two_stage(policy, users, settings.k, explainer)
+        return rank_two_stage(policy, users, settings.k, explainer, settings.new_item_every)
     return score_users(policy, users, settings.k, settings.exclude_purchased,
                        Explainer(policy.signals, policy.embeddings, graph), never=never,
                        new_item_every=settings.new_item_every)
@@ -145,17 +143,6 @@ def _stacked(blocks: list[tuple[torch.Tensor, ...]], templates: list[str]) -> Sc
     """Blocks of (scores, items, reasons, anchors, values) as one ScoredUsers."""
     scores, items, reasons, anchors, values = (torch.cat(column) for column in zip(*blocks))
     return ScoredUsers(scores, items, reasons, anchors, values, templates)
-
-
-def _interleave(main: torch.Tensor, new: torch.Tensor, main_ranks: torch.Tensor,
-                new_ranks: torch.Tensor) -> torch.Tensor:
-    """Rows of `main` and `new` placed at their ranks (columns) of one (rows, k) tensor."""
-    if main.shape[1] < len(main_ranks):  # fewer candidates than slots: the new items come last
-        return torch.cat([main, new.to(main.device)], 1)
-    out = torch.empty((main.shape[0], len(main_ranks) + len(new_ranks)), dtype=main.dtype, device=main.device)
-    out[:, main_ranks.to(main.device)] = main
-    out[:, new_ranks.to(main.device)] = new.to(main.device)
-    return out
 
 
 def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date,
