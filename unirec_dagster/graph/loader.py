@@ -35,6 +35,16 @@ class KnowledgeGraph:
     def nodes_of_type(self, name: str) -> torch.Tensor:
         return torch.nonzero(self.entity_type == self.type_names.index(name), as_tuple=True)[0]
 
+    def item_value_edges(self, skip: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heads, tails): item -> attribute value and item -> keyword edges (relations named
+        `item_*`, except those in `skip`), the spec's attributes before keywords."""
+        names = [n for n, (head, _) in zip(self.relation_names, self.relation_types)
+                 if head == "item" and n.startswith("item_") and n not in skip]
+        names.sort(key=lambda n: n == "item_keyword")
+        if not names:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        return torch.cat([self.edge_index[n][0] for n in names]), torch.cat([self.edge_index[n][1] for n in names])
+
     def to(self, device: torch.device | str) -> KnowledgeGraph:
         return KnowledgeGraph(
             self.snapshot_date, self.num_entities, self.entity_type.to(device), self.type_names,

@@ -35,10 +35,7 @@ class ItemContent:
             self.text[position[text_ids[placed]]] = F.normalize(text_vectors[placed].float(), dim=-1)
         self.incidence = None
         if graph is not None:
-            names = [n for n, (head, _) in zip(graph.relation_names, graph.relation_types)
-                     if head == "item" and n.startswith("item_") and n not in GENERIC_RELATIONS]
-            heads = torch.cat([graph.edge_index[n][0] for n in names]) if names else torch.empty(0, dtype=torch.long)
-            tails = torch.cat([graph.edge_index[n][1] for n in names]) if names else torch.empty(0, dtype=torch.long)
+            heads, tails = graph.item_value_edges(GENERIC_RELATIONS)
             keep = position[heads] >= 0
             values, column = torch.unique(tails[keep], return_inverse=True)
             self.incidence = torch.sparse_coo_tensor(

@@ -69,11 +69,7 @@ class Explainer:
         """(items, MAX_VALUES) entity ids of each candidate's attribute values then keywords, -1 pad."""
         position = torch.full((graph.num_entities,), -1, dtype=torch.long)
         position[items] = torch.arange(len(items))
-        names = [n for n, (head, _) in zip(graph.relation_names, graph.relation_types)
-                 if head == "item" and n.startswith("item_") and n not in GENERIC_RELATIONS]
-        names.sort(key=lambda n: n == "item_keyword")  # the spec's attributes before keywords
-        heads = torch.cat([graph.edge_index[n][0] for n in names]) if names else torch.empty(0, dtype=torch.long)
-        tails = torch.cat([graph.edge_index[n][1] for n in names]) if names else torch.empty(0, dtype=torch.long)
+        heads, tails = graph.item_value_edges(GENERIC_RELATIONS)
         keep = position[heads] >= 0
         heads, tails = position[heads[keep]], tails[keep]
         order = torch.argsort(heads, stable=True)
