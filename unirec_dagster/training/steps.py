@@ -173,31 +173,27 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
 def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date: dt.date, config: FinetuneConfig,
                    store: CheckpointStore, from_scratch: bool = False, log: Log | None = None,
                    trainer: VariantTrainer = train_variant, ranking: RankingSettings = RankingSettings(),
-                   mf_ablation: bool = False, pretrained: bool = True,
-                   text_model: str | None = None) -> FinetuningResult:
+                   mf_ablation: bool = False, text_model: str | None = None) -> FinetuningResult:
     """Fine-tune the graph model for serving on run_date (cutoff = the next day) from the newest
-    pretrained checkpoint of the last PRETRAINED_WINDOW_DAYS (from scratch with `pretrained=False`), tune the classic
-    peers and fit the two-stage ranker on the validation window, and let the gate choose what
-    serves. BPR-MF (`mf_ablation`) and the full model without pretraining (`from_scratch`) are
-    trained on the same splits and kept for the evaluation. `trainer` trains each model:
-    `train_variant` in this process, or a launcher of distributed workers."""
+    pretrained checkpoint of the last PRETRAINED_WINDOW_DAYS, tune the classic peers and fit the
+    two-stage ranker on the validation window, and let the gate choose what serves. BPR-MF
+    (`mf_ablation`) and the full model without pretraining (`from_scratch`) are trained on the same
+    splits and kept for the evaluation. `trainer` trains each model: `train_variant` in this
+    process, or a launcher of distributed workers."""
     cutoff = run_date + dt.timedelta(days=1)
     start = store.latest(PRETRAINED, run_date, partition_from=run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1))
-    if start is None and pretrained:
+    if start is None:
         raise LookupError(f"no pretrained checkpoint of a partition in "
                           f"{run_date - dt.timedelta(days=PRETRAINED_WINDOW_DAYS - 1)}.."
                           f"{run_date} in {store.root}: materialize pretrained_encoder for one of those days first")
     validation = validation_split(conn, spec, cutoff, validation_days(conn, run_date))
-    if start is not None:
-        check_compatible(start, _fingerprint(conn))
-        if start.snapshot_date >= validation.known.cutoff:
-            raise ValueError(f"{start.version} saw the KG of {start.snapshot_date}, inside the validation window "
-                             f"from {validation.known.cutoff}: its knowledge_graph partition used another "
-                             "validation_days")
-    initial = start.state if start is not None and pretrained else None
+    check_compatible(start, _fingerprint(conn))
+    if start.snapshot_date >= validation.known.cutoff:
+        raise ValueError(f"{start.version} saw the KG of {start.snapshot_date}, inside the validation window "
+                         f"from {validation.known.cutoff}: its knowledge_graph partition used another validation_days")
     final = cutoff_data(conn, spec, cutoff)
     text = text_view(conn, text_model) if config.encoder.use_text else None
-    fitted = fit_recommender(validation, final, config, text, initial, log=log, trainer=trainer)
+    fitted = fit_recommender(validation, final, config, text, start.state, log=log, trainer=trainer)
     classic = tune_classic(validation.known.signals, validation.holdout, log=log)
     two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log)
     gate = GateResult.judge(two_stage.validation if two_stage else None, classic, note)
@@ -229,7 +225,7 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
                          "validation": two_stage.validation, "candidate_recall": two_stage.candidate_recall,
                          "candidates_per_user": round(two_stage.candidates_per_user, 1),
                          "examples": two_stage.examples, "importances": r.importances(), "cv_curve": two_stage.fit.curve}
-    checkpoint = save(FINETUNED, fitted, config, parent=start.version if initial is not None else None,
+    checkpoint = save(FINETUNED, fitted, config, parent=start.version,
                       promoted=True, policy=gate.policy, gate=gate.to_manifest(), classic=classic.to_manifest(),
                       ranking=about_ranking,
                       files={RANKER_FILE: two_stage.fit.ranker.to_text()} if two_stage is not None else None)
