@@ -35,6 +35,7 @@ class Examples:
     users: torch.Tensor              # (U,) entity ids
     candidates: Candidates
     features: torch.Tensor           # (n, F)
+    excluded: torch.Tensor           # (U, items) bool: past purchases and never-recommended items
 
     def group_sizes(self) -> np.ndarray:
         return torch.bincount(self.candidates.rows, minlength=len(self.users)).numpy()
@@ -69,7 +70,8 @@ class TwoStage:
         for start in range(0, len(users), chunk):
             block = score_block(self.inputs, users[start:start + chunk], self.never)
             candidates = generate(self.inputs, block, self.config)
-            yield Examples(block.users, candidates, pair_features(self.inputs, block, candidates, self.items_table))
+            yield Examples(block.users, candidates, pair_features(self.inputs, block, candidates, self.items_table),
+                           block.excluded)
 
     def top_k(self, users: torch.Tensor, k: int, new_item_every: int = 0) -> Iterator[RankedBlock]:
         """The ranker's top K of `users`, block by block; with `new_item_every` = n, ranks n, 2n, ...
@@ -89,10 +91,7 @@ class TwoStage:
             floor = (predicted.min() if len(predicted) else torch.tensor(0.0)) - 2.0
             scores = (floor + popularity).expand(n, -1).clone()                         # fillers below candidates
             scores[cand.rows, cand.items] = predicted
-            history = self.inputs.signals.history_of(examples.users).coalesce().indices()
-            scores[history[0], history[1]] = float("-inf")
-            if len(self.never):
-                scores[:, self.never] = float("-inf")
+            scores.masked_fill_(examples.excluded, float("-inf"))
             if slots:
                 best_new = torch.topk(scores[:, new], slots, dim=1)
                 scores[:, new] = float("-inf")
