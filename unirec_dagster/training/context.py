@@ -68,12 +68,19 @@ def cutoff_inputs(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, signals: S
 class ServedPolicy:
     """What a fine-tuned checkpoint serves at a run date: `ranking` is the two-stage ranker or the
     tuned classic peer the quality gate chose (`name` says which); `blend` is the graph model's
-    logit blend over the same signals (a baseline row, and what checkpoints before the ranker served)."""
+    logit blend over the same signals (a baseline row, and what checkpoints before the ranker served);
+    `classic` the tuned peers (None before them), whose fitted weights `signals` holds."""
 
     name: str
     ranking: Scorer | TwoStage
     blend: Scorer
     graph: KnowledgeGraph
+    classic: TunedClassic | None = None
+
+    @property
+    def signals(self) -> Signals:
+        """The signals at the run date, with the tuned peers' parameters (EASE^R fitted once for all users)."""
+        return self.ranking.inputs.signals if isinstance(self.ranking, TwoStage) else self.ranking.signals
 
 
 def served_policy(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint: Checkpoint, run_date: dt.date,
@@ -87,7 +94,8 @@ def served_policy(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint
     classic = TunedClassic.from_manifest(m["classic"])
     signals = served.scorer.signals.with_classic(classic.params)
     if m["policy"] != TWO_STAGE:
-        return ServedPolicy(m["policy"], Scorer(signals, classic.weights(m["policy"])), served.scorer, served.graph)
+        return ServedPolicy(m["policy"], Scorer(signals, classic.weights(m["policy"])), served.scorer, served.graph,
+                            classic)
     about = m["ranking"]
     ranker = Ranker.from_text(checkpoint.read_text(RANKER_FILE), about["rounds"], about["cv_ndcg"])
     uses_text = m["config"]["encoder"]["use_text"]
@@ -96,4 +104,4 @@ def served_policy(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint
                            classic.params)
     stage = TwoStage(inputs, CandidateConfig(**about["candidates"]), ranker,
                      never_recommended(conn, spec, signals.data.items))
-    return ServedPolicy(TWO_STAGE, stage, served.scorer, served.graph)
+    return ServedPolicy(TWO_STAGE, stage, served.scorer, served.graph, classic)

@@ -322,12 +322,10 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         out += metric_rows(f"{checkpoint.version}: logit blend", "test", cutoff, evaluate(served, holdout))
         out += metric_rows(f"{checkpoint.version}: graph model only", "test", cutoff,
                            evaluate(Scorer(served.signals, {"model": 1.0}, served.embeddings), holdout))
-        if "classic" in checkpoint.manifest:
-            classic = TunedClassic.from_manifest(checkpoint.manifest["classic"])
-            tuned = served.signals.with_classic(classic.params)
+        if policy.classic is not None:  # the policy's own signals: EASE^R and RP3beta are fitted already
             for name in CLASSIC:
                 out += metric_rows(f"{name} (tuned)", "test", cutoff,
-                                   evaluate(Scorer(tuned, classic.weights(name)), holdout))
+                                   evaluate(Scorer(policy.signals, policy.classic.weights(name)), holdout))
         for name, weights in BASELINES.items():
             out += metric_rows(name, "test", cutoff, evaluate(Scorer(served.signals, weights), holdout))
         out += metric_rows("ALS (64 factors)", "test", cutoff,
@@ -344,8 +342,7 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         if log:
             log(f"no events after {cutoff} in the warehouse yet: validation metrics only"
                 + (f"; the newest partition with test figures is {newest}" if newest else ""))
-    peer = (f"{TunedClassic.from_manifest(checkpoint.manifest['classic']).strongest} (tuned)"
-            if "classic" in checkpoint.manifest else None)
+    peer = f"{policy.classic.strongest} (tuned)" if policy.classic is not None else None
     return EvaluationResult(out, checkpoint.version, len(holdout.users), unserved, peer, newest)
 
 
