@@ -2,12 +2,12 @@
 and per-segment statistics the ranker reads (`stats`)."""
 
 from unirec_dagster.history.data import (
-                                         TrainingData,
-                                         as_timestamp,
-                                         entity_join,
-                                         load_training,
-                                         never_recommended,
-                                         tensor_column,
+    TrainingData,
+    as_timestamp,
+    entity_join,
+    load_training,
+    never_recommended,
+    tensor_column,
 )
 from unirec_dagster.history.stats import CutoffStats, load_stats
 

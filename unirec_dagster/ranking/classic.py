@@ -4,8 +4,9 @@
 - EASE^R (Steck 2019): B = -P / diag(P), P = (XᵀX + λI)⁻¹, diagonal zeroed. A dense inverse, so
   catalogs above `EASE_MAX_ITEMS` are fitted on their most-bought items only (the others score 0
   from EASE and reach the lists through the other generators). The inverse grows with the cube of
-  the items: about 3 s at Online Retail's 3,900 on these 2 cores, so about 25 s at 8,000, once per
-  λ of the nightly grid (and 0.5 GB in float64); at 20,000 it would be 3.2 GB and minutes each.
+  the items: `ease_from_gram` took 2.1 s at Online Retail's 3,900 and 17.4 s at 8,000 on these 2
+  cores, once per λ of the nightly grid (0.5 GB in float64 at 8,000); at 20,000 it would be 3.2 GB
+  and minutes each.
 - RP3beta (Paudel et al. 2017, as in Dacrema et al.'s reproducibility study): the two-step random
   walk item -> user -> item, transition probabilities raised to α, each column divided by the
   item's popularity to the power β, each row's top `RP3_NEIGHBOURS` kept. Blocked like the
