@@ -90,6 +90,29 @@ def test_as_of_build_ignores_later_events(conn, shop):
     assert rows(conn, "SELECT max(last_seen) FROM kg.triples WHERE snapshot_date = ?", [D1])[0][0] < dt.datetime(2024, 1, 2)
 
 
+def test_a_historic_snapshot_loads_only_its_own_entities(conn, shop):
+    """D2 (a new item D, user u4, country DE, keyword "glass") built before D1: D1's graph still has
+    none of them as nodes, whatever the build order; its entity ids are the global ones."""
+    ingest_days(conn, shop, [D1, D2])
+    build_snapshot(conn, shop, D2, PARAMS)
+    build_snapshot(conn, shop, D1, PARAMS)
+    id_of = {k: i for i, k in rows(conn, "SELECT entity_id, entity_type || ':' || natural_key FROM kg.entities")}
+    later = [id_of[k] for k in ("item:D", "user:u4", "country:DE")]
+
+    def nodes(graph) -> set[int]:
+        return set(torch.nonzero(graph.entity_type >= 0).flatten().tolist())
+
+    old, new = load_graph(conn, D1), load_graph(conn, D2)
+    assert old.num_entities == new.num_entities == len(id_of)
+    assert not set(later) & nodes(old) and set(later) <= nodes(new)
+    # "glass" becomes a keyword on D2 only (a second item with it: keyword_min_items is 2).
+    assert nodes(old) == {i for k, i in id_of.items() if k not in ("item:D", "user:u4", "country:DE", "keyword:glass")}
+    assert id_of["item:D"] not in old.nodes_of_type("item").tolist()
+    # A validation fit reads D1's triples with the entities of D2 (items first sold in its window).
+    wider = load_graph(conn, D1, entities_of=D2)
+    assert nodes(wider) == nodes(new) and all(torch.equal(wider.edge_index[r], old.edge_index[r]) for r in old.edge_index)
+
+
 def test_ids_are_stable_when_new_data_arrives(conn, shop):
     ingest_days(conn, shop, [D1])
     build_snapshot(conn, shop, D1, PARAMS)
@@ -123,6 +146,18 @@ def test_loader_builds_tensors_per_relation(conn, shop):
     key_of = dict(rows(conn, "SELECT entity_id, natural_key FROM kg.entities"))
     pairs = {(key_of[h], key_of[t]) for h, t in graph.edge_index["item_co_occurs"].T.tolist()}
     assert ("A", "C") in pairs
+
+    # An item's interactions can be hidden (the ranker's simulated new items): its attributes stay.
+    item_c = next(e for e, k in key_of.items() if k == "C")
+    hidden = graph.without_interactions(torch.tensor([item_c]))
+    for name, kinds in zip(graph.relation_names, graph.relation_types):
+        edges, kept = graph.edge_index[name], hidden.edge_index[name]
+        if set(kinds) == {"user", "item"}:
+            assert not (kept == item_c).any() and kept.shape[1] == int((edges[1] != item_c).sum())
+            assert len(hidden.edge_weight[name]) == kept.shape[1]
+        else:
+            assert torch.equal(kept, edges)
+    assert (graph.edge_index["purchase"][1] == item_c).any()      # the snapshot itself is unchanged
 
 
 def test_synthetic_log_has_realistic_shape(tmp_path, conn):

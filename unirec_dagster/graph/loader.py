@@ -45,6 +45,18 @@ class KnowledgeGraph:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         return torch.cat([self.edge_index[n][0] for n in names]), torch.cat([self.edge_index[n][1] for n in names])
 
+    def without_interactions(self, items: torch.Tensor) -> KnowledgeGraph:
+        """The snapshot with every user<->item edge of `items` (entity ids) removed: those items keep
+        their attributes and keywords, as catalog items nobody has interacted with."""
+        edge_index, edge_weight = dict(self.edge_index), dict(self.edge_weight)
+        for name, kinds in zip(self.relation_names, self.relation_types):
+            if set(kinds) == {"user", "item"}:
+                keep = ~torch.isin(self.edge_index[name][kinds.index("item")], items.to(self.entity_type.device))
+                edge_index[name], edge_weight[name] = self.edge_index[name][:, keep], self.edge_weight[name][keep]
+        return KnowledgeGraph(self.snapshot_date, self.num_entities, self.entity_type, self.type_names,
+                              self.relation_names, self.relation_types, edge_index, edge_weight,
+                              self.positive_relation)
+
     def to(self, device: torch.device | str) -> KnowledgeGraph:
         return KnowledgeGraph(
             self.snapshot_date, self.num_entities, self.entity_type.to(device), self.type_names,
@@ -91,18 +103,34 @@ def snapshot_params(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date) -> 
     return KGParams.model_validate_json(found[0][0])
 
 
-def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = None) -> KnowledgeGraph:
+def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = None,
+               entities_of: dt.date | None = None) -> KnowledgeGraph:
     """The KG snapshot of `snapshot_date` (default: the newest) as tensors; LookupError when the
-    warehouse does not hold it."""
+    warehouse does not hold it.
+
+    Its entities are those known by the end of `entities_of` (default: the snapshot's own date):
+    first seen in an event by then, catalog entries nobody has interacted with (known at any date),
+    or present in the snapshot's triples (attribute values, keywords). An entity only a later build
+    registered keeps its id
+    (ids are global, so every embedding table has the same rows) but no type: it is no node of
+    this snapshot, whatever order the days were built in. A validation fit passes the final
+    cutoff's date, so that items first sold in its window are nodes (catalog items) at V."""
     snapshot_date = snapshot_date or latest_snapshot(conn)
     if snapshot_date is None:
         raise LookupError("no KG snapshot in the warehouse: materialize the knowledge_graph asset first")
     snapshot_params(conn, snapshot_date)  # fails clearly when this snapshot was never built or was pruned
-    entities = conn.sql("SELECT entity_id, entity_type FROM kg.entities ORDER BY entity_id").to_arrow_table()
+    entities_of = entities_of or snapshot_date
+    num_entities = rows(conn, "SELECT coalesce(max(entity_id) + 1, 0) FROM kg.entities")[0][0]
+    entities = conn.sql("""
+        SELECT entity_id, entity_type FROM kg.entities
+        WHERE first_seen < $end OR (first_seen IS NULL AND entity_type IN ('item', 'user')) OR entity_id IN (
+            SELECT head_id FROM kg.triples WHERE snapshot_date = $d UNION SELECT tail_id FROM kg.triples
+            WHERE snapshot_date = $d)
+        ORDER BY entity_id""", params={"end": dt.datetime.combine(entities_of + dt.timedelta(days=1), dt.time()),
+                                      "d": entities_of}).to_arrow_table()
     ids = entities.column("entity_id").to_numpy().astype(np.int64)
     type_names, type_codes = np.unique(entities.column("entity_type").to_numpy(zero_copy_only=False).astype(str),
                                        return_inverse=True)
-    num_entities = int(ids.max()) + 1 if len(ids) else 0
     entity_type = torch.full((num_entities,), -1, dtype=torch.long)
     entity_type[torch.from_numpy(ids)] = torch.from_numpy(type_codes.astype(np.int64))
 

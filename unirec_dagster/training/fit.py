@@ -66,6 +66,7 @@ class FittedRecommender:
     seconds: float = 0.0
     world_size: int = 1   # processes that trained it
     validation_embeddings: torch.Tensor | None = None  # the validation fit's, for the ranker's examples
+    validation_model: GraphEncoder | None = None       # the validation fit's model (re-embeds simulated new items)
 
     def scorer(self, blended: bool = True) -> Scorer:
         return Scorer(self.train.signals, self.blend if blended else {"model": 1.0}, self.embeddings)
@@ -73,9 +74,12 @@ class FittedRecommender:
 
 def cutoff_data(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date,
                 catalog_until: dt.date | None = None) -> CutoffData:
-    """Training data before `cutoff` and the KG snapshot of the day before (it must be built)."""
+    """Training data before `cutoff` and the KG snapshot of the day before (it must be built); with
+    `catalog_until`, the entities of the snapshot of the day before that too."""
     data = load_training(conn, spec, cutoff, catalog_until=catalog_until)
-    return CutoffData(data, Signals(data), load_graph(conn, cutoff - dt.timedelta(days=1)))
+    day_before = dt.timedelta(days=1)
+    graph = load_graph(conn, cutoff - day_before, catalog_until - day_before if catalog_until else None)
+    return CutoffData(data, Signals(data), graph)
 
 
 def validation_split(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff: dt.date,
@@ -136,4 +140,4 @@ def fit_recommender(validation: ValidationSplit, final: CutoffData, config: Fine
         {"model_recall@20": model_only["recall@20"], "model_ndcg@20": model_only["ndcg@20"],
          "recall@20": blended["recall@20"], "ndcg@20": blended["ndcg@20"], "users": len(holdout.users)},
         val_run.history + [{"final_epochs": final_run.best_epoch}], val_run.seconds + final_run.seconds,
-        final_run.world_size, val_emb)
+        final_run.world_size, val_emb, val_run.model)
