@@ -40,6 +40,7 @@ from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
 from unirec_dagster.training.context import served_policy, text_view
+from unirec_dagster.training.ranking import RankingSettings
 from unirec_dagster.training.steps import FROM_SCRATCH, run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect
 
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=15)
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="which items are hidden")
+    parser.add_argument("--simulated-new-items", type=float, default=0.0,
+                        help="RankingSettings.simulated_new_items: item dropout in the ranker's examples and a "
+                             "new-item placement model (0: the default, off)")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     run_date = dt.date.fromisoformat(args.run_date)
@@ -65,7 +69,8 @@ def main() -> None:
         build_partition(conn, spec, run_date)
         store = CheckpointStore(Path(scratch) / "models")
         run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), store, log=print)
-        fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print)
+        fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print,
+                                ranking=RankingSettings(simulated_new_items=args.simulated_new_items))
         text = text_view(conn)
         policy = served_policy(conn, spec, fitted.checkpoint, run_date, text)
         scratch = served_policy(conn, spec, fitted.ablations[FROM_SCRATCH], run_date, text)

@@ -16,9 +16,10 @@ from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.blend import fit_blend
-from unirec_dagster.training.ranking import fit_two_stage
+from unirec_dagster.training.ranking import fit_two_stage, simulate_new_items
 
 NUM_USERS, NUM_ITEMS, FIRST_ITEM = 400, 60, 1000
+UNSOLD = 15  # catalog items nobody buys before or in the window (the simulated new items test)
 
 
 def test_ease_matches_its_closed_form():
@@ -43,35 +44,43 @@ def test_ease_matches_its_closed_form():
     assert torch.equal(capped_columns, top) and torch.allclose(capped, expected, atol=1e-4)
 
 
-def planted_shop(seed: int = 0):
+def planted_shop(seed: int = 0, unsold: int = 0):
     """Users with three random past purchases each; in the window every user buys the two items whose
     price is nearest their usual price: a preference no popularity, co-purchase or EASE^R signal
-    carries, and which is not monotone in any one feature (nearest, not cheapest)."""
+    carries, and which is not monotone in any one feature (nearest, not cheapest). The first `unsold`
+    items are catalog items nobody has bought, before or in the window."""
     g = torch.Generator().manual_seed(seed)
-    past = torch.stack([torch.randperm(NUM_ITEMS, generator=g)[:3] for _ in range(NUM_USERS)])
+    past = torch.stack([torch.randperm(NUM_ITEMS - unsold, generator=g)[:3] + unsold for _ in range(NUM_USERS)])
     users = torch.arange(NUM_USERS).repeat_interleave(3)
     items = past.reshape(-1)
     popularity = torch.bincount(items, minlength=NUM_ITEMS).float()
     data = TrainingData(dt.date(2024, 1, 1), torch.arange(FIRST_ITEM, FIRST_ITEM + NUM_ITEMS), users, items,
                         torch.rand(len(users), generator=g) * 30, torch.ones(len(users), dtype=torch.long),
-                        popularity, popularity, popularity)
+                        popularity, popularity, popularity, torch.arange(NUM_ITEMS) >= unsold)
     item_price = torch.linspace(1.0, 60.0, NUM_ITEMS)[torch.randperm(NUM_ITEMS, generator=g)]
     user_price = item_price[torch.randint(0, NUM_ITEMS, (NUM_USERS,), generator=g)] * 1.02
-    gap = (torch.log(item_price).unsqueeze(0) - torch.log(user_price).unsqueeze(1)).abs()
-    gap[users, items] = float("inf")                                   # nobody buys the same item again
-    bought = torch.topk(-gap, 2, dim=1).indices                        # (users, 2)
     zeros, ones = torch.zeros(NUM_ITEMS), torch.ones(NUM_USERS)
+    age = torch.where(data.interacted, 100.0, float("nan"))
     stats = CutoffStats(
         data.cutoff,
         {"buyers_all": popularity, "buyers_7": popularity, "buyers_30": popularity, "buyers_90": popularity,
-         "adopters": zeros, "age_days": zeros + 100, "since_sale_days": zeros + 1, "price": item_price,
+         "adopters": zeros, "age_days": age, "since_sale_days": age / 100, "price": item_price,
          "buyers_year_ago": zeros},
         torch.arange(NUM_USERS),
         {"last_days": ones, "first_days": ones * 30, "positives": ones * 3, "baskets": ones, "distinct_items": ones * 3,
          "price": user_price},
         torch.zeros(NUM_USERS, dtype=torch.long), torch.zeros(1, NUM_ITEMS), [])
     inputs = CutoffInputs(Signals(data), stats, ItemContent(data.items))
-    return inputs, bought
+    return inputs, nearest_priced(inputs, data.interacted)
+
+
+def nearest_priced(inputs: CutoffInputs, allowed: torch.Tensor) -> torch.Tensor:
+    """(users, 2): each user's two `allowed` items nearest their usual price, past purchases excepted."""
+    stats, data = inputs.stats, inputs.signals.data
+    gap = (torch.log(stats.items["price"]).unsqueeze(0) - torch.log(stats.users["price"]).unsqueeze(1)).abs()
+    gap[data.train_users, data.train_items] = float("inf")            # nobody buys the same item again
+    gap[:, ~allowed] = float("inf")
+    return torch.topk(-gap, 2, dim=1).indices
 
 
 def holdout_of(users: torch.Tensor, bought: torch.Tensor) -> HoldoutPairs:
@@ -123,3 +132,41 @@ def test_new_item_every_puts_unsold_items_into_their_slots():
     is_new = ~interacted[forced]
     others = [r for r in range(20) if r not in (4, 9, 14, 19)]
     assert is_new[:, [4, 9, 14, 19]].all() and not is_new[:, others].any()
+
+
+def test_simulated_new_items_teach_the_ranker_where_unsold_items_belong():
+    """In the window users buy the nearest-priced of the more popular half of the items; catalog
+    items nobody has bought are never bought there. From the window alone the ranker learns that an
+    item without buyers is not bought. With a share of the bought items' history hidden (item
+    dropout), a placement model learns to place such an item by what is known of it (its price)."""
+    inputs, _ = planted_shop(unsold=UNSOLD)
+    popularity = inputs.signals.data.popularity
+    bought = nearest_priced(inputs, popularity >= popularity.median())
+    simulated, hidden = simulate_new_items(inputs, 0.3, seed=0)
+    data, seen = simulated.signals.data, inputs.signals.data
+    assert len(hidden) == round(0.3 * (NUM_ITEMS - UNSOLD))
+    assert seen.interacted[hidden].all() and not data.interacted[hidden].any()
+    assert not torch.isin(data.train_items, hidden).any() and (data.popularity[hidden] == 0).all()
+    assert (simulated.stats.items["buyers_all"][hidden] == 0).all() and simulated.stats.items["age_days"][hidden].isnan().all()
+    assert torch.equal(simulated.stats.items["price"], inputs.stats.items["price"])
+
+    fit_users, later_users = torch.arange(0, 250), torch.arange(250, NUM_USERS)
+    config = CandidateConfig(model=0, ease=NUM_ITEMS, rp3beta=0, co_purchase=0, trending=0, new_items=NUM_ITEMS)
+    ranker_config = RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=150, patience=20, threads=1)
+    plain = fit_two_stage(inputs, holdout_of(fit_users, bought), config, ranker_config)
+    taught = fit_two_stage(inputs, holdout_of(fit_users, bought), config, ranker_config, simulated=simulated)
+    assert taught.users == plain.users == 250 and taught.validation["recall@20"] > 0.9
+
+    # Later the unsold items sell like any other: users buy the nearest-priced items of the whole catalog.
+    later = nearest_priced(inputs, torch.ones(NUM_ITEMS, dtype=torch.bool))[later_users]
+    unsold_pairs = later < UNSOLD
+
+    def unsold_hits(fit) -> float:
+        top = torch.cat([b.items for b in TwoStage(inputs, config, fit.fit.ranker).top_k(later_users, 10)])
+        found = (top.unsqueeze(1) == later.unsqueeze(2)).any(2)                 # (users, 2)
+        return float(found[unsold_pairs].float().mean())
+
+    assert unsold_pairs.sum() >= 20
+    taught_hits, plain_hits = unsold_hits(taught), unsold_hits(plain)
+    assert taught.placement is not None and plain.placement is None
+    assert taught_hits > 0.75 and plain_hits < 0.5, (taught_hits, plain_hits)

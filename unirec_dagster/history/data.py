@@ -48,6 +48,18 @@ class TrainingData:
     def num_items(self) -> int:
         return len(self.items)
 
+    def without_history(self, positions: torch.Tensor) -> TrainingData:
+        """The same cutoff as if the items at `positions` had never been bought: listed in the catalog
+        only (their pairs and popularity gone). How the ranker is shown new items that people did buy
+        afterwards (`training.ranking.simulate_new_items`)."""
+        hidden = torch.zeros(self.num_items, dtype=torch.bool)
+        hidden[positions] = True
+        keep = ~hidden[self.train_items]
+        zero = lambda x: x.masked_fill(hidden, 0)  # noqa: E731
+        return TrainingData(self.cutoff, self.items, self.train_users[keep], self.train_items[keep],
+                            self.train_last_days[keep], self.train_counts[keep], zero(self.popularity),
+                            zero(self.recent_popularity), zero(self.positive_counts), self.interacted & ~hidden)
+
     def positive_events_of(self, users: torch.Tensor) -> torch.Tensor:
         """Positive events before the cutoff of each user (entity ids); 0 for users without any."""
         if not len(users):

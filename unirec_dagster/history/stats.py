@@ -44,6 +44,19 @@ class CutoffStats:
     segment_share: torch.Tensor
     segments: list[str]
 
+    def without_history(self, positions: torch.Tensor) -> CutoffStats:
+        """The statistics as if the items at `positions` had never been bought (`TrainingData.without_history`):
+        no buyers, no age, no last sale, no segment share; their price stays (a catalog lists one).
+        The users' own figures are kept: they describe the user, not the item."""
+        items = {name: value.clone() for name, value in self.items.items()}
+        for name in (*ITEM_COUNTS, "buyers_year_ago"):
+            items[name][positions] = torch.where(items[name][positions].isnan(), float("nan"), 0.0)
+        for name in ("age_days", "since_sale_days"):
+            items[name][positions] = float("nan")
+        share = self.segment_share.clone()
+        share[:, positions] = 0.0
+        return CutoffStats(self.cutoff, items, self.user_ids, self.users, self.user_segment, share, self.segments)
+
     def user_rows(self, users: torch.Tensor) -> torch.Tensor:
         """Rows of `users` (entity ids) in user_ids; -1 for users without any event before the cutoff."""
         at = torch.searchsorted(self.user_ids, users).clamp(max=max(len(self.user_ids) - 1, 0))

@@ -13,6 +13,7 @@ Saved as LightGBM's own text format (`model_to_string`), never pickled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import lightgbm as lgb
 import numpy as np
@@ -82,23 +83,28 @@ class RankerFit:
 
 
 def fit_ranker(features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray, feature_names: list[str],
-               config: RankerConfig = RankerConfig(), log=None) -> RankerFit:
-    """`features` (n, F) rows grouped by user in order, `group_sizes` (users,) their counts, `labels`
+               config: RankerConfig = RankerConfig(), log=None, group_keys: np.ndarray | None = None) -> RankerFit:
+    """`features` (n, F) rows grouped by user in order, `group_sizes` (groups,) their counts, `labels`
     (n,) 1 for a pair the user bought in the window. Users without any positive candidate carry no
-    LambdaRank gradient: they are left out of training, and scored out of fold like the others."""
+    LambdaRank gradient: they are left out of training, and scored out of fold like the others.
+    `group_keys` (groups,) says which user each group is when a user appears in several groups
+    (as is, and with some items' history hidden): a user's groups always share a fold."""
     if len(feature_names) != features.shape[1]:
         raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} names")
     starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
     positives = np.add.reduceat(labels, starts) if len(labels) else np.zeros(0)
     useful = np.nonzero((group_sizes > 0) & (positives > 0))[0]
-    if len(useful) < config.folds:
-        raise TooFewExamples(f"only {len(useful)} validation users have a bought item among their candidates; the "
-                         f"ranker needs at least {config.folds} (one per fold)")
+    keys = np.arange(len(group_sizes)) if group_keys is None else np.asarray(group_keys)
+    useful_keys = np.unique(keys[useful])
+    if len(useful_keys) < config.folds:
+        raise TooFewExamples(f"only {len(useful_keys)} validation users have a bought item among their candidates; "
+                             f"the ranker needs at least {config.folds} (one per fold)")
     rng = np.random.default_rng(config.seed)
-    fold_of_user = np.full(len(group_sizes), -1)
-    fold_of_user[useful] = rng.permutation(len(useful)) % config.folds
-    unused = np.nonzero(fold_of_user < 0)[0]
-    fold_of_user[unused] = rng.permutation(len(unused)) % config.folds  # scored out of fold too
+    fold_of_key = np.full(int(keys.max()) + 1 if len(keys) else 0, -1)
+    fold_of_key[useful_keys] = rng.permutation(len(useful_keys)) % config.folds
+    unused = np.setdiff1d(np.unique(keys), useful_keys)
+    fold_of_key[unused] = rng.permutation(len(unused)) % config.folds  # scored out of fold too
+    fold_of_user = fold_of_key[keys]
     row_fold = np.repeat(fold_of_user, group_sizes)
     row_useful = np.repeat(np.isin(np.arange(len(group_sizes)), useful), group_sizes)
     params = config.params()
@@ -138,3 +144,91 @@ def fit_ranker(features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray
             out_of_fold[rows] = booster.predict(features[rows], num_iteration=best_round)
     final = lgb.train(params, dataset(np.nonzero(row_useful)[0], useful), num_boost_round=best_round)
     return RankerFit(Ranker(final, feature_names, best_round, best), out_of_fold, curve)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+def platt_scaling(scores: np.ndarray, labels: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """(scale, shift) with P(bought) = sigmoid(scale * score + shift), by Newton's method on the log
+    loss (Platt 1999): turns the ranker's out-of-fold scores into purchase probabilities."""
+    x = np.stack([scores, np.ones_like(scores)], 1).astype(np.float64)
+    w = np.zeros(2)
+    for _ in range(steps):
+        p = _sigmoid(x @ w)
+        hessian = x.T @ (x * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, x.T @ (p - labels))
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(w[0]), float(w[1])
+
+
+@dataclass
+class NewItemPlacement:
+    """Where items nobody has bought go in a list: a LightGBM classifier of P(bought) trained only
+    on such items (the items whose history the ranker's second copy of examples hid, and those first
+    sold in the window), beside the ranker's scores of the other candidates turned into the same
+    probability (Platt scaling of its out-of-fold scores). A list is then ordered by probability:
+    which new items, and above which bought items, is what the validation window taught."""
+
+    booster: lgb.Booster
+    rounds: int
+    scale: float
+    shift: float
+    every: int = 0          # 0: lists ordered by probability; n: ranks n, 2n, ... hold the likeliest new items
+    out_of_fold: np.ndarray | None = None   # (new-item candidates,) each scored by the fold model that did not see its user
+
+    def probabilities(self, features: np.ndarray, ranker_scores: np.ndarray, is_new: np.ndarray) -> np.ndarray:
+        out = _sigmoid(self.scale * ranker_scores + self.shift)
+        if is_new.any():
+            out[is_new] = self.booster.predict(features[is_new], num_threads=self.booster.params.get("num_threads", 0))
+        return out
+
+    def to_text(self) -> str:
+        return self.booster.model_to_string()
+
+    @classmethod
+    def from_text(cls, text: str, rounds: int, scale: float, shift: float, every: int = 0) -> NewItemPlacement:
+        return cls(lgb.Booster(model_str=text), rounds, scale, shift, every)
+
+
+MIN_NEW_ITEM_POSITIVES = 20  # fewer bought new-item candidates than this teach nothing reliable
+
+
+def fit_new_item_placement(features: np.ndarray, labels: np.ndarray, user_keys: np.ndarray, feature_names: list[str],
+                           ranker_scores: np.ndarray, ranker_labels: np.ndarray,
+                           config: RankerConfig = RankerConfig(), log=None) -> NewItemPlacement | None:
+    """`features`, `labels`, `user_keys` (n,): new-item candidates of the validation users; the
+    rounds are chosen by cross-validation over whole users. `ranker_scores`, `ranker_labels`: the
+    ranker's out-of-fold scores of every candidate and their labels, for the Platt scaling. None
+    when the window has too few bought new-item candidates."""
+    positives = int(labels.sum())
+    if positives < MIN_NEW_ITEM_POSITIVES:
+        if log:
+            log(f"new-item placement: {positives} bought new-item candidates (< {MIN_NEW_ITEM_POSITIVES}): "
+                f"new items stay with the ranker's own scores")
+        return None
+    params = {**config.params(), "objective": "binary", "metric": "binary_logloss"}
+    for key in ("eval_at", "lambdarank_truncation_level"):
+        params.pop(key)
+    users = np.unique(user_keys)
+    fold_of = dict(zip(users.tolist(), (np.random.default_rng(config.seed).permutation(len(users)) % config.folds).tolist()))
+    row_fold = np.array([fold_of[k] for k in user_keys.tolist()])
+    folds = [(np.nonzero(row_fold != f)[0], np.nonzero(row_fold == f)[0]) for f in range(config.folds)]
+    data = lgb.Dataset(features, labels, feature_name=feature_names, free_raw_data=False)
+    curve = lgb.cv(params, data, num_boost_round=config.max_rounds, folds=folds, return_cvbooster=True,
+                   callbacks=[lgb.early_stopping(config.patience, verbose=False)])
+    losses = cast(list[float], curve["valid binary_logloss-mean"])
+    rounds = len(losses)
+    out_of_fold = np.zeros(len(labels))
+    for (_, held_out), fold_booster in zip(folds, cast(lgb.CVBooster, curve["cvbooster"]).boosters):
+        out_of_fold[held_out] = fold_booster.predict(features[held_out], num_iteration=rounds)
+    booster = lgb.train(params, data, num_boost_round=rounds)
+    scale, shift = platt_scaling(ranker_scores, ranker_labels)
+    if log:
+        log(f"new-item placement: {len(labels):,} new-item candidates ({positives:,} bought), {rounds} rounds, "
+            f"held-out log loss {losses[-1]:.4f}; ranker scores to probabilities: "
+            f"sigmoid({scale:.3f} x score {shift:+.3f})")
+    return NewItemPlacement(booster, rounds, scale, shift, out_of_fold=out_of_fold)

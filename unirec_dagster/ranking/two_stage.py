@@ -24,7 +24,7 @@ from unirec_dagster.ranking.candidates import (
     pair_features,
     score_block,
 )
-from unirec_dagster.ranking.ranker import Ranker
+from unirec_dagster.ranking.ranker import NewItemPlacement, Ranker
 from unirec_dagster.ranking.topk import block_rows, interleave, new_item_slots
 
 
@@ -55,8 +55,8 @@ FILLER = "recent_popularity"  # what fills a list beyond the candidates
 
 class TwoStage:
     def __init__(self, inputs: CutoffInputs, config: CandidateConfig, ranker: Ranker | None = None,
-                 never: torch.Tensor | None = None):
-        self.inputs, self.config, self.ranker = inputs, config, ranker
+                 never: torch.Tensor | None = None, placement: NewItemPlacement | None = None):
+        self.inputs, self.config, self.ranker, self.placement = inputs, config, ranker, placement
         self.never = never if never is not None else torch.empty(0, dtype=torch.long)
         self.items_table = item_features(inputs)
 
@@ -74,20 +74,27 @@ class TwoStage:
                            block.excluded)
 
     def top_k(self, users: torch.Tensor, k: int, new_item_every: int = 0) -> Iterator[RankedBlock]:
-        """The ranker's top K of `users`, block by block; with `new_item_every` = n, ranks n, 2n, ...
-        hold the user's best-ranked items nobody has bought yet (an operator's override of where
-        the ranker learned they belong)."""
+        """The ranker's top K of `users`, block by block. Items nobody has bought yet go where the
+        new-item placement (if fitted) learned they belong: by purchase probability, or into ranks
+        n, 2n, ... when validation chose that; `new_item_every` = n forces the latter (an operator's
+        override)."""
         if self.ranker is None:
             raise ValueError("a TwoStage without a fitted ranker can build examples but not rank")
         start = 0
         new = self.inputs.new_items[~torch.isin(self.inputs.new_items, self.never)]
-        slots, main_ranks, new_ranks = new_item_slots(k, new_item_every, len(new))
+        every = new_item_every or (self.placement.every if self.placement is not None else 0)
+        slots, main_ranks, new_ranks = new_item_slots(k, every, len(new))
         popularity = torch.log1p(self.inputs.stats.items["buyers_30"])
         popularity = popularity / popularity.max().clamp(min=1e-6)                     # (I,) in [0, 1]
         for examples in self.examples(users):
             n, num_items = len(examples.users), self.inputs.signals.data.num_items
             cand = examples.candidates
-            predicted = torch.from_numpy(self.ranker.predict(examples.features.numpy())).float()
+            features = examples.features.numpy()
+            predicted_ = self.ranker.predict(features)
+            if self.placement is not None:  # purchase probabilities, new items by their own model
+                is_new = (~self.inputs.signals.data.interacted[cand.items]).numpy()
+                predicted_ = self.placement.probabilities(features, predicted_, is_new)
+            predicted = torch.from_numpy(predicted_).float()
             floor = (predicted.min() if len(predicted) else torch.tensor(0.0)) - 2.0
             scores = (floor + popularity).expand(n, -1).clone()                         # fillers below candidates
             scores[cand.rows, cand.items] = predicted

@@ -18,12 +18,12 @@ from unirec_dagster.model.encoder import TextView
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
 from unirec_dagster.ranking.classic import ClassicParams
 from unirec_dagster.ranking.content import ItemContent
-from unirec_dagster.ranking.ranker import Ranker
+from unirec_dagster.ranking.ranker import NewItemPlacement, Ranker
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.classic import TunedClassic
-from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE
+from unirec_dagster.training.ranking import PLACEMENT_FILE, RANKER_FILE, TWO_STAGE
 
 
 def text_view(conn: duckdb.DuckDBPyConnection, model: str | None = None) -> TextView | None:
@@ -102,6 +102,9 @@ def served_policy(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint
     inputs = cutoff_inputs(conn, spec, signals, served.graph if about["use_attributes"] else None,
                            served.scorer.embeddings if about["use_model"] else None, text if uses_text else None,
                            classic.params)
+    placed = about.get("placement")  # absent before new-item placement, None when the window taught too little
+    placement = (NewItemPlacement.from_text(checkpoint.read_text(PLACEMENT_FILE), placed["rounds"], placed["scale"],
+                                            placed["shift"], placed["every"]) if placed else None)
     stage = TwoStage(inputs, CandidateConfig(**about["candidates"]), ranker,
-                     never_recommended(conn, spec, signals.data.items))
+                     never_recommended(conn, spec, signals.data.items), placement)
     return ServedPolicy(TWO_STAGE, stage, served.scorer, served.graph, classic)

@@ -12,7 +12,8 @@ window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,11 +23,21 @@ from unirec_dagster.evaluation.evaluate import slice_metrics
 from unirec_dagster.evaluation.metrics import KS
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
-from unirec_dagster.ranking.ranker import RankerConfig, RankerFit, TooFewExamples, fit_ranker
+from unirec_dagster.ranking.ranker import (
+    NewItemPlacement,
+    RankerConfig,
+    RankerFit,
+    TooFewExamples,
+    fit_new_item_placement,
+    fit_ranker,
+)
+from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.ranking.topk import interleave, new_item_slots
 from unirec_dagster.ranking.two_stage import Examples, TwoStage
 
 TWO_STAGE = "two-stage ranker"   # the served policy's name when the ranker serves
 RANKER_FILE = "ranker.txt"        # the ranker in a fine-tuned checkpoint, LightGBM's text format
+PLACEMENT_FILE = "new_items.txt"  # the new-item placement model beside it, the same format
 
 
 class RankingSettings(BaseModel):
@@ -37,6 +48,12 @@ class RankingSettings(BaseModel):
     ranker: RankerConfig = RankerConfig()
     use_model: bool = Field(True, description="The graph model's candidates and scores are ranker inputs.")
     use_attributes: bool = Field(True, description="KG attribute/keyword overlap with the history is a feature.")
+    simulated_new_items: float = Field(
+        0.0, ge=0, lt=1, description="Share of the items bought before the validation cutoff whose history is "
+        "hidden in a second copy of the ranker's examples, and a new-item placement model fitted on them (item "
+        "dropout, as DropoutNet); 0 (default): off, new items are ranked by the ranker alone. Off because on "
+        "Online Retail it placed no more hidden items in the strict cold start, for twice the ranker's examples "
+        "(BENCHMARKS.md).")
 
 
 @dataclass
@@ -47,6 +64,7 @@ class TwoStageFit:
     candidates_per_user: float
     examples: int
     users: int
+    placement: NewItemPlacement | None = None   # where new items go (with simulated new items and enough of them)
 
 
 def _labels(examples: Examples, holdout: HoldoutPairs, first_row: int, num_items: int) -> torch.Tensor:
@@ -71,40 +89,125 @@ def top_by_score(scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, 
     return top
 
 
+def simulate_new_items(inputs: CutoffInputs, share: float, seed: int,
+                       embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[CutoffInputs, torch.Tensor]:
+    """The inputs at the same cutoff with a seeded random `share` of the bought items turned into
+    catalog items nobody has bought (their history hidden from every signal and statistic), and
+    those items' positions. `embed` (the hidden items' entity ids -> all embeddings) re-embeds the
+    graph model without their interactions (needed when the inputs hold the model's embeddings)."""
+    if inputs.embeddings is not None and embed is None:
+        raise ValueError("the inputs hold graph-model embeddings: simulating new items needs `embed` to redo them")
+    data = inputs.signals.data
+    bought = torch.nonzero(data.interacted).flatten() if data.interacted is not None else torch.arange(data.num_items)
+    generator = torch.Generator().manual_seed(seed)
+    hidden = bought[torch.randperm(len(bought), generator=generator)[:round(share * len(bought))]].sort().values
+    signals = Signals(data.without_history(hidden)).with_classic(inputs.signals.classic)
+    embeddings = embed(data.items[hidden]) if embed is not None and inputs.embeddings is not None else None
+    return CutoffInputs(signals, inputs.stats.without_history(hidden), inputs.content, embeddings), hidden
+
+
+@dataclass
+class _ExampleSet:
+    features: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    groups: list[np.ndarray] = field(default_factory=list)
+    users: list[torch.Tensor] = field(default_factory=list)      # (n,) row of the pair's user in holdout.users
+    items: list[torch.Tensor] = field(default_factory=list)
+    hits: dict[str, float] = field(default_factory=dict)          # window pairs among each generator's candidates
+
+    def add(self, stage: TwoStage, holdout: HoldoutPairs) -> _ExampleSet:
+        num_items, firsts = stage.inputs.signals.data.num_items, 0
+        for examples in stage.examples(holdout.users):
+            y = _labels(examples, holdout, firsts, num_items)
+            for j, g in enumerate(examples.candidates.generators):
+                self.hits[g] = self.hits.get(g, 0.0) + float(y[examples.candidates.ranks[:, j] <= stage.config.size(g)].sum())
+            self.hits["total"] = self.hits.get("total", 0.0) + float(y.sum())
+            self.features.append(examples.features.numpy())
+            self.labels.append(y.numpy())
+            self.groups.append(examples.group_sizes())
+            self.users.append(examples.candidates.rows + firsts)
+            self.items.append(examples.candidates.items)
+            firsts += len(examples.users)
+        return self
+
+
+NEW_ITEM_EVERY = (0, 20, 10, 5)   # the placements compared on validation (0: by probability alone)
+
+
+def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.ndarray, is_new: np.ndarray,
+                          first_extra: int, extra: _ExampleSet, holdout: HoldoutPairs, simulated: CutoffInputs,
+                          log=None) -> int:
+    """Where new items go, chosen on the simulated copy of the validation window (where a tenth of
+    the bought items are new, so new items carry real purchases), every score out of fold: lists
+    ordered by purchase probability, or the likeliest new items forced into every n-th rank. The
+    choice with the best Recall@20 over all of the window's pairs wins; a tie keeps fewer new items."""
+    rows_, items_ = torch.cat(extra.users), torch.cat(extra.items)
+    new_rows = torch.from_numpy(is_new[first_extra:])
+    new_scores = np.zeros(len(rows_))
+    new_scores[new_rows.numpy()] = placement.out_of_fold[-int(new_rows.sum()):] if new_rows.any() else []
+    ranker = ranker_out_of_fold[first_extra:]
+    probability = torch.from_numpy(np.where(new_rows.numpy(), new_scores,
+                                            1 / (1 + np.exp(-(placement.scale * ranker + placement.shift)))))
+    users, data, k = len(holdout.users), simulated.signals.data, max(KS)
+    figures = {}
+    for every in NEW_ITEM_EVERY:
+        slots, main_ranks, new_ranks = new_item_slots(k, every, k)
+        if not slots:
+            top = top_by_score(probability, rows_, items_, users, k)
+        else:
+            main = top_by_score(torch.from_numpy(ranker)[~new_rows], rows_[~new_rows], items_[~new_rows], users, k - slots)
+            new = top_by_score(probability[new_rows], rows_[new_rows], items_[new_rows], users, slots)
+            top = interleave(main, new, main_ranks, new_ranks)
+        figures[every] = slice_metrics(top, holdout, data, slices=False)[0].metrics["recall@20"]
+    best = max(NEW_ITEM_EVERY, key=lambda e: (round(figures[e], 4), -(k // e) if e else 0))
+    if log:
+        log("new-item placement on the simulated validation copy, Recall@20: "
+            + ", ".join(f"{'by probability' if e == 0 else f'every {e}th'} {r:.4f}" for e, r in figures.items())
+            + f"; chosen: {'by probability' if best == 0 else f'every {best}th rank'}")
+    return best
+
+
 def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: CandidateConfig = CandidateConfig(),
                   ranker_config: RankerConfig = RankerConfig(), never: torch.Tensor | None = None,
-                  log=None) -> TwoStageFit:
-    """Fit the ranker on `holdout`, the window after inputs' cutoff, for its users."""
+                  log=None, simulated: CutoffInputs | None = None) -> TwoStageFit:
+    """Fit the ranker on `holdout`, the window after inputs' cutoff, for its users. With `simulated`
+    (`simulate_new_items` of the same inputs) every user is seen a second time, with some items'
+    history hidden: those examples only train; the validation figures are the users as they are."""
     if not len(holdout.users):
         raise TooFewExamples(f"no validation users after {inputs.signals.data.cutoff}: nothing to fit a ranker on")
     stage = TwoStage(inputs, config, never=never)
-    num_items = inputs.signals.data.num_items
-    features, labels, groups, users, items, firsts = [], [], [], [], [], 0
-    hits: dict[str, float] = {}
-    for examples in stage.examples(holdout.users):
-        y = _labels(examples, holdout, firsts, num_items)
-        for j, g in enumerate(examples.candidates.generators):
-            hits[g] = hits.get(g, 0.0) + float(y[examples.candidates.ranks[:, j] <= config.size(g)].sum())
-        hits["total"] = hits.get("total", 0.0) + float(y.sum())
-        features.append(examples.features.numpy())
-        labels.append(y.numpy())
-        groups.append(examples.group_sizes())
-        users.append(examples.candidates.rows + firsts)
-        items.append(examples.candidates.items)
-        firsts += len(examples.users)
-    features_, labels_, groups_ = np.concatenate(features), np.concatenate(labels), np.concatenate(groups)
+    real = _ExampleSet().add(stage, holdout)
+    extra = _ExampleSet().add(TwoStage(simulated, config, never=never), holdout) if simulated is not None else _ExampleSet()
+    labels_ = np.concatenate(real.labels)
     pairs = max(len(holdout.pair_items), 1)
+    hits = real.hits
     if log:
         log(f"ranker examples at {inputs.signals.data.cutoff}: {len(holdout.users):,} users, {len(labels_):,} "
             f"candidates ({len(labels_) / max(len(holdout.users), 1):.0f} per user), holding "
-            f"{hits.get('total', 0) / pairs:.1%} of the window's {pairs:,} pairs")
-    fit = fit_ranker(features_, labels_, groups_, stage.feature_names, ranker_config, log=log)
-    top = top_by_score(torch.from_numpy(fit.out_of_fold), torch.cat(users), torch.cat(items), len(holdout.users),
-                       max(KS))
+            f"{hits.get('total', 0) / pairs:.1%} of the window's {pairs:,} pairs"
+            + (f"; with simulated new items {len(holdout.users):,} more users, holding "
+               f"{extra.hits.get('total', 0) / pairs:.1%}" if simulated is not None else ""))
+    keys = np.arange(len(holdout.users))
+    fit = fit_ranker(np.concatenate(real.features + extra.features), np.concatenate(real.labels + extra.labels),
+                     np.concatenate(real.groups + extra.groups), stage.feature_names, ranker_config, log=log,
+                     group_keys=np.concatenate([keys, keys]) if simulated is not None else None)
+    placement = None
+    if simulated is not None:
+        features_ = np.concatenate(real.features + extra.features)
+        is_new = features_[:, stage.feature_names.index("item_is_new")] > 0
+        user_keys = torch.cat(real.users + extra.users).numpy()
+        placement = fit_new_item_placement(features_[is_new], np.concatenate(real.labels + extra.labels)[is_new],
+                                           user_keys[is_new], stage.feature_names, fit.out_of_fold[:len(labels_)],
+                                           labels_, ranker_config, log=log)
+        if placement is not None:
+            placement.every = choose_new_item_every(placement, fit.out_of_fold, is_new, len(labels_), extra,
+                                                    holdout, simulated, log=log)
+    top = top_by_score(torch.from_numpy(fit.out_of_fold[:len(labels_)]), torch.cat(real.users), torch.cat(real.items),
+                       len(holdout.users), max(KS))
     validation = slice_metrics(top, holdout, inputs.signals.data, slices=False)[0].metrics
     if log:
         log(f"ranker: {fit.ranker.rounds} rounds, out-of-fold validation Recall@20 {validation['recall@20']:.4f}, "
             f"NDCG@20 {validation['ndcg@20']:.4f}")
     return TwoStageFit(fit, {"recall@20": validation["recall@20"], "ndcg@20": validation["ndcg@20"]},
                        {g: round(v / pairs, 4) for g, v in hits.items()}, len(labels_) / max(len(holdout.users), 1),
-                       len(labels_), len(holdout.users))
+                       len(labels_), len(holdout.users), placement)

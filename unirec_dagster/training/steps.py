@@ -39,7 +39,15 @@ from unirec_dagster.training.fit import (
     train_variant,
     validation_split,
 )
-from unirec_dagster.training.ranking import RANKER_FILE, TWO_STAGE, RankingSettings, TwoStageFit, fit_two_stage
+from unirec_dagster.training.ranking import (
+    PLACEMENT_FILE,
+    RANKER_FILE,
+    TWO_STAGE,
+    RankingSettings,
+    TwoStageFit,
+    fit_two_stage,
+    simulate_new_items,
+)
 from unirec_dagster.warehouse import ensure_schema, rows, transaction
 
 PRETRAINED, FINETUNED = "pretrained", "finetuned"
@@ -161,9 +169,20 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
     known = validation.known
     inputs = cutoff_inputs(conn, spec, known.signals, known.graph if settings.use_attributes else None,
                            fitted.validation_embeddings if settings.use_model else None, text, classic.params)
+    simulated = None
+    if settings.simulated_new_items > 0:
+        model = fitted.validation_model
+
+        def embed(hidden: torch.Tensor) -> torch.Tensor:
+            assert model is not None
+            return model.embed_graph(known.graph.without_interactions(hidden), text)
+
+        simulated, _ = simulate_new_items(inputs, settings.simulated_new_items, settings.ranker.seed,
+                                          embed if model is not None else None)
     try:
         return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker,
-                             never=never_recommended(conn, spec, known.data.items), log=log), ""
+                             never=never_recommended(conn, spec, known.data.items), log=log,
+                             simulated=simulated), ""
     except TooFewExamples as error:
         if log:
             log(f"no two-stage ranker: {error}")
@@ -221,14 +240,20 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     about_ranking = None
     if two_stage is not None:
         r = two_stage.fit.ranker
+        placement = two_stage.placement
         about_ranking = {**ranking.model_dump(), "rounds": r.rounds, "cv_ndcg": r.cv_ndcg,
+                         "placement": {"rounds": placement.rounds, "scale": placement.scale,
+                                       "shift": placement.shift, "every": placement.every}
+                         if placement is not None else None,
                          "validation": two_stage.validation, "candidate_recall": two_stage.candidate_recall,
                          "candidates_per_user": round(two_stage.candidates_per_user, 1),
                          "examples": two_stage.examples, "importances": r.importances(), "cv_curve": two_stage.fit.curve}
     checkpoint = save(FINETUNED, fitted, config, parent=start.version,
                       promoted=True, policy=gate.policy, gate=gate.to_manifest(), classic=classic.to_manifest(),
                       ranking=about_ranking,
-                      files={RANKER_FILE: two_stage.fit.ranker.to_text()} if two_stage is not None else None)
+                      files=({RANKER_FILE: two_stage.fit.ranker.to_text()}
+                             | ({PLACEMENT_FILE: two_stage.placement.to_text()} if two_stage.placement else {}))
+                      if two_stage is not None else None)
     return FinetuningResult(checkpoint, gate, ablations, two_stage, validation, {FINETUNED: fitted, **variants},
                             classic)
 
