@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DAGSTER := $(VENV)/bin/dagster
-MODULE := -m unirec_dagster.definitions
+# `dg launch` (Dagster's recommended CLI) loads the project named in pyproject.toml ([tool.dg]).
+DG := $(VENV)/bin/dg
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test test-fast lint bench dev clean
+.PHONY: setup run test test-fast lint bench dev mlflow clean
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -34,13 +36,13 @@ MODEL_ASSETS := knowledge_graph,pretrained_encoder,finetuned_recommender,recomme
 
 run: setup
 	$(PY) -m unirec_dagster.slots  # a killed earlier run must not keep the warehouse slot
-	$(DAGSTER) asset materialize $(MODULE) --select raw_events \
+	$(DG) launch --assets raw_events \
 		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
-	$(DAGSTER) asset materialize $(MODULE) --select 'raw_items,raw_users,item_text_embeddings'
-	$(DAGSTER) asset materialize $(MODULE) --select '$(MODEL_ASSETS)' \
+	$(DG) launch --assets 'raw_items,raw_users,item_text_embeddings'
+	$(DG) launch --assets '$(MODEL_ASSETS)' \
 		--partition "$$($(PY) -m unirec_dagster.partitions --historic)" \
 		--config-json '{"ops": {"finetuned_recommender": {"config": {"from_scratch": true}}, "pretrained_encoder": {"config": {"world_size": 2}}}}'
-	$(DAGSTER) asset materialize $(MODULE) --select '$(MODEL_ASSETS)' \
+	$(DG) launch --assets '$(MODEL_ASSETS)' \
 		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
 
 test: setup
@@ -60,5 +62,10 @@ bench: setup
 dev: setup
 	$(DAGSTER) dev -w workspace.yaml
 
+# The experiment tracking UI over the runs the assets logged (UNIREC_MLFLOW_URI, default data/mlflow.db).
+MLFLOW_URI ?= $(or $(UNIREC_MLFLOW_URI),sqlite:///$(CURDIR)/data/mlflow.db)
+mlflow: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri '$(MLFLOW_URI)' --port 5000
+
 clean:
-	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/models
+	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/models data/mlflow.db data/mlflow-artifacts

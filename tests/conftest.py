@@ -10,7 +10,13 @@ from dagster_duckdb import DuckDBResource
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import load_spec
-from unirec_dagster.defs.resources import ComputeResource, DatasetResource, ModelStoreResource, TextModelResource
+from unirec_dagster.defs.resources import (
+    ComputeResource,
+    DatasetResource,
+    ModelStoreResource,
+    TextModelResource,
+    TrackingResource,
+)
 from unirec_dagster.warehouse import connect
 
 SAMPLE_SPEC_PATH = settings.DEFAULT_DATASET
@@ -21,7 +27,9 @@ def warehouse_resources(warehouse: Path, models: Path, spec_path: Path = SAMPLE_
     """The Dagster resources of a test: its own warehouse file and models folder, a chosen dataset."""
     return {"duckdb": DuckDBResource(database=str(warehouse)), "dataset": DatasetResource(spec_path=str(spec_path)),
             "model_store": ModelStoreResource(root=str(models)), "pipes_subprocess_client": dg.PipesSubprocessClient(),
-            "text_model": TextModelResource(), "compute": ComputeResource(device="cpu")}
+            "text_model": TextModelResource(), "compute": ComputeResource(device="cpu"),
+            "tracking": TrackingResource(uri=f"sqlite:///{models.parent / 'mlflow.db'}",
+                                         artifact_root=(models.parent / "mlflow-artifacts").as_uri())}
 
 
 def write_spec(directory: Path, events: dict, **extra) -> Path:

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import warehouse_resources
 from unirec_dagster.datasets import load_spec
@@ -15,7 +16,7 @@ from unirec_dagster.defs.evaluation import model_evaluation
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
-from unirec_dagster.defs.resources import ModelStoreResource
+from unirec_dagster.defs.resources import ModelStoreResource, TrackingResource
 from unirec_dagster.defs.serving import recommendations, similar_items
 from unirec_dagster.defs.training import finetuned_recommender, pretrained_encoder
 from unirec_dagster.evaluation.served import served_ranking
@@ -75,14 +76,37 @@ def assert_served_as_ranked_by_the_policy(warehouse, spec_path, models, policy_n
     assert unserved == 0 and torch.equal(served, expected.items)
 
 
+def assert_tracked(result: dg.ExecuteInProcessResult, uri: str, reachable: bool) -> None:
+    """Each training and evaluation step is an MLflow run tagged with the Dagster run and partition,
+    named in the step's metadata; with the store unreachable, the steps warn and succeed without."""
+    steps = ("pretrained_encoder", "finetuned_recommender", "model_evaluation")
+    named = {step: result.asset_materializations_for_node(step)[0].metadata.get("mlflow_run_id") for step in steps}
+    if not reachable:
+        assert named == dict.fromkeys(steps)
+        return
+    client = MlflowClient(tracking_uri=uri)
+    for step, run_id in named.items():
+        run = client.get_run(run_id.value)
+        assert run.data.tags["dagster.run_id"] == result.run_id and run.info.status == "FINISHED"
+        assert run.data.tags["dagster.partition"] == RUN_DATE.isoformat() and run.data.tags["dagster.asset"] == step
+    curve = client.get_metric_history(named["finetuned_recommender"].value, "validation")
+    assert len(curve) > 1 and [m.step for m in curve] == list(range(1, len(curve) + 1))
+    assert len(client.get_metric_history(named["pretrained_encoder"].value, "link")) > 1
+    evaluation = client.get_run(named["model_evaluation"].value).data.metrics
+    assert any(k.startswith("test/all/") and k.endswith("recall_at_20") for k in evaluation)
+
+
 def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
     """Shop b's ranker is hobbled: the gate must serve the strongest tuned peer instead, and say so."""
     models = tmp_path / "models"
     for name, seed in (("shop-a", 0), ("shop-b", 1)):
         warehouse = tmp_path / f"{name}.duckdb"
-        result = materialize_everything(warehouse_resources(warehouse, models, shop(tmp_path, name, seed)),
-                                        SMALL if name == "shop-a" else HOBBLED)
+        resources = warehouse_resources(warehouse, models, shop(tmp_path, name, seed))
+        if name == "shop-b":  # an unreachable tracking server only warns
+            resources["tracking"] = TrackingResource(uri="http://127.0.0.1:9")
+        result = materialize_everything(resources, SMALL if name == "shop-a" else HOBBLED)
         assert result.success
+        assert_tracked(result, resources["tracking"].uri, reachable=name == "shop-a")
         gate = [c for c in result.get_asset_check_evaluations() if c.check_name == "quality_gate"]
         assert len(gate) == 1
         age = [c for c in result.get_asset_check_evaluations() if c.check_name == "pretrained_age"]

@@ -14,12 +14,18 @@ DEFAULT_DATASET = PROJECT_ROOT / "data" / "datasets" / "sample.yaml"
 DEFAULT_DUCKDB_PATH = PROJECT_ROOT / "data" / "warehouse.duckdb"
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "data" / "models"
 
+# Experiment tracking (MLflow): a SQLite store and its artifacts beside the warehouse by default.
+DEFAULT_MLFLOW_URI = f"sqlite:///{PROJECT_ROOT / 'data' / 'mlflow.db'}"
+DEFAULT_MLFLOW_ARTIFACTS = (PROJECT_ROOT / "data" / "mlflow-artifacts").as_uri()
+
 DATASET_ENV = "UNIREC_DATASET"
 DUCKDB_PATH_ENV = "UNIREC_DUCKDB_PATH"
 DUCKDB_MEMORY_LIMIT_ENV = "UNIREC_DUCKDB_MEMORY_LIMIT"
 MODELS_DIR_ENV = "UNIREC_MODELS_DIR"
 DEVICE_ENV = "UNIREC_DEVICE"
 TEXT_MODEL_ENV = "UNIREC_TEXT_MODEL"
+MLFLOW_URI_ENV = "UNIREC_MLFLOW_URI"            # a tracking server, or another store
+TRACKING_ENV = "UNIREC_TRACKING"                # "off" turns experiment tracking off
 # DuckDB would otherwise take 80% of RAM; beyond this it spills to disk next to the database.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "3GB"
 

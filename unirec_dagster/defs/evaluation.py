@@ -1,16 +1,20 @@
 """model_evaluation: the served table scored on EVALUATION.md's protocol, beside in-process
 comparisons with the ablations and baselines."""
 
+import dataclasses
+import json
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.presentation import comparison_table
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
+from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource, TrackingResource
 from unirec_dagster.defs.serving import recommendations
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
+from unirec_dagster.tracking import TrackedRun
 from unirec_dagster.training.steps import SERVED, run_evaluation
 
 
@@ -28,12 +32,18 @@ class EvaluationConfig(dg.Config):
                       "window after the cutoff (when the warehouse has it), every evaluated user counting; beside "
                       "them the fine-tuned model in process, its ablations and the baselines, per slice.")
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, duckdb: DuckDBResource,
-                     dataset: DatasetResource, model_store: ModelStoreResource):
+                     dataset: DatasetResource, model_store: ModelStoreResource, tracking: TrackingResource):
     spec, run_date = dataset.load(), partition_date(context)
     with duckdb.get_connection() as conn:
         result = run_evaluation(conn, spec, run_date, model_store.for_warehouse(conn, spec), config.window_days,
                                 context.run_id, log=context.log.info)
-    metadata: dict = {"dagster/row_count": len(result.rows), "model": result.model_version,
+    tracked = tracking.record(context, TrackedRun(
+        f"evaluation {run_date}", params={"window_days": config.window_days, "model": result.model_version},
+        metrics={f"{r.split}/{r.slice}/{r.model}/{r.metric}@{r.k}": r.value for r in result.rows
+                 if r.metric in ("recall", "ndcg") and r.k == 20},
+        tables={"evaluation.json": json.dumps([dataclasses.asdict(r) for r in result.rows], indent=1, default=str)},
+        tags={"checkpoint": result.model_version or "", "strongest_peer": result.peer or ""}))
+    metadata: dict = {**tracked, "dagster/row_count": len(result.rows), "model": result.model_version,
                       "evaluated_users": result.test_users, "users_without_a_row": result.unserved_users,
                       "validation": comparison_table(result.rows, "validation")}
     if not result.test_users:  # the newest days: their test window has not happened yet

@@ -1,11 +1,12 @@
-"""Resources: the dataset spec, the DuckDB warehouse, the checkpoint store, the text model and the
-compute device.
+"""Resources: the dataset spec, the DuckDB warehouse, the checkpoint store, the text model, the
+compute device and experiment tracking.
 
 Their settings come from environment variables read when a run starts (dg.EnvVar, shown as such
 in the UI's resource view) when the variable is set, and from the project's defaults otherwise:
 UNIREC_DATASET (default data/datasets/sample.yaml), UNIREC_DUCKDB_PATH (data/warehouse.duckdb),
 UNIREC_MODELS_DIR (data/models), UNIREC_TEXT_MODEL (the packaged all-MiniLM-L6-v2) and
-UNIREC_DEVICE (auto); UNIREC_DUCKDB_MEMORY_LIMIT (3GB) is read when the code location loads.
+UNIREC_DEVICE (auto), UNIREC_MLFLOW_URI (data/mlflow.db) and UNIREC_TRACKING (on);
+UNIREC_DUCKDB_MEMORY_LIMIT (3GB) is read when the code location loads.
 Tests swap the resources.
 """
 
@@ -24,6 +25,7 @@ from unirec_dagster import settings
 from unirec_dagster.datasets import DatasetSpec, load_spec
 from unirec_dagster.model.checkpoint import CheckpointStore
 from unirec_dagster.model.text_encoder import TextEncoder, model_name
+from unirec_dagster.tracking import EXPERIMENT, TrackedRun, log_run
 from unirec_dagster.warehouse import warehouse_id
 from unirec_dagster.warehouse.db import connection_config
 
@@ -81,6 +83,27 @@ class ComputeResource(dg.ConfigurableResource):
         return self.device if configured == "auto" else configured
 
 
+class TrackingResource(dg.ConfigurableResource):
+    """Experiment tracking on MLflow (`unirec_dagster.tracking`): `uri` a tracking server or a local
+    store (default: SQLite under the data folder), `enabled` false (or UNIREC_TRACKING=off) to turn
+    it off. An unreachable store only warns."""
+
+    enabled: bool = True
+    uri: str = settings.DEFAULT_MLFLOW_URI
+    artifact_root: str = settings.DEFAULT_MLFLOW_ARTIFACTS
+    experiment: str = EXPERIMENT
+
+    def record(self, context: dg.AssetExecutionContext, run: TrackedRun) -> dict[str, Any]:
+        """Log `run` tagged with the Dagster run, asset and partition; the metadata that names it."""
+        if not self.enabled:
+            return {}
+        run.tags |= {"dagster.run_id": context.run_id, "dagster.asset": context.asset_key.to_user_string(),
+                     "dagster.partition": context.partition_key if context.has_partition_key else ""}
+        ref = log_run(self.uri, run, context.log.warning, self.experiment,
+                      self.artifact_root if self.uri.startswith("sqlite:") else None)
+        return {"mlflow_run_id": ref.run_id, "mlflow_run": ref.link} if ref else {}
+
+
 def default_resources() -> dict[str, Any]:
     return {
         "dataset": DatasetResource(spec_path=env_or_default(settings.DATASET_ENV, str(settings.DEFAULT_DATASET))),
@@ -90,6 +113,8 @@ def default_resources() -> dict[str, Any]:
         "model_store": ModelStoreResource(root=env_or_default(settings.MODELS_DIR_ENV, str(settings.DEFAULT_MODELS_DIR))),
         "text_model": TextModelResource(model_path=env_or_default(settings.TEXT_MODEL_ENV, "")),
         "compute": ComputeResource(device=env_or_default(settings.DEVICE_ENV, "auto")),
+        "tracking": TrackingResource(enabled=os.environ.get(settings.TRACKING_ENV, "on").lower() != "off",
+                                     uri=env_or_default(settings.MLFLOW_URI_ENV, settings.DEFAULT_MLFLOW_URI)),
         # launches distributed training workers (torchrun) and streams their logs back to the run
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

@@ -1,6 +1,7 @@
 """Model assets: multi-task pretraining and fine-tuning with its quality gate."""
 
 import datetime as dt
+import json
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -11,11 +12,19 @@ from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrai
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.presentation import curves_image, history_table, importance_table
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, ComputeResource, DatasetResource, ModelStoreResource, TextModelResource
+from unirec_dagster.defs.resources import (
+    WAREHOUSE_POOL,
+    ComputeResource,
+    DatasetResource,
+    ModelStoreResource,
+    TextModelResource,
+    TrackingResource,
+)
 from unirec_dagster.model.config import EncoderConfig, FinetuneConfig, PretrainConfig
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.ranking.candidates import CandidateConfig
 from unirec_dagster.ranking.ranker import RankerConfig
+from unirec_dagster.tracking import TrackedRun, history_curves
 from unirec_dagster.training.fit import train_variant
 from unirec_dagster.training.ranking import RankingSettings
 from unirec_dagster.training.steps import PRETRAINED_FRESH_DAYS, PRETRAINED_WINDOW_DAYS, run_finetuning, run_pretraining
@@ -70,7 +79,7 @@ class FinetuningConfig(FinetuneConfig, dg.Config):
 def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingConfig, duckdb: DuckDBResource,
                        dataset: DatasetResource, model_store: ModelStoreResource,
                        pipes_subprocess_client: dg.PipesSubprocessClient, text_model: TextModelResource,
-                       compute: ComputeResource):
+                       compute: ComputeResource, tracking: TrackingResource):
     spec = dataset.load()
     settings = PretrainConfig(**{**config.model_dump(), "device": compute.device_for(config.device)})
     pretrainer = torchrun_pretrainer(context, pipes_subprocess_client) if settings.world_size > 1 else pretrain
@@ -79,8 +88,14 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
         checkpoint = run_pretraining(conn, spec, partition_date(context), settings, store, log=context.log.info,
                                      pretrainer=pretrainer, text_model=text_model.name)
     m = checkpoint.manifest
+    tracked = tracking.record(context, TrackedRun(
+        f"pretraining {m['partition']}", params=settings.model_dump(), curves=history_curves(m["history"]),
+        metrics={**{f"final_{k}": v for k, v in m["final_losses"].items()}, "seconds": m["seconds"],
+                 "edges_per_second": m["edges_per_second"]},
+        tables={"relation_weights.json": json.dumps(m["relation_weights"], indent=1)},
+        tags={"checkpoint": m["version"], "parent": m["parent"] or ""}))
     return dg.MaterializeResult(metadata={
-        "version": m["version"], "path": str(checkpoint.path), "kg_snapshot": m["kg_snapshot"],
+        **tracked, "version": m["version"], "path": str(checkpoint.path), "kg_snapshot": m["kg_snapshot"],
         "parent": m["parent"] or "", "epochs": len(m["history"]), "device": m["device"],
         "parameters": m["parameters"], "edges_per_second": m["edges_per_second"], "seconds": m["seconds"],
         "final_losses": m["final_losses"], "loss_curves": history_table(m["history"]),
@@ -117,7 +132,7 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
 def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningConfig, duckdb: DuckDBResource,
                           dataset: DatasetResource, model_store: ModelStoreResource,
                           pipes_subprocess_client: dg.PipesSubprocessClient, text_model: TextModelResource,
-                          compute: ComputeResource):
+                          compute: ComputeResource, tracking: TrackingResource):
     spec = dataset.load()
     settings = FinetuneConfig(**{**config.model_dump(exclude={"from_scratch", "mf_ablation", "ranking"}),
                                  "device": compute.device_for(config.device)})
@@ -130,8 +145,19 @@ def finetuned_recommender(context: dg.AssetExecutionContext, config: FinetuningC
                                 text_model=text_model.name)
     m, gate = result.checkpoint.manifest, result.gate
     ranking = m["ranking"] or {}
+    tracked = tracking.record(context, TrackedRun(
+        f"fine-tuning {m['partition']}", params={**settings.model_dump(), "ranking": config.ranking.model_dump()},
+        curves=history_curves(m["history"]) | {"ranker_cv_ndcg@20": ranking.get("cv_curve") or []},
+        metrics={**{f"graph_model_{k}": v for k, v in m["validation"].items()},
+                 **{f"ranker_validation_{k}": v for k, v in (ranking.get("validation") or {}).items()},
+                 "best_epoch": m["best_epoch"], "ranker_rounds": ranking.get("rounds", 0), "seconds": m["seconds"]},
+        tables={"gate.json": json.dumps(m["gate"], indent=1),
+                "classic_validation.json": json.dumps(m["classic"]["validation"], indent=1),
+                "feature_importance.json": json.dumps(ranking.get("importances") or {}, indent=1),
+                "candidate_recall.json": json.dumps(ranking.get("candidate_recall") or {}, indent=1)},
+        tags={"checkpoint": m["version"], "parent": m["parent"] or "", "policy": m["policy"]}))
     yield dg.MaterializeResult(metadata={
-        "version": m["version"], "path": str(result.checkpoint.path), "parent": m["parent"], "cutoff": m["cutoff"],
+        **tracked, "version": m["version"], "path": str(result.checkpoint.path), "parent": m["parent"], "cutoff": m["cutoff"],
         "policy": m["policy"], "best_epoch": m["best_epoch"], "blend": m["blend"],
         "graph_model_validation": m["validation"], "device": m["device"], "seconds": m["seconds"],
         "validation_curve": history_table(m["history"]), "world_size": m["world_size"],
