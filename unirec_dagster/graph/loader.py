@@ -111,9 +111,8 @@ def load_graph(conn: duckdb.DuckDBPyConnection, snapshot_date: dt.date | None = 
     Its entities are those known by the end of `entities_of` (default: the snapshot's own date):
     first seen in an event by then, catalog entries nobody has interacted with (known at any date),
     or present in the snapshot's triples (attribute values, keywords). An entity only a later build
-    registered keeps its id
-    (ids are global, so every embedding table has the same rows) but no type: it is no node of
-    this snapshot, whatever order the days were built in. A validation fit passes the final
+    registered keeps its id (ids are global, so every embedding table has the same rows) but no
+    type: it is no node of this snapshot, whatever order the days were built in. A validation fit passes the final
     cutoff's date, so that items first sold in its window are nodes (catalog items) at V."""
     snapshot_date = snapshot_date or latest_snapshot(conn)
     if snapshot_date is None:

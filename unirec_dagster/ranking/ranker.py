@@ -180,8 +180,12 @@ class NewItemPlacement:
     every: int = 0          # 0: lists ordered by probability; n: ranks n, 2n, ... hold the likeliest new items
     out_of_fold: np.ndarray | None = None   # (new-item candidates,) each scored by the fold model that did not see its user
 
+    def ranker_probability(self, ranker_scores: np.ndarray) -> np.ndarray:
+        """The ranker's scores as purchase probabilities (its Platt scaling)."""
+        return _sigmoid(self.scale * ranker_scores + self.shift)
+
     def probabilities(self, features: np.ndarray, ranker_scores: np.ndarray, is_new: np.ndarray) -> np.ndarray:
-        out = _sigmoid(self.scale * ranker_scores + self.shift)
+        out = self.ranker_probability(ranker_scores)
         if is_new.any():
             out[is_new] = self.booster.predict(features[is_new], num_threads=self.booster.params.get("num_threads", 0))
         return out
@@ -213,9 +217,8 @@ def fit_new_item_placement(features: np.ndarray, labels: np.ndarray, user_keys: 
     params = {**config.params(), "objective": "binary", "metric": "binary_logloss"}
     for key in ("eval_at", "lambdarank_truncation_level"):
         params.pop(key)
-    users = np.unique(user_keys)
-    fold_of = dict(zip(users.tolist(), (np.random.default_rng(config.seed).permutation(len(users)) % config.folds).tolist()))
-    row_fold = np.array([fold_of[k] for k in user_keys.tolist()])
+    users, user_of_row = np.unique(user_keys, return_inverse=True)
+    row_fold = (np.random.default_rng(config.seed).permutation(len(users)) % config.folds)[user_of_row]
     folds = [(np.nonzero(row_fold != f)[0], np.nonzero(row_fold == f)[0]) for f in range(config.folds)]
     data = lgb.Dataset(features, labels, feature_name=feature_names, free_raw_data=False)
     curve = lgb.cv(params, data, num_boost_round=config.max_rounds, folds=folds, return_cvbooster=True,

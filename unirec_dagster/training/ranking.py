@@ -143,11 +143,13 @@ def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.nd
     choice with the best Recall@20 over all of the window's pairs wins; a tie keeps fewer new items."""
     rows_, items_ = torch.cat(extra.users), torch.cat(extra.items)
     new_rows = torch.from_numpy(is_new[first_extra:])
-    new_scores = np.zeros(len(rows_))
-    new_scores[new_rows.numpy()] = placement.out_of_fold[-int(new_rows.sum()):] if new_rows.any() else []
     ranker = ranker_out_of_fold[first_extra:]
-    probability = torch.from_numpy(np.where(new_rows.numpy(), new_scores,
-                                            1 / (1 + np.exp(-(placement.scale * ranker + placement.shift)))))
+    probability_ = placement.ranker_probability(ranker)
+    # the placement's out-of-fold scores cover the new rows of both copies, the simulated copy's last
+    out_of_fold = placement.out_of_fold
+    assert out_of_fold is not None, "a placement fitted here, not read from a checkpoint"
+    probability_[new_rows.numpy()] = out_of_fold[len(out_of_fold) - int(new_rows.sum()):]
+    probability = torch.from_numpy(probability_)
     users, data, k = len(holdout.users), simulated.signals.data, max(KS)
     figures = {}
     for every in NEW_ITEM_EVERY:
@@ -188,17 +190,16 @@ def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: Candidate
             + (f"; with simulated new items {len(holdout.users):,} more users, holding "
                f"{extra.hits.get('total', 0) / pairs:.1%}" if simulated is not None else ""))
     keys = np.arange(len(holdout.users))
-    fit = fit_ranker(np.concatenate(real.features + extra.features), np.concatenate(real.labels + extra.labels),
-                     np.concatenate(real.groups + extra.groups), stage.feature_names, ranker_config, log=log,
-                     group_keys=np.concatenate([keys, keys]) if simulated is not None else None)
+    all_features, all_labels = np.concatenate(real.features + extra.features), np.concatenate(real.labels + extra.labels)
+    fit = fit_ranker(all_features, all_labels, np.concatenate(real.groups + extra.groups), stage.feature_names,
+                     ranker_config, log=log, group_keys=np.concatenate([keys, keys]) if simulated is not None else None)
     placement = None
     if simulated is not None:
-        features_ = np.concatenate(real.features + extra.features)
-        is_new = features_[:, stage.feature_names.index("item_is_new")] > 0
+        is_new = all_features[:, stage.feature_names.index("item_is_new")] > 0
         user_keys = torch.cat(real.users + extra.users).numpy()
-        placement = fit_new_item_placement(features_[is_new], np.concatenate(real.labels + extra.labels)[is_new],
-                                           user_keys[is_new], stage.feature_names, fit.out_of_fold[:len(labels_)],
-                                           labels_, ranker_config, log=log)
+        placement = fit_new_item_placement(all_features[is_new], all_labels[is_new], user_keys[is_new],
+                                           stage.feature_names, fit.out_of_fold[:len(labels_)], labels_,
+                                           ranker_config, log=log)
         if placement is not None:
             placement.every = choose_new_item_every(placement, fit.out_of_fold, is_new, len(labels_), extra,
                                                     holdout, simulated, log=log)
