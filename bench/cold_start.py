@@ -33,15 +33,16 @@ from unirec_dagster.evaluation.cold_start import (
 from unirec_dagster.evaluation.evaluate import rank, subset_metrics
 from unirec_dagster.evaluation.served import served_ranking
 from unirec_dagster.evaluation.split import load_holdout
+from unirec_dagster.features import text_view
 from unirec_dagster.graph import build_partition
-from unirec_dagster.model.checkpoint import CheckpointStore
+from unirec_dagster.model.checkpoint import FROM_SCRATCH, CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
 from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.serving.policy import served_policy
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
-from unirec_dagster.training.context import served_policy, text_view
 from unirec_dagster.training.ranking import RankingSettings
-from unirec_dagster.training.steps import FROM_SCRATCH, run_finetuning, run_pretraining
+from unirec_dagster.training.steps import run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect
 
 

@@ -29,14 +29,13 @@ import time
 from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
 from unirec_dagster.datasets import load_spec
-from unirec_dagster.features import refresh_text_embeddings
+from unirec_dagster.features import refresh_text_embeddings, text_view
 from unirec_dagster.graph import build_snapshot, load_graph
 from unirec_dagster.ingest import build_catalog
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.device import choose_device
 from unirec_dagster.model.pretrain import interaction_relations, pretrain, pretraining_batch_size
 from unirec_dagster.model.text_encoder import TextEncoder
-from unirec_dagster.training.context import text_view
 from unirec_dagster.warehouse import connect, rows
 
 

@@ -29,27 +29,21 @@ from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.evaluation.split import load_holdout
+from unirec_dagster.evaluation.steps import SERVED, evaluate_policy, run_evaluation
+from unirec_dagster.features import text_view
 from unirec_dagster.graph import build_partition
 from unirec_dagster.history import never_recommended
-from unirec_dagster.model.checkpoint import CheckpointStore
+from unirec_dagster.model.checkpoint import FINETUNED, FROM_SCRATCH, CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
+from unirec_dagster.ranking.classic import EASE_RECENT
+from unirec_dagster.ranking.inputs import cutoff_inputs
 from unirec_dagster.ranking.ranker import RankerConfig
 from unirec_dagster.ranking.two_stage import TwoStage
+from unirec_dagster.serving.policy import served_policy
 from unirec_dagster.serving.recommend import ServingSettings, write_recommendations
 from unirec_dagster.settings import PROJECT_ROOT
-from unirec_dagster.training.classic import EASE_RECENT
-from unirec_dagster.training.context import cutoff_inputs, served_policy, text_view
 from unirec_dagster.training.ranking import RankingSettings
-from unirec_dagster.training.steps import (
-    FINETUNED,
-    FROM_SCRATCH,
-    SERVED,
-    evaluate_policy,
-    fit_ranking,
-    run_evaluation,
-    run_finetuning,
-    run_pretraining,
-)
+from unirec_dagster.training.steps import fit_ranking, run_finetuning, run_pretraining
 from unirec_dagster.warehouse import connect
 
 SLICES = ("all", "cold_users", "warm_users", "new_items", "tail_items")

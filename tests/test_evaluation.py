@@ -23,9 +23,10 @@ from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation
 from unirec_dagster.model.pretrain import PretrainTask
 from unirec_dagster.model.text_encoder import TextEncoder
-from unirec_dagster.ranking.classic import ClassicParams
+from unirec_dagster.ranking.classic import EASE, EASE_RECENT, RP3BETA, ClassicParams, TunedClassic
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.ranking.two_stage import TWO_STAGE
 from unirec_dagster.serving.reasons import POSITIVE, Explainer
 from unirec_dagster.serving.recommend import (
     ServingSettings,
@@ -35,9 +36,7 @@ from unirec_dagster.serving.recommend import (
     write_similar_items,
 )
 from unirec_dagster.training.blend import fit_blend
-from unirec_dagster.training.classic import EASE, EASE_RECENT, RP3BETA, TunedClassic
 from unirec_dagster.training.fit import negative_candidates
-from unirec_dagster.training.ranking import TWO_STAGE
 from unirec_dagster.training.steps import GateResult
 from unirec_dagster.warehouse import rows
 

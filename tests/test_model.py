@@ -24,7 +24,7 @@ from unirec_dagster.model.encoder import (
 from unirec_dagster.model.pretrain import pretrain
 from unirec_dagster.model.sampling import NeighbourSampler, SampledEmbedding
 from unirec_dagster.model.trainer import TrainSettings, train
-from unirec_dagster.training.steps import served_checkpoint
+from unirec_dagster.serving.policy import served_checkpoint
 
 CLUSTERS, USERS_PER, ITEMS_PER, TEXT_DIM = 3, 12, 8, 16
 

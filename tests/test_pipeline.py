@@ -20,12 +20,12 @@ from unirec_dagster.defs.resources import ModelStoreResource, TrackingResource
 from unirec_dagster.defs.serving import recommendations, similar_items
 from unirec_dagster.defs.training import finetuned_recommender, pretrained_encoder
 from unirec_dagster.evaluation.served import served_ranking
+from unirec_dagster.evaluation.steps import SERVED
 from unirec_dagster.history import never_recommended
+from unirec_dagster.ranking.classic import CLASSIC
+from unirec_dagster.serving.policy import served_checkpoint, served_policy
 from unirec_dagster.serving.recommend import ServingSettings, rank_users
 from unirec_dagster.synthetic import generate, write_dataset
-from unirec_dagster.training.classic import CLASSIC
-from unirec_dagster.training.context import served_policy
-from unirec_dagster.training.steps import SERVED, served_checkpoint
 from unirec_dagster.warehouse import connect, rows
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, Model
 from unirec_dagster.defs.serving import recommendations
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
+from unirec_dagster.evaluation.steps import SERVED, run_evaluation
 from unirec_dagster.tracking import TrackedRun
-from unirec_dagster.training.steps import SERVED, run_evaluation
 
 
 class EvaluationConfig(dg.Config):

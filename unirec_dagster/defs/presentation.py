@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
-from unirec_dagster.training.steps import MetricRow
+from unirec_dagster.evaluation.steps import MetricRow
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> dg.MetadataValue:

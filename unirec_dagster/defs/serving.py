@@ -14,6 +14,8 @@ from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.presentation import markdown_table
 from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource
 from unirec_dagster.defs.training import finetuned_recommender
+from unirec_dagster.features import checkpoint_text_view
+from unirec_dagster.serving.policy import served_checkpoint, served_policy
 from unirec_dagster.serving.recommend import (
     ServingSettings,
     preview,
@@ -22,8 +24,6 @@ from unirec_dagster.serving.recommend import (
     users_short_of_k,
     write_recommendations,
 )
-from unirec_dagster.training.context import checkpoint_text_view, served_policy
-from unirec_dagster.training.steps import served_checkpoint
 
 
 class RecommendationConfig(ServingSettings, dg.Config):

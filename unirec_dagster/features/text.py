@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from unirec_dagster.model.checkpoint import Checkpoint
+from unirec_dagster.model.encoder import TextView
 from unirec_dagster.model.text_encoder import TextEncoder
 from unirec_dagster.warehouse import ensure_schema, rows, transaction
 
@@ -78,6 +80,17 @@ def load_item_text_vectors(conn: duckdb.DuckDBPyConnection, model: str | None = 
         return ids, torch.empty((0, 0))
     flat = table.column("embedding").combine_chunks().flatten().to_numpy().astype(np.float32)
     return ids, torch.from_numpy(flat.reshape(len(ids), -1))
+
+
+def text_view(conn: duckdb.DuckDBPyConnection, model: str | None = None) -> TextView | None:
+    """The items' text vectors of `model` (None: the only model in the warehouse), as the encoder reads them."""
+    ids, vectors = load_item_text_vectors(conn, model)
+    return TextView(ids, vectors) if len(ids) else None
+
+
+def checkpoint_text_view(conn: duckdb.DuckDBPyConnection, checkpoint: Checkpoint) -> TextView | None:
+    """The text vectors of the model the checkpoint was trained with (older checkpoints name none)."""
+    return text_view(conn, checkpoint.manifest.get("text_model"))
 
 
 def _only_model(conn: duckdb.DuckDBPyConnection) -> str | None:

@@ -31,6 +31,10 @@ from unirec_dagster.model.config import EncoderConfig
 from unirec_dagster.model.encoder import GraphEncoder
 
 WEIGHTS, MANIFEST, MANIFEST_SUM = "model.safetensors", "manifest.json", "manifest.sha256"
+# The kinds of checkpoint the pipeline writes: the weekly pretrained encoder, the nightly served
+# model, and the two ablations fine-tuning trains beside it for the evaluation.
+PRETRAINED, FINETUNED = "pretrained", "finetuned"
+MF_ABLATION, FROM_SCRATCH = "mf-ablation", "from-scratch"
 FORMAT = 2
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ import torch
 
 EASE_MAX_ITEMS = 8_000
 RP3_NEIGHBOURS = 200
+EASE, RP3BETA, EASE_RECENT = "EASE^R", "RP3beta", "EASE^R + recent popularity"
+CLASSIC = (EASE, RP3BETA, EASE_RECENT)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,31 @@ class ClassicParams:
     ease_lambda: float = 400.0
     rp3_alpha: float = 1.0
     rp3_beta: float = 0.4
+
+
+@dataclass
+class TunedClassic:
+    params: ClassicParams
+    recent_weight: float
+    validation: dict[str, dict[str, float]]   # baseline -> its validation Recall@20, NDCG@20
+
+    def weights(self, name: str) -> dict[str, float]:
+        """The Scorer weights of a tuned baseline."""
+        return {EASE: {"ease": 1.0}, RP3BETA: {"rp3beta": 1.0},
+                EASE_RECENT: {"ease": 1.0, "recent_popularity": self.recent_weight}}[name]
+
+    @property
+    def strongest(self) -> str:
+        """The baseline with the best validation Recall@20 (NDCG@20 breaks ties)."""
+        return max(CLASSIC, key=lambda n: (self.validation[n]["recall@20"], self.validation[n]["ndcg@20"]))
+
+    def to_manifest(self) -> dict:
+        return {"params": dataclasses.asdict(self.params), "recent_weight": self.recent_weight,
+                "validation": self.validation}
+
+    @classmethod
+    def from_manifest(cls, about: dict) -> TunedClassic:
+        return cls(ClassicParams(**about["params"]), about["recent_weight"], about["validation"])
 
 
 def ease_gram(history: torch.Tensor, item_buyers: torch.Tensor,

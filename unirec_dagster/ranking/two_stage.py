@@ -27,6 +27,10 @@ from unirec_dagster.ranking.candidates import (
 from unirec_dagster.ranking.ranker import NewItemPlacement, Ranker
 from unirec_dagster.ranking.topk import block_rows, interleave, new_item_slots
 
+TWO_STAGE = "two-stage ranker"   # the served policy's name when the ranker serves
+RANKER_FILE = "ranker.txt"        # the ranker in a fine-tuned checkpoint, LightGBM's text format
+PLACEMENT_FILE = "new_items.txt"  # the new-item placement model beside it, the same format
+
 
 @dataclass
 class Examples:

@@ -5,46 +5,16 @@ quality gate serves the strongest when the learned policy does not beat it."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 from unirec_dagster.evaluation.evaluate import evaluate
 from unirec_dagster.evaluation.split import HoldoutPairs
-from unirec_dagster.ranking.classic import ClassicParams
+from unirec_dagster.ranking.classic import EASE, EASE_RECENT, RP3BETA, ClassicParams, TunedClassic
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 
-EASE, RP3BETA, EASE_RECENT = "EASE^R", "RP3beta", "EASE^R + recent popularity"
-CLASSIC = (EASE, RP3BETA, EASE_RECENT)
 EASE_LAMBDAS = (25, 50, 100, 200, 400, 800, 1600, 3200)
 RP3_ALPHAS = (0.5, 0.75, 1.0)
 RP3_BETAS = (0.0, 0.2, 0.4, 0.6)
 RECENT_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-
-
-@dataclass
-class TunedClassic:
-    params: ClassicParams
-    recent_weight: float
-    validation: dict[str, dict[str, float]]   # baseline -> its validation Recall@20, NDCG@20
-
-    def weights(self, name: str) -> dict[str, float]:
-        """The Scorer weights of a tuned baseline."""
-        return {EASE: {"ease": 1.0}, RP3BETA: {"rp3beta": 1.0},
-                EASE_RECENT: {"ease": 1.0, "recent_popularity": self.recent_weight}}[name]
-
-    @property
-    def strongest(self) -> str:
-        """The baseline with the best validation Recall@20 (NDCG@20 breaks ties)."""
-        return max(CLASSIC, key=lambda n: (self.validation[n]["recall@20"], self.validation[n]["ndcg@20"]))
-
-    def to_manifest(self) -> dict:
-        return {"params": dataclasses.asdict(self.params), "recent_weight": self.recent_weight,
-                "validation": self.validation}
-
-    @classmethod
-    def from_manifest(cls, about: dict) -> TunedClassic:
-        return cls(ClassicParams(**about["params"]), about["recent_weight"], about["validation"])
 
 
 def _score(signals: Signals, weights: dict[str, float], holdout: HoldoutPairs) -> dict[str, float]:

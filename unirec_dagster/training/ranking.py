@@ -35,10 +35,6 @@ from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.topk import interleave, new_item_slots
 from unirec_dagster.ranking.two_stage import Examples, TwoStage
 
-TWO_STAGE = "two-stage ranker"   # the served policy's name when the ranker serves
-RANKER_FILE = "ranker.txt"        # the ranker in a fine-tuned checkpoint, LightGBM's text format
-PLACEMENT_FILE = "new_items.txt"  # the new-item placement model beside it, the same format
-
 
 class RankingSettings(BaseModel):
     """The two ranking stages: candidate lists, the ranker, and which inputs it may read (the

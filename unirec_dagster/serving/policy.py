@@ -1,5 +1,7 @@
-"""What the training, evaluation and serving steps share: the text view, the ranking stages' inputs
-at a cutoff, and the served policy rebuilt from a fine-tuned checkpoint."""
+"""What serves a run date, rebuilt from a fine-tuned checkpoint: the checkpoint itself (its own
+partition's, never silently an older one), and the policy its quality gate chose (the two-stage
+ranker or a tuned classic peer) with the graph model's blend beside it, over what is known at the
+end of that day. The serving assets and the evaluation both read the served policy from here."""
 
 from __future__ import annotations
 
@@ -7,34 +9,35 @@ import datetime as dt
 from dataclasses import dataclass
 
 import duckdb
-import torch
 
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.features import load_item_text_vectors
+from unirec_dagster.features import checkpoint_text_view
 from unirec_dagster.graph import KnowledgeGraph, load_graph
-from unirec_dagster.history import TrainingData, load_stats, load_training, never_recommended
-from unirec_dagster.model.checkpoint import Checkpoint
+from unirec_dagster.history import load_training, never_recommended
+from unirec_dagster.model.checkpoint import FINETUNED, Checkpoint, CheckpointStore
 from unirec_dagster.model.encoder import TextView
-from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
-from unirec_dagster.ranking.classic import ClassicParams
-from unirec_dagster.ranking.content import ItemContent
+from unirec_dagster.ranking.candidates import CandidateConfig
+from unirec_dagster.ranking.classic import TunedClassic
+from unirec_dagster.ranking.inputs import cutoff_inputs
 from unirec_dagster.ranking.ranker import NewItemPlacement, Ranker
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
-from unirec_dagster.ranking.two_stage import TwoStage
-from unirec_dagster.training.classic import TunedClassic
-from unirec_dagster.training.ranking import PLACEMENT_FILE, RANKER_FILE, TWO_STAGE
+from unirec_dagster.ranking.two_stage import PLACEMENT_FILE, RANKER_FILE, TWO_STAGE, TwoStage
 
 
-def text_view(conn: duckdb.DuckDBPyConnection, model: str | None = None) -> TextView | None:
-    """The items' text vectors of `model` (None: the only model in the warehouse)."""
-    ids, vectors = load_item_text_vectors(conn, model)
-    return TextView(ids, vectors) if len(ids) else None
-
-
-def checkpoint_text_view(conn: duckdb.DuckDBPyConnection, checkpoint: Checkpoint) -> TextView | None:
-    """The text vectors of the model the checkpoint was trained with (older checkpoints name none)."""
-    return text_view(conn, checkpoint.manifest.get("text_model"))
+def served_checkpoint(store: CheckpointStore, run_date: dt.date, model_partition: dt.date | None = None) -> Checkpoint:
+    """The fine-tuned checkpoint that serves run_date: its own partition's, never silently an older
+    one (a deleted or never-built day fails with what to do). `model_partition` names an older
+    partition's model explicitly; the caller reports it (the serving assets warn)."""
+    wanted = model_partition or run_date
+    if wanted > run_date:
+        raise ValueError(f"the model of {wanted} knows data after {run_date}: it cannot serve that day")
+    found = store.latest(FINETUNED, wanted, partition_from=wanted, where=lambda m: m.get("promoted", True))
+    if found is None:
+        raise LookupError(f"no fine-tuned model of partition {wanted} in {store.root}: materialize "
+                          f"finetuned_recommender for {wanted} first. Serving never falls back to an older model "
+                          "by itself; to serve one on purpose, set model_partition in the run config.")
+    return found
 
 
 @dataclass
@@ -51,17 +54,6 @@ def served_model(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint:
     model = checkpoint.build_model(graph.num_entities, len(graph.relation_names))
     emb = model.embed_graph(graph, text if text is not None else checkpoint_text_view(conn, checkpoint))
     return ServedModel(Scorer(Signals(data), checkpoint.manifest["blend"], emb), graph)
-
-
-def cutoff_inputs(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, signals: Signals, graph: KnowledgeGraph | None,
-                  embeddings: torch.Tensor | None, text: TextView | None, classic: ClassicParams) -> CutoffInputs:
-    """What the two ranking stages read at the signals' cutoff: the classic peers with their tuned
-    parameters, the history statistics, the items' text and KG attributes (None: without them), the
-    graph model's embeddings (None: without them)."""
-    data: TrainingData = signals.data
-    content = ItemContent(data.items, text.ids if text is not None else None,
-                          text.vectors if text is not None else None, graph)
-    return CutoffInputs(signals.with_classic(classic), load_stats(conn, spec, data), content, embeddings)
 
 
 @dataclass
