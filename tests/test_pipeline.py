@@ -168,9 +168,10 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
     assert sorted(p.name.split("-")[1] for p in models.iterdir()) == ["a", "b"], "one model folder per warehouse"
 
 
-def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path):
+def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path, capfd):
     """Pretraining and fine-tuning in two torchrun workers
-    launched through Pipes: the checkpoints load and serve as in-process ones do."""
+    launched through Pipes: the checkpoints load and serve as in-process ones do, and the workers
+    print no DDP warning (find_unused_parameters=True printed one per worker and run)."""
     models = tmp_path / "models"
     resources = warehouse_resources(tmp_path / "w.duckdb", models, shop(tmp_path, "shop", 0))
     two_workers = {"ops": {**SMALL["ops"], **{step: {"config": {**SMALL["ops"][step]["config"], "world_size": 2}}
@@ -188,3 +189,5 @@ def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path
     assert finetuned["world_size"].value == 2 and 1 <= finetuned["best_epoch"].value <= 6
     assert finetuned["graph_model_validation"].value["recall@20"] > 0
     assert result.asset_materializations_for_node("recommendations")[0].metadata["users"].value > 0
+    printed = capfd.readouterr()
+    assert "reducer.cpp" not in printed.err + printed.out, "a DDP warning from the workers"

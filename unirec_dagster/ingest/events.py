@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -291,18 +292,41 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
     accepted line) for a day that holds events needs `allow_empty`; a reject rate above the
     spec's max_reject_rate, or a volume drop above its max_volume_drop, needs `force`. Refused days
     keep what they held; the others are written, then IngestRefused names every refused day. A path
-    that matches no file for any of the days fails before anything is written."""
-    ensure_schema(conn)
-    wanted = spec.event_source_columns()
-    progress = Progress(len(days), "days", log, label="raw_events")
-    results: list[PartitionStats] = []
-    refused: list[str] = []
-    daily = spec.is_daily_layout
+    that matches no file for any of the days fails before anything is written.
 
-    def write_chunk(chunk: list[PartitionStats], files: dict[dt.date | None, list[RawRecords]],
-                    started: float) -> None:
+    The steps: find the files (`_daily_paths` or the glob), read and stage them (`_stage_batches`),
+    then judge and write each chunk of days (`_DayWriter.write`)."""
+    ensure_schema(conn)
+    writer = _DayWriter(conn, spec, run_id, log, allow_empty, force, Progress(len(days), "days", log, label="raw_events"))
+    if spec.is_daily_layout:
+        _ingest_daily_files(conn, spec, days, writer)
+    else:
+        _ingest_glob(conn, spec, days, writer, run_id)
+    if writer.refused:
+        raise IngestRefused(f"{len(writer.refused)} of {len(days)} days not replaced:\n" + "\n".join(writer.refused))
+    return writer.results
+
+
+@dataclass
+class _DayWriter:
+    """Judges the staged days of one chunk and writes the believable ones; keeps what it did."""
+
+    conn: duckdb.DuckDBPyConnection
+    spec: DatasetSpec
+    run_id: str | None
+    log: Callable[[str], None] | None
+    allow_empty: bool
+    force: bool
+    progress: Progress
+    results: list[PartitionStats] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)   # why each refused day was not replaced
+
+    def write(self, chunk: list[PartitionStats], files: dict[dt.date, list[RawRecords]] | None,
+              started: float) -> None:
         """Check what is staged, judge each day, write the believable ones together. `files` maps
-        each day to its file's records (daily layout; empty in a glob layout, which is streamed)."""
+        each day to its file's records (daily layout), for the line accounting; None in a glob
+        layout, which is streamed."""
+        conn = self.conn
         _check_staged(conn)
         counts = _counts(conn)
         held = _held_events(conn, [stats.partition_date for stats in chunk])
@@ -312,65 +336,80 @@ def ingest_days(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[d
             stats.accepted, stats.rejected_by_reason = counts.get(stats.partition_date, (0, {}))
             stats.lines_read = stats.accepted + stats.rejected
             stats.seconds = seconds  # the day's share of its chunk
-            if daily:
+            if files is not None:
                 own = files.get(stats.partition_date, [])
                 stats.blank_lines = sum(b.blank_lines for b in own)
-                _check_accounted(stats, own, spec)
-            reason = _refusal(conn, spec, stats, held.get(stats.partition_date, 0), allow_empty, force)
+                _check_accounted(stats, own, self.spec)
+            reason = _refusal(conn, self.spec, stats, held.get(stats.partition_date, 0), self.allow_empty, self.force)
             if reason:
-                refused.append(reason)
-                if log:
-                    log(f"refused {reason}")
+                self.refused.append(reason)
+                if self.log:
+                    self.log(f"refused {reason}")
             else:
                 written.append(stats)
-            results.append(stats)
-        _write_partitions(conn, written, run_id)
+            self.results.append(stats)
+        _write_partitions(conn, written, self.run_id)
         for stats in chunk:
-            progress.advance(1, f"{stats.partition_date}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
+            self.progress.advance(1, f"{stats.partition_date}: {stats.accepted:,} accepted, {stats.rejected:,} rejected")
 
-    if daily:
-        paths = {day: spec.events_file_for(day) for day in days}
-        if not allow_empty and not spec.events_files():
-            raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any date ({spec.events_glob()});"
-                                " nothing was written. Check the path in the dataset spec.")
-        if len(days) > 1 and not allow_empty and not any(path.is_file() for path in paths.values()):
-            raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any of the {len(days)} days "
-                                f"{days[0]}..{days[-1]} (e.g. {paths[days[0]]}); nothing was written. Check the "
-                                "path, or run with allow_empty: true for days that truly have no events.")
-        chunks: list[list[dt.date]] = [[]]
-        size = 0
-        for day in days:
-            if size >= CHUNK_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(day)
-            size += paths[day].stat().st_size if paths[day].is_file() else 0
-        for chunk in chunks:
-            started = time.perf_counter()
-            found = [day for day in chunk if paths[day].is_file()]
-            read = dict(zip(found, read_files([paths[day] for day in found], spec.events, wanted)))
-            _start_staging(conn)
-            _stage_batches(conn, spec, [(records, day) for day, records in read.items()])
-            write_chunk([PartitionStats(day, str(paths[day]), file_found=day in read) for day in chunk],
-                        {day: [read[day]] if day in read else [] for day in chunk}, started)
-    else:
-        # Glob layout: files hold many days, so read them once and place each row on its own date.
+
+def _daily_paths(spec: DatasetSpec, days: list[dt.date], allow_empty: bool) -> dict[dt.date, Path]:
+    """Each day's file; a path that matches no file at all fails before anything is written."""
+    paths = {day: spec.events_file_for(day) for day in days}
+    if not allow_empty and not spec.events_files():
+        raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any date ({spec.events_glob()});"
+                            " nothing was written. Check the path in the dataset spec.")
+    if len(days) > 1 and not allow_empty and not any(path.is_file() for path in paths.values()):
+        raise IngestRefused(f"events.path {spec.events.path!r} matches no file for any of the {len(days)} days "
+                            f"{days[0]}..{days[-1]} (e.g. {paths[days[0]]}); nothing was written. Check the "
+                            "path, or run with allow_empty: true for days that truly have no events.")
+    return paths
+
+
+def _chunks_of(days: list[dt.date], paths: dict[dt.date, Path]) -> list[list[dt.date]]:
+    """Consecutive days whose files add up to about CHUNK_BYTES."""
+    chunks: list[list[dt.date]] = [[]]
+    size = 0
+    for day in days:
+        if size >= CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(day)
+        size += paths[day].stat().st_size if paths[day].is_file() else 0
+    return chunks
+
+
+def _ingest_daily_files(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[dt.date],
+                        writer: _DayWriter) -> None:
+    """One file per day: read, stage and write the days chunk by chunk."""
+    paths = _daily_paths(spec, days, writer.allow_empty)
+    wanted = spec.event_source_columns()
+    for chunk in _chunks_of(days, paths):
         started = time.perf_counter()
-        files = spec.events_files()
-        if not files and not allow_empty:
-            raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
-                                "the glob in the dataset spec.")
+        found = [day for day in chunk if paths[day].is_file()]
+        read = dict(zip(found, read_files([paths[day] for day in found], spec.events, wanted)))
         _start_staging(conn)
-        for batch in iter_records(files, spec.events, wanted, CHUNK_BYTES):
-            _stage_batches(conn, spec, [(records, None) for records in batch])
-        if days:
-            write_chunk([PartitionStats(day, spec.events.path, file_found=bool(files)) for day in days], {}, started)
-        else:
-            _check_staged(conn)
-        _write_undated_rejects(conn, run_id)
-    if refused:
-        raise IngestRefused(f"{len(refused)} of {len(days)} days not replaced:\n" + "\n".join(refused))
-    return results
+        _stage_batches(conn, spec, [(records, day) for day, records in read.items()])
+        writer.write([PartitionStats(day, str(paths[day]), file_found=day in read) for day in chunk],
+                     {day: [read[day]] if day in read else [] for day in chunk}, started)
+
+
+def _ingest_glob(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, days: list[dt.date], writer: _DayWriter,
+                 run_id: str | None) -> None:
+    """Files that hold many days: read them once and place each row on its own date."""
+    started = time.perf_counter()
+    files = spec.events_files()
+    if not files and not writer.allow_empty:
+        raise IngestRefused(f"events.path {spec.events.path!r} matches no file; nothing was written. Check "
+                            "the glob in the dataset spec.")
+    _start_staging(conn)
+    for batch in iter_records(files, spec.events, spec.event_source_columns(), CHUNK_BYTES):
+        _stage_batches(conn, spec, [(records, None) for records in batch])
+    if days:
+        writer.write([PartitionStats(day, spec.events.path, file_found=bool(files)) for day in days], None, started)
+    else:
+        _check_staged(conn)
+    _write_undated_rejects(conn, run_id)
 
 
 def _write_undated_rejects(conn: duckdb.DuckDBPyConnection, run_id: str | None) -> None:

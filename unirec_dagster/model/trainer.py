@@ -140,69 +140,123 @@ def train(model: GraphEncoder, task: Task, text: TextView | None, settings: Trai
 
 def _train(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings,
            validate: Callable[[torch.Tensor], float] | None, log: Log | None, label: str) -> TrainResult:
-    torch.manual_seed(settings.seed)
-    device = choose_device(settings.device)
-    model.to(device)
-    text_on_device = text.for_model(model, device) if text is not None else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    rank, world_size = world()
-    # Two streams, as DistributedSampler does it: what every worker must agree on (the epoch's masks
-    # and order, so the shards batch[rank::world_size] partition the epoch) is drawn from a generator
-    # seeded by (seed, epoch) alone; what each worker samples for its own shard (negatives), whose
-    # amount depends on the shard, from its own generator. One shared generator let the workers'
-    # orders drift apart after the first epoch.
-    sampling = torch.Generator().manual_seed(settings.seed * 1009 + rank)
-    step: nn.Module = _Step(model, task, autocast)
-    if world_size > 1:
-        step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                       find_unused_parameters=True)
-    progress = Progress(settings.epochs * task.examples_per_epoch, task.unit, log if rank == 0 else None, label=label)
-    result = TrainResult(model, device=str(device), world_size=world_size)
-    best, best_state, stale = -math.inf, None, 0
+    run = _start(model, task, text, settings, log, label)
+    result = TrainResult(model, device=str(run.device), world_size=run.world_size)
+    best = _BestEpoch(settings.patience if validate is not None else None)
     started = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        shared = epoch_generator(settings.seed, epoch)
-        propagation = task.start_epoch(shared)
-        propagation = propagation.to(device) if propagation is not None else None
-        sampler = None
-        if settings.fanouts is not None and propagation is not None and model.propagates:
-            sampler = NeighbourSampler(propagation, settings.fanouts, model.config.layers)
-        totals = dict.fromkeys(task.weights, 0.0)
-        steps = 0
-        for batch in task.batches(shared):
-            losses = step(propagation, sampler, text_on_device, batch[rank::world_size], sampling)  # this worker's shard
-            loss = sum(task.weights[name] * value.float() for name, value in losses.items())
-            if not torch.isfinite(loss):  # fail here, not with NaN weights saved and served
-                raise FloatingPointError(
-                    f"{label}: a non-finite loss at epoch {epoch}, step {steps + 1} ("
-                    + ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
-                    + "); lower the learning rate or check the inputs. Nothing was saved.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in losses.items():
-                totals[name] += value.item()
-            steps += 1
-            progress.advance(len(batch), note=f"epoch {epoch}/{settings.epochs}")
-        row = {"epoch": epoch, **{name: total / max(steps, 1) for name, total in totals.items()}}
+        row, propagation = _run_epoch(run, model, task, settings, epoch, label)
         if validate is not None:
-            row["validation"] = validate(model.get_embedding(propagation, text_on_device))
-            if row["validation"] > best:
-                best, result.best_epoch, stale = row["validation"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
+            row["validation"] = validate(model.get_embedding(propagation, run.text))
+            best.update(epoch, row["validation"], model)
         result.history.append(row)
-        if log and rank == 0:
+        if log and run.rank == 0:
             log(f"{label} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-        if validate is not None and settings.patience is not None and stale >= settings.patience:
+        if best.should_stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.best_epoch = result.best_epoch or len(result.history)
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    result.best_epoch = best.epoch or len(result.history)
     result.seconds = time.perf_counter() - started
     result.examples_per_second = len(result.history) * task.examples_per_epoch / max(result.seconds, 1e-9)
     model.eval()
     return result
+
+
+@dataclass
+class _Run:
+    """What every epoch of one training run uses."""
+
+    step: nn.Module                  # the model and the task's losses (wrapped in DDP under torch.distributed)
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    text: TextView | None            # on the model's device
+    rank: int
+    world_size: int
+    sampling: torch.Generator        # this worker's own draws (negatives)
+    progress: Progress
+
+
+def _start(model: GraphEncoder, task: Task, text: TextView | None, settings: TrainSettings, log: Log | None,
+           label: str) -> _Run:
+    """Seed, place the model, build the optimizer and autocast once, and wrap the step for the workers."""
+    torch.manual_seed(settings.seed)
+    device = choose_device(settings.device)
+    model.to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    rank, world_size = world()
+    # Two streams, as DistributedSampler does it: what every worker must agree on (the epoch's masks
+    # and order, so the shards batch[rank::world_size] partition the epoch) is drawn from a generator
+    # seeded by (seed, epoch) alone (`epoch_generator`); what each worker samples for its own shard
+    # (negatives), whose amount depends on the shard, from its own generator. One shared generator
+    # let the workers' orders drift apart after the first epoch.
+    sampling = torch.Generator().manual_seed(settings.seed * 1009 + rank)
+    step: nn.Module = _Step(model, task, autocast)
+    if world_size > 1:
+        step = _distributed(step, device)
+    progress = Progress(settings.epochs * task.examples_per_epoch, task.unit, log if rank == 0 else None, label=label)
+    return _Run(step, torch.optim.Adam(model.parameters(), lr=settings.lr), device,
+                text.for_model(model, device) if text is not None else None, rank, world_size, sampling, progress)
+
+
+def _distributed(step: nn.Module, device: torch.device) -> nn.Module:
+    """The step under DistributedDataParallel. `static_graph`: a task reads the same parameters at
+    every step (pretraining, say, never reads the user readout), so DDP records the unused ones in
+    the first step instead of searching the autograd graph at every step, as
+    find_unused_parameters=True did, with its warning each run."""
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                   static_graph=True)
+
+
+def _run_epoch(run: _Run, model: GraphEncoder, task: Task, settings: TrainSettings, epoch: int,
+               label: str) -> tuple[dict[str, float], Propagation | None]:
+    """One epoch of steps on this worker's shards: its mean losses, and the propagation it used."""
+    model.train()
+    shared = epoch_generator(settings.seed, epoch)
+    propagation = task.start_epoch(shared)
+    propagation = propagation.to(run.device) if propagation is not None else None
+    sampler = None
+    if settings.fanouts is not None and propagation is not None and model.propagates:
+        sampler = NeighbourSampler(propagation, settings.fanouts, model.config.layers)
+    totals = dict.fromkeys(task.weights, 0.0)
+    steps = 0
+    for batch in task.batches(shared):
+        losses = run.step(propagation, sampler, run.text, batch[run.rank::run.world_size], run.sampling)
+        loss = sum(task.weights[name] * value.float() for name, value in losses.items())
+        _check_finite(loss, losses, label, epoch, steps + 1)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        for name, value in losses.items():
+            totals[name] += value.item()
+        steps += 1
+        run.progress.advance(len(batch), note=f"epoch {epoch}/{settings.epochs}")
+    return {"epoch": epoch, **{name: total / max(steps, 1) for name, total in totals.items()}}, propagation
+
+
+def _check_finite(loss: torch.Tensor, losses: dict[str, torch.Tensor], label: str, epoch: int, step: int) -> None:
+    """Fail at the step that diverged, not with NaN weights saved and served."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"{label}: a non-finite loss at epoch {epoch}, step {step} ("
+            + ", ".join(f"{name} {value.item():.4g}" for name, value in losses.items())
+            + "); lower the learning rate or check the inputs. Nothing was saved.")
+
+
+class _BestEpoch:
+    """Early stopping on the validation metric (higher is better): keeps the best epoch's weights."""
+
+    def __init__(self, patience: int | None):
+        self.patience, self.best, self.epoch, self.stale = patience, -math.inf, 0, 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, metric: float, model: nn.Module) -> None:
+        if metric > self.best:
+            self.best, self.epoch, self.stale = metric, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.stale += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.stale >= self.patience
