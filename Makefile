@@ -10,7 +10,7 @@ DAGSTER := $(VENV)/bin/dagster
 DG := $(VENV)/bin/dg
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test test-fast lint bench dev mlflow clean
+.PHONY: setup run test test-fast ui-check lint bench dev mlflow clean
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -46,11 +46,16 @@ run: setup
 		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/browser
 
 # The quick tier while editing: everything but the whole-pipeline and multi-process tests.
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests --ignore=tests/browser -m "not slow"
+
+# After `make run`: the Dagster and MLflow UIs in a real browser (Playwright driving Chromium:
+# Debian's `chromium` package, or UNIREC_CHROMIUM). Screenshots in data/ui-check/.
+ui-check: setup
+	$(PY) -m pytest tests/browser
 
 lint: setup
 	$(VENV)/bin/ruff check unirec_dagster tests bench

@@ -6,7 +6,7 @@ import time
 from mlflow.tracking import MlflowClient
 
 from unirec_dagster.defs.resources import TrackingResource
-from unirec_dagster.tracking import TrackedRun, history_curves, log_run
+from unirec_dagster.tracking import KIND_TAG, MODEL_TRAINING, TrackedRun, history_curves, log_run
 
 
 def test_a_run_keeps_its_curves_parameters_tables_and_tags(tmp_path):
@@ -29,6 +29,8 @@ def test_a_run_keeps_its_curves_parameters_tables_and_tags(tmp_path):
     assert len(client.get_metric_history(ref.run_id, "ranker_cv_ndcg_at_20")) == 3
     assert client.download_artifacts(ref.run_id, "gate.json", str(tmp_path))
     assert "make mlflow" in ref.link and ref.run_id in ref.link
+    # MLflow's UI opens the experiment on its training runs, not its GenAI traces
+    assert client.get_experiment(ref.experiment_id).tags[KIND_TAG] == MODEL_TRAINING
 
 
 def test_an_unreachable_store_warns_fast_and_returns_nothing():

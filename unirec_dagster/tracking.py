@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXPERIMENT = "unirec"
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless the experiment says it holds
+# model training runs; with this tag it opens on the runs table and their charts.
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 500          # MLflow refuses longer parameter values
 
 # An unreachable server must fail fast, not after MLflow's default retries with backoff (minutes).
@@ -77,7 +80,9 @@ def log_run(uri: str, run: TrackedRun, warn: Callable[[str], None], experiment: 
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(
-            experiment, artifact_location=artifact_root)
+            experiment, artifact_location=artifact_root, tags={KIND_TAG: MODEL_TRAINING})
+        if found and found.tags.get(KIND_TAG) != MODEL_TRAINING:
+            client.set_experiment_tag(experiment_id, KIND_TAG, MODEL_TRAINING)
         started = client.create_run(experiment_id, run_name=run.name, tags=run.tags)
         run_id = started.info.run_id
         now = int(time.time() * 1000)

@@ -49,22 +49,28 @@ def curves_image(history: list[dict], title: str) -> dg.MetadataValue:
 
     matplotlib.use("Agg")  # no display: draw to a buffer
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row for row in history if "epoch" in row]
-    figure, losses = plt.subplots(figsize=(6, 3.2), dpi=100)
+    figure, losses = plt.subplots(figsize=(6, 3.6), dpi=100)
     try:
         x = [row["epoch"] for row in epochs]
         for key in (k for k in (epochs[0] if epochs else {}) if k not in ("epoch", "validation")):
             losses.plot(x, [float(row.get(key, "nan")) for row in epochs], marker=".", label=key)
         losses.set_xlabel("epoch")
         losses.set_ylabel("loss")
+        losses.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, labels = losses.get_legend_handles_labels()
         if any("validation" in row for row in epochs):
             metric = losses.twinx()
             metric.plot(x, [float(row.get("validation", "nan")) for row in epochs], color="black", linestyle="--", marker="o",
                         label="validation Recall@20")
             metric.set_ylabel("validation Recall@20")
-            metric.legend(loc="upper right", fontsize=8)
-        losses.legend(loc="upper left", fontsize=8)
+            more = metric.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        # one legend under the plot, so it never hides a curve
+        losses.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=max(len(handles), 1),
+                      fontsize=8, frameon=False)
         losses.set_title(title, fontsize=10)
         figure.tight_layout()
         buffer = io.BytesIO()
