@@ -112,7 +112,7 @@ class TwoStage:
             else:
                 top_values, top_items = torch.topk(scores, min(k, num_items), dim=1)
             leads = cand.generators + [FILLER]
-            lead_of = torch.full((n, num_items), len(cand.generators), dtype=torch.long)
-            lead_of[cand.rows, cand.items] = cand.lead({g: self.config.size(g) for g in cand.generators})
-            yield RankedBlock(slice(start, start + n), top_values, top_items, lead_of.gather(1, top_items), leads)
+            lead_of = torch.full((n, num_items), len(cand.generators), dtype=torch.int8)  # a few generators: 1 byte
+            lead_of[cand.rows, cand.items] = cand.lead({g: self.config.size(g) for g in cand.generators}).to(torch.int8)
+            yield RankedBlock(slice(start, start + n), top_values, top_items, lead_of.gather(1, top_items).long(), leads)
             start += n
