@@ -1,1 +1,1 @@
-"""The temporal split, metrics, simple signals and scoring of EVALUATION.md."""
+"""The temporal split, metrics and scoring of EVALUATION.md, and the evaluation step that writes eval.metrics."""

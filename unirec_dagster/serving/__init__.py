@@ -1,1 +1,1 @@
-"""Blocked top-K and the serving tables."""
+"""What serves a day: the policy rebuilt from its checkpoint, and the nightly serving tables."""
