@@ -93,6 +93,11 @@ def main() -> None:
             stage = policy.ranking
             rankings["the same ranker, new items never shown"] = served(
                 TwoStage(stage.inputs, stage.config, stage.ranker, torch.cat([stage.never, new])))
+            if stage.placement is not None:
+                rankings["the same ranker without the new-item placement model"] = served(
+                    TwoStage(stage.inputs, stage.config, stage.ranker, stage.never))
+            rankings["the same ranker, a new item in every 10th slot (the operator's override)"] = served(
+                policy.ranking, ServingSettings(new_item_every=10))
         rankings |= {
             "logit blend, a new item in every 10th slot (the previous policy)": served(
                 policy.blend, ServingSettings(new_item_every=10)),

@@ -17,7 +17,7 @@ from unirec_dagster.evaluation.metrics import ranking_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
 from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings
 from unirec_dagster.graph import build_snapshot, load_graph
-from unirec_dagster.history import TrainingData, load_training
+from unirec_dagster.history import TrainingData, load_training, unsold_until
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation
@@ -285,6 +285,9 @@ def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommen
     data = load_training(conn, spec, dt.date(2024, 1, 2))
     items = keys(conn, "item", data.items)
     assert "Z" in items and not data.interacted[items.index("Z")]
+    # Unsold until the cutoff: at a validation cutoff the ranker is not taught it does not sell.
+    assert unsold_until(conn, spec, data.items, dt.date(2024, 1, 2)).tolist() == [items.index("Z")]
+    assert len(unsold_until(conn, spec, data.items, dt.date(2024, 1, 1))) == 3
     entity = {name: int(data.items[i]) for i, name in enumerate(items)}
     u1 = int(rows(conn, "SELECT entity_id FROM kg.entities WHERE natural_key = 'u1'")[0][0])
     num_entities = rows(conn, "SELECT count(*) FROM kg.entities")[0][0]

@@ -169,4 +169,7 @@ def test_simulated_new_items_teach_the_ranker_where_unsold_items_belong():
     assert unsold_pairs.sum() >= 20
     taught_hits, plain_hits = unsold_hits(taught), unsold_hits(plain)
     assert taught.placement is not None and plain.placement is None
-    assert taught_hits > 0.75 and plain_hits < 0.5, (taught_hits, plain_hits)
+    # The plain ranker puts them below every popular item near the user's price, so where it leaves
+    # them depends on how many of those there are (0.2..0.8 of the pairs in the top 10 over planted
+    # seeds 0-3); the taught one, by their price alone (0.89..1.0 over the same seeds).
+    assert taught_hits > 0.85 and taught_hits - plain_hits > 0.15, (taught_hits, plain_hits)

@@ -8,8 +8,9 @@ from unirec_dagster.history.data import (
     load_training,
     never_recommended,
     tensor_column,
+    unsold_until,
 )
 from unirec_dagster.history.stats import CutoffStats, load_stats
 
 __all__ = ["CutoffStats", "TrainingData", "as_timestamp", "entity_join", "load_stats", "load_training",
-           "never_recommended", "tensor_column"]
+           "never_recommended", "tensor_column", "unsold_until"]

@@ -124,3 +124,18 @@ def never_recommended(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, items:
         SELECT entity_id FROM kg.entities WHERE entity_type = 'item' AND list_contains($never, natural_key)""",
                                            {"never": spec.items.never_recommend})], dtype=torch.long)
     return torch.nonzero(torch.isin(items, ids), as_tuple=True)[0]
+
+
+def unsold_until(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, items: torch.Tensor,
+                 cutoff: dt.date) -> torch.Tensor:
+    """Positions in `items` (item entity ids) of the items with no positive event before `cutoff`.
+    At a validation cutoff these are catalog items whose offer dates are unknown (the catalog has
+    none): nothing says they were on sale in the window, so the ranker is not taught that they are
+    not bought there."""
+    ids = torch.tensor([r[0] for r in rows(conn, """
+        SELECT DISTINCT ie.entity_id FROM raw.events ev JOIN kg.entities ie
+          ON ie.entity_type = 'item' AND ie.natural_key = ev.item_id
+        WHERE ev.ts < $c AND ev.event_type = $pos""",
+                                           {"c": as_timestamp(cutoff), "pos": spec.events.positive_event_type})],
+                       dtype=torch.long)
+    return torch.nonzero(~torch.isin(items, ids), as_tuple=True)[0]

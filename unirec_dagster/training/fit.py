@@ -51,6 +51,7 @@ class ValidationSplit:
 
     known: CutoffData
     holdout: HoldoutPairs
+    cutoff: dt.date                              # C, the end of the window
 
 
 @dataclass
@@ -86,7 +87,7 @@ def validation_split(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, cutoff:
                      validation_days: int) -> ValidationSplit:
     # Items first sold inside the window are catalog items at V: the ranker learns where new items belong.
     known = cutoff_data(conn, spec, cutoff - dt.timedelta(days=validation_days), catalog_until=cutoff)
-    return ValidationSplit(known, load_holdout(conn, spec, known.data, cutoff))
+    return ValidationSplit(known, load_holdout(conn, spec, known.data, cutoff), cutoff)
 
 
 def recall_at_20(scorer: Scorer, holdout: HoldoutPairs) -> dict[str, float]:

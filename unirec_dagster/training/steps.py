@@ -15,7 +15,7 @@ import torch
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.features import text_view
 from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
-from unirec_dagster.history import never_recommended
+from unirec_dagster.history import never_recommended, unsold_until
 from unirec_dagster.model.checkpoint import (
     FINETUNED,
     FROM_SCRATCH,
@@ -172,8 +172,10 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
         simulated, _ = simulate_new_items(inputs, settings.simulated_new_items, settings.ranker.seed,
                                           embed if model is not None else None)
     try:
-        return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker,
-                             never=never_recommended(conn, spec, known.data.items), log=log,
+        # Items unsold even by the cutoff C are left out of the ranker's examples (see unsold_until).
+        never = torch.cat([never_recommended(conn, spec, known.data.items),
+                           unsold_until(conn, spec, known.data.items, validation.cutoff)]).unique()
+        return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker, never=never, log=log,
                              simulated=simulated), ""
     except TooFewExamples as error:
         if log:
