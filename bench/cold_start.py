@@ -54,9 +54,9 @@ def main() -> None:
     parser.add_argument("--window-days", type=int, default=15)
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="which items are hidden")
-    parser.add_argument("--simulated-new-items", type=float, default=0.0,
+    parser.add_argument("--simulated-new-items", type=float, default=RankingSettings().simulated_new_items,
                         help="RankingSettings.simulated_new_items: item dropout in the ranker's examples and a "
-                             "new-item placement model (0: the default, off)")
+                             "new-item placement model (0: off)")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     run_date = dt.date.fromisoformat(args.run_date)
@@ -118,6 +118,10 @@ def main() -> None:
     some = next(iter(results.values()))
     print(f"| method | hidden items' test pairs: Recall@20 / NDCG@20 ({some[0].users} users, {some[0].pairs} pairs) | "
           f"all test pairs: Recall@20 / NDCG@20 ({some[1].users} users) |\n|---|---|---|")
+    is_hidden = torch.zeros(signals.data.num_items + 1, dtype=torch.bool)
+    is_hidden[torch.nonzero(~signals.data.interacted).flatten()] = True
+    for name, top in rankings.items():
+        print(f"{name}: {float(is_hidden[top[:, :20]].float().mean()):.1%} of the top 20 are unsold items")
     for name, (cold, everything) in results.items():
         print(f"| {name} | {cold.metrics.get('recall@20', 0):.4f} / {cold.metrics.get('ndcg@20', 0):.4f} | "
               f"{everything.metrics.get('recall@20', 0):.4f} / {everything.metrics.get('ndcg@20', 0):.4f} |")

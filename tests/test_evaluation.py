@@ -96,6 +96,11 @@ def test_split_keeps_the_test_window_out_of_training(conn, shop):
     pairs = sorted(zip(keys(conn, "user", holdout.users[holdout.pair_users]),
                        keys(conn, "item", data.items[holdout.pair_items])))
     assert pairs == [("u1", "D"), ("u2", "D"), ("u4", "A")]
+    # With A's history forgotten (item dropout), u1 buying A again is a pair like any other.
+    a = data.items[keys(conn, "item", data.items).index("A")]
+    forgot = load_holdout(conn, shop, data, cutoff + dt.timedelta(days=1), forgotten=a.reshape(1))
+    assert sorted(zip(keys(conn, "user", forgot.users[forgot.pair_users]),
+                      keys(conn, "item", data.items[forgot.pair_items]))) == [("u1", "A"), *pairs]
 
 
 def test_gate_serves_the_strongest_tuned_peer_unless_the_ranker_beats_it():

@@ -46,16 +46,24 @@ class HoldoutPairs:
 
 
 def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: TrainingData,
-                 window_end: dt.date) -> HoldoutPairs:
-    """The window [data.cutoff, window_end), with items placed in `data`'s candidate list."""
+                 window_end: dt.date, forgotten: torch.Tensor | None = None) -> HoldoutPairs:
+    """The window [data.cutoff, window_end), with items placed in `data`'s candidate list. The
+    earlier purchases of `forgotten` items (entity ids: items whose history is hidden, as in item
+    dropout) do not count: buying one again in the window is a pair, as it is for the protocol's
+    hidden items."""
     conn.register("holdout_items", pa.table({"entity_id": data.items.numpy(),
                                              "position": np.arange(data.num_items, dtype=np.int64)}))
+    forgotten_ = forgotten if forgotten is not None else torch.empty(0, dtype=torch.long)
+    conn.register("forgotten_items", pa.table({"entity_id": forgotten_.numpy()}))
     table = conn.sql(f"""
         WITH window_pairs AS (
             SELECT DISTINCT user_id, item_id FROM raw.events
             WHERE ts >= $c AND ts < $end AND event_type = $pos
         ),
-        before AS (SELECT DISTINCT user_id, item_id, event_type = $pos AS positive FROM raw.events WHERE ts < $c),
+        before AS (SELECT DISTINCT user_id, item_id, event_type = $pos AND item_id NOT IN (
+                       SELECT natural_key FROM kg.entities WHERE entity_type = 'item'
+                         AND entity_id IN (SELECT entity_id FROM forgotten_items)) AS positive
+                   FROM raw.events WHERE ts < $c),
         users_before AS (SELECT DISTINCT user_id FROM before),
         fresh AS (
             SELECT w.* FROM window_pairs w
@@ -70,6 +78,7 @@ def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: Train
         ORDER BY 1, 2""", params={"c": as_timestamp(data.cutoff), "end": as_timestamp(window_end),
                                    "pos": spec.events.positive_event_type}).to_arrow_table()
     conn.unregister("holdout_items")
+    conn.unregister("forgotten_items")
     pair_user_ids = tensor_column(table, "user_id")
     users, pair_users = torch.unique(pair_user_ids, return_inverse=True)
     return HoldoutPairs(users, pair_users, tensor_column(table, "item"),

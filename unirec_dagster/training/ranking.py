@@ -45,11 +45,14 @@ class RankingSettings(BaseModel):
     use_model: bool = Field(True, description="The graph model's candidates and scores are ranker inputs.")
     use_attributes: bool = Field(True, description="KG attribute/keyword overlap with the history is a feature.")
     simulated_new_items: float = Field(
-        0.0, ge=0, lt=1, description="Share of the items bought before the validation cutoff whose history is "
-        "hidden in a second copy of the ranker's examples, and a new-item placement model fitted on them (item "
-        "dropout, as DropoutNet); 0 (default): off, new items are ranked by the ranker alone. Off because on "
-        "Online Retail it placed no more hidden items in the strict cold start, for twice the ranker's examples "
-        "(BENCHMARKS.md).")
+        0.1, ge=0, lt=1, description="Share of the items bought before the validation cutoff whose history is "
+        "hidden in a second copy of the ranker's examples (their earlier buyers too), and a new-item placement "
+        "model fitted on them (item dropout, as DropoutNet): how the ranker learns where catalog items without "
+        "a history belong. 0: off, new items are ranked by what the window's own launches teach (almost "
+        "never shown). Costs a second copy of the ranker's examples (BENCHMARKS.md).")
+    simulated_users: float = Field(
+        0.5, gt=0, le=1, description="Share of the validation users (seeded) seen a second time with the "
+        "simulated new items: fewer keeps the nightly run short.")
 
 
 @dataclass
@@ -147,7 +150,7 @@ def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.nd
     probability_[new_rows.numpy()] = out_of_fold[len(out_of_fold) - int(new_rows.sum()):]
     probability = torch.from_numpy(probability_)
     users, data, k = len(holdout.users), simulated.signals.data, max(KS)
-    figures = {}
+    figures, shown = {}, {}
     for every in NEW_ITEM_EVERY:
         slots, main_ranks, new_ranks = new_item_slots(k, every, k)
         if not slots:
@@ -157,25 +160,40 @@ def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.nd
             new = top_by_score(probability[new_rows], rows_[new_rows], items_[new_rows], users, slots)
             top = interleave(main, new, main_ranks, new_ranks)
         figures[every] = slice_metrics(top, holdout, data, slices=False)[0].metrics["recall@20"]
+        shown[every] = float((~data.interacted[top[:, :20].clamp(min=0)])[top[:, :20] >= 0].float().mean())
     best = max(NEW_ITEM_EVERY, key=lambda e: (round(figures[e], 4), -(k // e) if e else 0))
     if log:
         log("new-item placement on the simulated validation copy, Recall@20: "
-            + ", ".join(f"{'by probability' if e == 0 else f'every {e}th'} {r:.4f}" for e, r in figures.items())
+            + ", ".join(f"{'by probability' if e == 0 else f'every {e}th'} {r:.4f} ({shown[e]:.1%} new)"
+                        for e, r in figures.items())
             + f"; chosen: {'by probability' if best == 0 else f'every {best}th rank'}")
     return best
 
 
 def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: CandidateConfig = CandidateConfig(),
                   ranker_config: RankerConfig = RankerConfig(), never: torch.Tensor | None = None,
-                  log=None, simulated: CutoffInputs | None = None) -> TwoStageFit:
+                  log=None, simulated: CutoffInputs | None = None,
+                  simulated_holdout: HoldoutPairs | None = None) -> TwoStageFit:
     """Fit the ranker on `holdout`, the window after inputs' cutoff, for its users. With `simulated`
     (`simulate_new_items` of the same inputs) every user is seen a second time, with some items'
-    history hidden: those examples only train; the validation figures are the users as they are."""
+    history hidden: those examples only train; the validation figures are the users as they are.
+    `simulated_holdout` labels the second copy (some or all of the same users, their pairs counted as
+    if the hidden items' history were unknown); `holdout` by default."""
     if not len(holdout.users):
         raise TooFewExamples(f"no validation users after {inputs.signals.data.cutoff}: nothing to fit a ranker on")
     stage = TwoStage(inputs, config, never=never)
     real = _ExampleSet().add(stage, holdout)
-    extra = _ExampleSet().add(TwoStage(simulated, config, never=never), holdout) if simulated is not None else _ExampleSet()
+    # The simulated copy shows only the simulated items as new: the items first sold inside the window
+    # are new in the real copy already, and there they stand for a shop's launches, not for catalog
+    # items of unknown demand (which the placement and its choice of slots are about).
+    launches = inputs.new_items if never is None else torch.cat([never, inputs.new_items])
+    simulated_holdout = simulated_holdout if simulated_holdout is not None else holdout
+    # rows of the simulated copy's users among the real copy's (a user's two copies share a fold)
+    simulated_rows = torch.searchsorted(holdout.users, simulated_holdout.users).clamp(max=max(len(holdout.users) - 1, 0))
+    if not torch.equal(holdout.users[simulated_rows], simulated_holdout.users):
+        raise ValueError("the simulated copy's window must hold users of the real one")
+    extra = (_ExampleSet().add(TwoStage(simulated, config, never=launches), simulated_holdout)
+             if simulated is not None else _ExampleSet())
     labels_ = np.concatenate(real.labels)
     pairs = max(len(holdout.pair_items), 1)
     hits = real.hits
@@ -183,22 +201,24 @@ def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: Candidate
         log(f"ranker examples at {inputs.signals.data.cutoff}: {len(holdout.users):,} users, {len(labels_):,} "
             f"candidates ({len(labels_) / max(len(holdout.users), 1):.0f} per user), holding "
             f"{hits.get('total', 0) / pairs:.1%} of the window's {pairs:,} pairs"
-            + (f"; with simulated new items {len(holdout.users):,} more users, holding "
-               f"{extra.hits.get('total', 0) / pairs:.1%}" if simulated is not None else ""))
+            + (f"; with simulated new items {len(simulated_holdout.users):,} of them again, holding "
+               f"{extra.hits.get('total', 0) / max(len(simulated_holdout.pair_items), 1):.1%} of their "
+               f"{len(simulated_holdout.pair_items):,} pairs" if simulated is not None else ""))
     keys = np.arange(len(holdout.users))
     all_features, all_labels = np.concatenate(real.features + extra.features), np.concatenate(real.labels + extra.labels)
+    group_keys = np.concatenate([keys, simulated_rows.numpy()]) if simulated is not None else None
     fit = fit_ranker(all_features, all_labels, np.concatenate(real.groups + extra.groups), stage.feature_names,
-                     ranker_config, log=log, group_keys=np.concatenate([keys, keys]) if simulated is not None else None)
+                     ranker_config, log=log, group_keys=group_keys)
     placement = None
     if simulated is not None:
         is_new = all_features[:, stage.feature_names.index("item_is_new")] > 0
-        user_keys = torch.cat(real.users + extra.users).numpy()
+        user_keys = torch.cat(real.users + [simulated_rows[rows] for rows in extra.users]).numpy()
         placement = fit_new_item_placement(all_features[is_new], all_labels[is_new], user_keys[is_new],
                                            stage.feature_names, fit.out_of_fold[:len(labels_)], labels_,
                                            ranker_config, log=log)
         if placement is not None:
             placement.every = choose_new_item_every(placement, fit.out_of_fold, is_new, len(labels_), extra,
-                                                    holdout, simulated, log=log)
+                                                    simulated_holdout, simulated, log=log)
     top = top_by_score(torch.from_numpy(fit.out_of_fold[:len(labels_)]), torch.cat(real.users), torch.cat(real.items),
                        len(holdout.users), max(KS))
     validation = slice_metrics(top, holdout, inputs.signals.data, slices=False)[0].metrics

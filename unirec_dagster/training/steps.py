@@ -13,6 +13,7 @@ import duckdb
 import torch
 
 from unirec_dagster.datasets import DatasetSpec
+from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.features import text_view
 from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
 from unirec_dagster.history import never_recommended, unsold_until
@@ -153,6 +154,12 @@ def mf_config(config: FinetuneConfig) -> FinetuneConfig:
         dim=config.encoder.dim, layers=0, use_graph=False, use_text=False, user_readout=False)})
 
 
+def _share_of(users: torch.Tensor, among: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """(len(among),) bool: a seeded `share` of `users` (the validation users), where they are in `among`."""
+    chosen = users[torch.randperm(len(users), generator=torch.Generator().manual_seed(seed))[:round(share * len(users))]]
+    return torch.isin(among, chosen)
+
+
 def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: ValidationSplit,
                 fitted: FittedRecommender, text: TextView | None, classic: TunedClassic, settings: RankingSettings,
                 log: Log | None = None) -> tuple[TwoStageFit | None, str]:
@@ -161,7 +168,7 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
     known = validation.known
     inputs = cutoff_inputs(conn, spec, known.signals, known.graph if settings.use_attributes else None,
                            fitted.validation_embeddings if settings.use_model else None, text, classic.params)
-    simulated = None
+    simulated, simulated_holdout = None, None
     if settings.simulated_new_items > 0:
         model = fitted.validation_model
 
@@ -169,14 +176,20 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
             assert model is not None
             return model.embed_graph(known.graph.without_interactions(hidden), text)
 
-        simulated, _ = simulate_new_items(inputs, settings.simulated_new_items, settings.ranker.seed,
-                                          embed if model is not None else None)
+        simulated, hidden = simulate_new_items(inputs, settings.simulated_new_items, settings.ranker.seed,
+                                               embed if model is not None else None)
+        # Their earlier buyers are hidden too: buying one again is a pair to predict, as for any item
+        # without a history (the validation users as they are).
+        rebought = load_holdout(conn, spec, known.data, validation.cutoff, forgotten=known.data.items[hidden])
+        simulated_holdout = rebought.subset(_share_of(validation.holdout.users, rebought.users,
+                                                      settings.simulated_users, settings.ranker.seed),
+                                            torch.ones(len(rebought.pair_items), dtype=torch.bool))
     try:
         # Items unsold even by the cutoff C are left out of the ranker's examples (see unsold_until).
         never = torch.cat([never_recommended(conn, spec, known.data.items),
                            unsold_until(conn, spec, known.data.items, validation.cutoff)]).unique()
         return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker, never=never, log=log,
-                             simulated=simulated), ""
+                             simulated=simulated, simulated_holdout=simulated_holdout), ""
     except TooFewExamples as error:
         if log:
             log(f"no two-stage ranker: {error}")
