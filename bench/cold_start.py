@@ -118,10 +118,9 @@ def main() -> None:
     some = next(iter(results.values()))
     print(f"| method | hidden items' test pairs: Recall@20 / NDCG@20 ({some[0].users} users, {some[0].pairs} pairs) | "
           f"all test pairs: Recall@20 / NDCG@20 ({some[1].users} users) |\n|---|---|---|")
-    is_hidden = torch.zeros(signals.data.num_items + 1, dtype=torch.bool)
-    is_hidden[torch.nonzero(~signals.data.interacted).flatten()] = True
+    unsold = torch.cat([~signals.data.interacted, torch.tensor([False])])   # the last entry: -1, no row
     for name, top in rankings.items():
-        print(f"{name}: {float(is_hidden[top[:, :20]].float().mean()):.1%} of the top 20 are unsold items")
+        print(f"{name}: {float(unsold[top[:, :20]].float().mean()):.1%} of the top 20 are unsold items")
     for name, (cold, everything) in results.items():
         print(f"| {name} | {cold.metrics.get('recall@20', 0):.4f} / {cold.metrics.get('ndcg@20', 0):.4f} | "
               f"{everything.metrics.get('recall@20', 0):.4f} / {everything.metrics.get('ndcg@20', 0):.4f} |")

@@ -132,9 +132,8 @@ def unsold_until(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, items: torc
     At a validation cutoff these are catalog items whose offer dates are unknown (the catalog has
     none): nothing says they were on sale in the window, so the ranker is not taught that they are
     not bought there."""
-    ids = torch.tensor([r[0] for r in rows(conn, """
-        SELECT DISTINCT ie.entity_id FROM raw.events ev JOIN kg.entities ie
-          ON ie.entity_type = 'item' AND ie.natural_key = ev.item_id
+    ids = torch.tensor([r[0] for r in rows(conn, f"""
+        SELECT DISTINCT ie.entity_id FROM raw.events ev {entity_join('item', 'ev.item_id')}
         WHERE ev.ts < $c AND ev.event_type = $pos""",
                                            {"c": as_timestamp(cutoff), "pos": spec.events.positive_event_type})],
                        dtype=torch.long)
