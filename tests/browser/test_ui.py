@@ -170,7 +170,10 @@ def test_mlflow_lists_the_runs_with_their_curves(page, tracking):
     page.get_by_placeholder("Search metric charts").fill("validation")
     epochs = len(client.get_metric_history(tuned.info.run_id, "validation"))
     assert epochs > 1
-    line = page.locator(".js-plotly-plot g.trace.scatter").first  # the per-epoch curve (single values are bars)
-    expect(line).to_be_attached(timeout=60_000)
-    assert line.locator(".points path").count() == epochs, "the validation curve does not show every epoch"
+    # The per-epoch curve (single values are bars). The search filters the charts a moment after
+    # typing, and until then the first line may be another metric's (drawn without markers when
+    # long), so wait for the count rather than read it once.
+    line = page.locator(".js-plotly-plot g.trace.scatter").first
+    points = line.locator(".points path")
+    expect(points, "the validation curve does not show every epoch").to_have_count(epochs, timeout=60_000)
     page.screenshot(path=str(SHOTS / "mlflow-validation-curve.png"))
