@@ -49,6 +49,7 @@ def synthetic(users: int, items: int, dim: int, per_user: int, seed: int = 0):
     """Entity ids: users 0..U-1, items U..U+I-1. Purchases skewed towards popular items."""
     g = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(users + items, dim, generator=g) / dim ** 0.5
+    torch.manual_seed(seed)  # Pareto.sample draws from the global generator: the same catalog every run
     popularity = torch.distributions.Pareto(1.0, 1.2).sample((items,)).clamp(max=1e4)
     pair_users = torch.arange(users).repeat_interleave(per_user)
     pair_items = torch.multinomial(popularity, len(pair_users), replacement=True, generator=g)
