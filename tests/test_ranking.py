@@ -3,15 +3,18 @@ from a feature the logit blend cannot use."""
 
 import datetime as dt
 
+import lightgbm as lgb
+import numpy as np
 import torch
 
 from unirec_dagster.evaluation.evaluate import evaluate, slice_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import CutoffStats, TrainingData
+from unirec_dagster.ranking import signals as signals_module
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
 from unirec_dagster.ranking.classic import ease_weights
 from unirec_dagster.ranking.content import ItemContent
-from unirec_dagster.ranking.ranker import Ranker, RankerConfig
+from unirec_dagster.ranking.ranker import CompiledTrees, Ranker, RankerConfig
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TwoStage
@@ -42,6 +45,37 @@ def test_ease_matches_its_closed_form():
     expected = -p / torch.diag(p)
     expected.fill_diagonal_(0)
     assert torch.equal(capped_columns, top) and torch.allclose(capped, expected, atol=1e-4)
+
+
+def test_compiled_trees_predict_what_lightgbm_predicts(monkeypatch):
+    """lleaves' native code gives the booster's own scores, for the ranker (raw scores) and the new-item
+    placement (probabilities), on float32 features on a coarse grid (values sit next to thresholds),
+    converted chunk by chunk."""
+    rng = np.random.default_rng(0)
+    features = (rng.integers(0, 20, size=(3_000, 6)) / 10).astype(np.float32)
+    labels = (features[:, 0] * features[:, 1] + rng.normal(size=3_000) > 1).astype(float)
+    monkeypatch.setattr(CompiledTrees, "ROWS", 1_000)
+    for objective, group in (("lambdarank", [30] * 100), ("binary", None)):
+        booster = lgb.train({"objective": objective, "num_leaves": 7, "verbosity": -1, "num_threads": 1},
+                            lgb.Dataset(features, labels, group=group), num_boost_round=40)
+        compiled = CompiledTrees(booster, threads=2).predict(features)
+        assert np.abs(compiled - booster.predict(features)).max() < 1e-9, objective
+    assert len(CompiledTrees(booster).predict(features[:0])) == 0
+
+
+def test_dense_and_sparse_item_weights_give_the_same_scores(monkeypatch):
+    """Small catalogs score through dense item x item weights, large ones through sparse: same numbers."""
+    inputs, _ = planted_shop()
+    data, users = inputs.signals.data, torch.arange(0, NUM_USERS, 3)
+    anchors, items = torch.randint(0, NUM_ITEMS, (2, 500), generator=torch.Generator().manual_seed(1))
+    dense = Signals(data)   # the weights are made on first use: use them before the cap changes
+    scored = dense.rp3beta_scores(users), dense.knn_scores(users), dense.co_purchase(anchors, items)
+    monkeypatch.setattr(signals_module, "DENSE_CELLS", 0)
+    sparse = Signals(data)
+    again = sparse.rp3beta_scores(users), sparse.knn_scores(users), sparse.co_purchase(anchors, items)
+    assert dense._similarity.layout == torch.strided and sparse._similarity.layout == torch.sparse_csr
+    assert sparse._rp3beta.layout == torch.sparse_csr
+    assert all(torch.equal(a, b) for a, b in zip(scored, again)) and (scored[2] > 0).any()
 
 
 def planted_shop(seed: int = 0, unsold: int = 0):

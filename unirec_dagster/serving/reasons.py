@@ -59,10 +59,6 @@ class Explainer:
         self.history[torch.repeat_interleave(torch.arange(len(self.user_ids)), counts)[keep], rank[keep]] = items[keep]
         self.vectors = (F.normalize(embeddings[data.items.to(embeddings.device)].float(), dim=-1).cpu()
                         if embeddings is not None else None)
-        similarity = signals.similarity.to_sparse_coo().coalesce()
-        rows, cols = similarity.indices()
-        self.pair_keys = rows * data.num_items + cols      # sorted: coalesced indices are row-major
-        self.pair_values = similarity.values()
         self.values = self._item_values(graph, data.items) if graph is not None else None
 
     def _item_values(self, graph: KnowledgeGraph, items: torch.Tensor) -> torch.Tensor:
@@ -89,11 +85,7 @@ class Explainer:
 
     def _co_purchase(self, anchors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Co-purchase similarity of anchor position -> item position, elementwise (0 where none or pad)."""
-        keys = anchors.clamp(min=0) * self.signals.data.num_items + items
-        at = torch.searchsorted(self.pair_keys, keys.reshape(-1)).clamp(max=max(len(self.pair_keys) - 1, 0))
-        found = (self.pair_keys[at] == keys.reshape(-1)) if len(self.pair_keys) else torch.zeros_like(at, dtype=torch.bool)
-        values = torch.where(found, self.pair_values[at] if len(self.pair_values) else 0.0, 0.0)
-        return values.reshape(keys.shape).masked_fill(anchors < 0, 0.0)
+        return self.signals.co_purchase(anchors.clamp(min=0), items).masked_fill(anchors < 0, 0.0)
 
     def explain(self, users: torch.Tensor, top: torch.Tensor, lead: torch.Tensor,
                 lead_names: list[str], weights: dict[str, float] | None = None
