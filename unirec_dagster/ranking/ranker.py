@@ -13,7 +13,6 @@ which compiles the same text to native code (`CompiledTrees`).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,7 @@ class CompiledTrees:
     ROWS = 2**18  # rows converted to float64 at a time: bounds the copy to 80 MiB at 40 features
 
     def __init__(self, booster: lgb.Booster, threads: int = 0):
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or torch.get_num_threads()   # as many as the rest of the serving uses
         with tempfile.TemporaryDirectory() as folder:   # lleaves reads a model file, twice
             path = Path(folder) / "model.txt"
             booster.save_model(path)
