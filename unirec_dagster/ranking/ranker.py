@@ -55,7 +55,7 @@ class RankerConfig(BaseModel):
 
 
 class CompiledTrees:
-    """A LightGBM model compiled to native code by lleaves (Böhm 2021): the booster's own predictions
+    """A LightGBM model compiled to native code by lleaves (siboehm/lleaves): the booster's own predictions
     (in double precision, as LightGBM compares its thresholds) about 6x faster on the CPU at the
     rounds the ranker chooses (BENCHMARKS.md), for a compile of about a second. The nightly ranking
     scores some 400 candidates per user, so the trees are most of its time."""

@@ -119,9 +119,9 @@ class Signals:
             return weights[anchors, items]
         keys, values = self._similarity_pairs
         wanted = anchors * self.data.num_items + items
-        at = torch.searchsorted(keys, wanted).clamp(max=max(len(keys) - 1, 0))
         if not len(keys):
             return torch.zeros(wanted.shape)
+        at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
         return torch.where(keys[at] == wanted, values[at], 0.0)
 
     @functools.cached_property
