@@ -57,32 +57,36 @@ class RankerConfig(BaseModel):
 class CompiledTrees:
     """A LightGBM model compiled to native code by lleaves (siboehm/lleaves): the booster's own predictions
     (in double precision, as LightGBM compares its thresholds) about 6x faster on the CPU at the
-    rounds the ranker chooses (BENCHMARKS.md), for a compile of about a second. The nightly ranking
-    scores some 400 candidates per user, so the trees are most of its time."""
+    rounds the ranker chooses (BENCHMARKS.md), for a compile of about a second on first use. The
+    nightly ranking scores some 400 candidates per user, so the trees are most of its time."""
 
     ROWS = 2**18  # rows converted to float64 at a time: bounds the copy to 80 MiB at 40 features
 
     def __init__(self, booster: lgb.Booster, threads: int = 0):
-        self.threads = threads or torch.get_num_threads()   # as many as the rest of the serving uses
-        with tempfile.TemporaryDirectory() as folder:   # lleaves reads a model file, twice
-            path = Path(folder) / "model.txt"
-            booster.save_model(path)
-            self.model = lleaves.Model(model_file=str(path))
-            self.model.compile()
+        self.booster = booster
+        # the booster's own setting, else as many as the rest of the serving uses
+        self.threads = threads or int(booster.params.get("num_threads", 0) or 0) or torch.get_num_threads()
+        self.model: lleaves.Model | None = None
+
+    def _compiled(self) -> lleaves.Model:
+        if self.model is None:
+            with tempfile.TemporaryDirectory() as folder:   # lleaves reads a model file, twice
+                path = Path(folder) / "model.txt"
+                self.booster.save_model(path)
+                model = lleaves.Model(model_file=str(path))
+                model.compile()
+            self.model = model
+        return self.model
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        out = np.empty(len(features))
+        model, out = self._compiled(), np.empty(len(features))
         # One float64 buffer, filled chunk by chunk: a fresh array per chunk cost as much as the trees.
         buffer = torch.empty((min(self.ROWS, len(features)), features.shape[1]), dtype=torch.float64)
         for start in range(0, len(features), self.ROWS):
-            chunk = buffer[:len(features[start:start + self.ROWS])]
-            chunk.copy_(torch.from_numpy(features[start:start + self.ROWS]))
-            out[start:start + len(chunk)] = self.model.predict(chunk.numpy(), n_jobs=self.threads)
+            part = features[start:start + self.ROWS]
+            chunk = buffer[:len(part)].copy_(torch.from_numpy(part))
+            out[start:start + len(part)] = model.predict(chunk.numpy(), n_jobs=self.threads)
         return out
-
-
-def _threads(booster: lgb.Booster) -> int:
-    return int(booster.params.get("num_threads", 0) or 0)
 
 
 @dataclass
@@ -91,13 +95,14 @@ class Ranker:
     feature_names: list[str]
     rounds: int
     cv_ndcg: float                      # NDCG@20 of the held-out folds at the chosen round (LightGBM's own)
-    _compiled: CompiledTrees | None = field(default=None, init=False, repr=False)
+    trees: CompiledTrees = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.trees = CompiledTrees(self.booster)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """The booster's scores of `features` (n, F), through its compiled form (built once)."""
-        if self._compiled is None:
-            self._compiled = CompiledTrees(self.booster, _threads(self.booster))
-        return self._compiled.predict(features)
+        """The booster's scores of `features` (n, F), through its compiled form."""
+        return self.trees.predict(features)
 
     def importances(self) -> dict[str, float]:
         """Total gain of each feature's splits, as a share of all gain."""
@@ -219,7 +224,10 @@ class NewItemPlacement:
     shift: float
     every: int = 0          # 0: lists ordered by probability; n: ranks n, 2n, ... hold the likeliest new items
     out_of_fold: np.ndarray | None = None   # (new-item candidates,) each scored by the fold model that did not see its user
-    _compiled: CompiledTrees | None = field(default=None, init=False, repr=False)
+    trees: CompiledTrees = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.trees = CompiledTrees(self.booster)
 
     def ranker_probability(self, ranker_scores: np.ndarray) -> np.ndarray:
         """The ranker's scores as purchase probabilities (its Platt scaling)."""
@@ -228,9 +236,7 @@ class NewItemPlacement:
     def probabilities(self, features: np.ndarray, ranker_scores: np.ndarray, is_new: np.ndarray) -> np.ndarray:
         out = self.ranker_probability(ranker_scores)
         if is_new.any():
-            if self._compiled is None:
-                self._compiled = CompiledTrees(self.booster, _threads(self.booster))
-            out[is_new] = self._compiled.predict(features[is_new])
+            out[is_new] = self.trees.predict(features[is_new])
         return out
 
     def to_text(self) -> str:
