@@ -11,9 +11,15 @@ import torch
 
 from tests.conftest import write_text
 from unirec_dagster import show
-from unirec_dagster.evaluation.cold_start import choose_hidden_items, hide_items
+from unirec_dagster.evaluation.cold_start import (
+    choose_hidden_items,
+    earlier_buyers,
+    hide_items,
+    launched_items,
+    new_to_the_user,
+)
 from unirec_dagster.evaluation.evaluate import evaluate
-from unirec_dagster.evaluation.metrics import ranking_metrics
+from unirec_dagster.evaluation.metrics import paired_bootstrap, per_user_metrics, ranking_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
 from unirec_dagster.features import load_item_text_vectors, refresh_text_embeddings
 from unirec_dagster.graph import build_snapshot, load_graph
@@ -23,7 +29,8 @@ from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import GraphEncoder, Propagation
 from unirec_dagster.model.pretrain import PretrainTask
 from unirec_dagster.model.text_encoder import TextEncoder
-from unirec_dagster.ranking.classic import EASE, EASE_RECENT, RP3BETA, ClassicParams, TunedClassic
+from unirec_dagster.ranking.baselines import RECENT_POPULAR
+from unirec_dagster.ranking.classic import EASE_RECENT
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TWO_STAGE
@@ -37,7 +44,7 @@ from unirec_dagster.serving.recommend import (
 )
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.fit import negative_candidates
-from unirec_dagster.training.steps import GateResult
+from unirec_dagster.training.gate import GateResult
 from unirec_dagster.warehouse import rows
 
 
@@ -103,18 +110,54 @@ def test_split_keeps_the_test_window_out_of_training(conn, shop):
                       keys(conn, "item", data.items[forgot.pair_items]))) == [("u1", "A"), *pairs]
 
 
-def test_gate_serves_the_strongest_tuned_peer_unless_the_ranker_beats_it():
-    classic = TunedClassic(ClassicParams(), 1.0, {
-        EASE: {"recall@20": 0.10, "ndcg@20": 0.08}, RP3BETA: {"recall@20": 0.09, "ndcg@20": 0.09},
-        EASE_RECENT: {"recall@20": 0.12, "ndcg@20": 0.10}})
-    assert classic.strongest == EASE_RECENT
-    gate = GateResult.judge({"recall@20": 0.11, "ndcg@20": 0.11}, classic)
-    assert not gate.passed and gate.policy == EASE_RECENT
-    assert "does not beat" in gate.reason and f"serving {EASE_RECENT}" in gate.reason
-    assert GateResult.judge({"recall@20": 0.12, "ndcg@20": 0.2}, classic).policy == EASE_RECENT, "a tie is no win"
-    assert GateResult.judge({"recall@20": 0.13, "ndcg@20": 0.1}, classic).policy == TWO_STAGE
-    unfitted = GateResult.judge(None, classic, "only 2 validation users")
-    assert unfitted.policy == EASE_RECENT and "only 2 validation users" in unfitted.reason
+def _figures(recall: list[float]) -> dict[str, torch.Tensor]:
+    return {"recall@20": torch.tensor(recall), "ndcg@20": torch.tensor(recall) / 2}
+
+
+def test_gate_serves_the_ranker_only_when_it_beats_every_simple_baseline_beyond_noise():
+    weights = {EASE_RECENT: {"ease": 1.0, "recent_popularity": 1.0}, RECENT_POPULAR: {"recent_popularity": 1.0}}
+    users = torch.arange(200)
+    peer = (users % 4 == 0).float().tolist()                     # 0.25
+    popular = (users % 5 == 0).float().tolist()                  # 0.20
+    baselines = {EASE_RECENT: _figures(peer), RECENT_POPULAR: _figures(popular)}
+    # Ahead of the strongest on average by 3 users in 200, ahead or behind user by user at random:
+    # no evidence, so the strongest baseline serves.
+    noisy = torch.tensor(peer)
+    noisy[(users % 4 == 0).nonzero().flatten()[:20]] = 0.0       # 20 of the peer's hits missed
+    noisy[(users % 4 != 0).nonzero().flatten()[:23]] = 1.0       # 23 others found
+    gate = GateResult.judge(_figures(noisy.tolist()), baselines, weights)
+    assert gate.ranker["recall@20"] > gate.baseline_metrics["recall@20"]
+    assert not gate.passed and gate.policy == EASE_RECENT and gate.served_weights == weights[EASE_RECENT]
+    low, high = gate.intervals[EASE_RECENT]
+    assert low < 0 < high and f"serving {EASE_RECENT}" in gate.reason
+    # Every user the peer finds, and 30 more: beyond noise against both, so the ranker serves.
+    better = torch.tensor(peer)
+    better[(users % 4 != 0).nonzero().flatten()[:30]] = 1.0
+    gate = GateResult.judge(_figures(better.tolist()), baselines, weights)
+    assert gate.passed and gate.policy == TWO_STAGE and gate.served_weights is None
+    assert all(low > 0 for low, _ in gate.intervals.values()) and "beats every simple baseline" in gate.reason
+    # Far above the classic peer but not above popularity, which the planted window favours: popularity serves.
+    baselines[RECENT_POPULAR] = _figures([1.0] * 100 + [0.0] * 100)
+    gate = GateResult.judge(_figures(better.tolist()), baselines, weights)
+    assert gate.policy == RECENT_POPULAR and RECENT_POPULAR in gate.reason
+    unfitted = GateResult.judge(None, baselines, weights, "only 2 validation users")
+    assert unfitted.policy == RECENT_POPULAR and "only 2 validation users" in unfitted.reason
+
+
+def test_per_user_figures_average_to_the_metrics_and_the_bootstrap_brackets_the_difference():
+    top = torch.tensor([[0, 1, 2], [2, 1, 0], [1, 0, 2]])
+    pair_users, pair_items = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 2, 0, -1])
+    per_user = torch.bincount(pair_users, minlength=3)
+    each = per_user_metrics(top, pair_users, pair_items, per_user, num_items=3, k=2)
+    means = ranking_metrics(top, pair_users, pair_items, per_user, 3, ks=(2,))
+    assert each["recall@2"].tolist() == [0.5, 0.0, 0.0]
+    assert float(each["recall@2"].mean()) == pytest.approx(means["recall@2"])
+    assert float(each["ndcg@2"].mean()) == pytest.approx(means["ndcg@2"])
+    a, b = torch.rand(500, generator=torch.Generator().manual_seed(1)), torch.zeros(500)
+    low, high = paired_bootstrap(a + 0.1, a)
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1), "a constant difference has no spread"
+    low, high = paired_bootstrap(a, b)
+    assert low < float(a.mean()) < high and low > 0.45
 
 
 def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp_path, capsys):
@@ -256,6 +299,29 @@ def test_hidden_items_lose_their_training_events_but_stay_candidates(conn, shop,
     assert hidden[0] not in trained, "no training interaction of a hidden item"
     assert hidden[0] in keys(scratch, "item", data.items), "still a candidate: a catalog item nobody has bought"
     assert not data.interacted[keys(scratch, "item", data.items).index(hidden[0])]
+    scratch.close()
+
+
+def test_cold_start_pairs_are_new_to_the_user_in_the_real_data_and_launches_are_first_sold_in_the_window(
+        conn, shop, tmp_path):
+    cutoff = dt.date(2024, 1, 4)
+    earlier = earlier_buyers(conn, cutoff, ["A"], "purchase")
+    assert sorted(earlier.column("user_id").to_pylist()) == ["u1", "u2", "u3", "u5"]
+    assert launched_items(conn, dt.date(2024, 1, 3), dt.date(2024, 1, 5), "purchase") == ["D"]
+    assert launched_items(conn, cutoff, dt.date(2024, 1, 5), "purchase") == [], "D was sold before day 4"
+    conn.close()
+    scratch = hide_items(tmp_path / "warehouse.duckdb", tmp_path / "hidden.duckdb", cutoff, ["A"])
+    build_snapshot(scratch, shop, cutoff - dt.timedelta(days=1))
+    data = load_training(scratch, shop, cutoff)
+    holdout = load_holdout(scratch, shop, data, cutoff + dt.timedelta(days=1))
+
+    def pairs(h):
+        return sorted(zip(keys(scratch, "user", h.users[h.pair_users]), keys(scratch, "item", data.items[h.pair_items])))
+    # Without A's history u1 buying A again looks new; in the real data it is a repeat, and no pair.
+    assert ("u1", "A") in pairs(holdout)
+    real = new_to_the_user(scratch, data, holdout, earlier)
+    assert pairs(real) == [("u1", "D"), ("u2", "D"), ("u4", "A")]
+    assert real.positives_per_user.tolist() == [1, 1, 1]
     scratch.close()
 
 

@@ -11,14 +11,17 @@ from unirec_dagster.evaluation.evaluate import evaluate, slice_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import CutoffStats, TrainingData
 from unirec_dagster.ranking import signals as signals_module
+from unirec_dagster.ranking.baselines import MOST_POPULAR, RECENT_POPULAR
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
 from unirec_dagster.ranking.classic import ease_weights
 from unirec_dagster.ranking.content import ItemContent
-from unirec_dagster.ranking.ranker import CompiledTrees, Ranker, RankerConfig
+from unirec_dagster.ranking.ranker import SMALL_DATA, CompiledTrees, Ranker, RankerConfig
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.blend import fit_blend
+from unirec_dagster.training.classic import tune_classic
+from unirec_dagster.training.gate import judge_on_validation
 from unirec_dagster.training.ranking import fit_two_stage, simulate_new_items
 
 NUM_USERS, NUM_ITEMS, FIRST_ITEM = 400, 60, 1000
@@ -207,3 +210,56 @@ def test_simulated_new_items_teach_the_ranker_where_unsold_items_belong():
     # them depends on how many of those there are (0.2..0.8 of the pairs in the top 10 over planted
     # seeds 0-3); the taught one, by their price alone (0.89..1.0 over the same seeds).
     assert taught_hits > 0.85 and taught_hits - plain_hits > 0.15, (taught_hits, plain_hits)
+
+
+def popularity_shop(num_users: int = 400, seed: int = 0) -> tuple[CutoffInputs, torch.Tensor]:
+    """Users who follow the crowd and nothing else: item popularity is Zipf, and every user's three
+    past purchases and two purchases in the window are drawn by it (never the same item twice).
+    Popularity is the whole signal; a ranker fitted on a few dozen users can only add noise to it."""
+    g = torch.Generator().manual_seed(seed)
+    weight = 1.0 / torch.arange(1, NUM_ITEMS + 1).float()
+    drawn = torch.stack([torch.multinomial(weight, 5, generator=g) for _ in range(num_users)])
+    past, window = drawn[:, :3], drawn[:, 3:]
+    users, items = torch.arange(num_users).repeat_interleave(3), past.reshape(-1)
+    popularity = torch.bincount(items, minlength=NUM_ITEMS).float()
+    data = TrainingData(dt.date(2024, 1, 1), torch.arange(FIRST_ITEM, FIRST_ITEM + NUM_ITEMS), users, items,
+                        torch.rand(len(users), generator=g) * 30, torch.ones(len(users), dtype=torch.long),
+                        popularity, popularity, popularity)
+    zeros, ones = torch.zeros(NUM_ITEMS), torch.ones(num_users)
+    stats = CutoffStats(
+        data.cutoff,
+        {"buyers_all": popularity, "buyers_7": popularity, "buyers_30": popularity, "buyers_90": popularity,
+         "adopters": zeros, "age_days": zeros + 100, "since_sale_days": ones[:1].expand(NUM_ITEMS).clone(),
+         "price": torch.rand(NUM_ITEMS, generator=g) * 10 + 1, "buyers_year_ago": zeros},
+        torch.arange(num_users),
+        {"last_days": torch.rand(num_users, generator=g) * 30, "first_days": ones * 30, "positives": ones * 3,
+         "baskets": ones, "distinct_items": ones * 3, "price": torch.rand(num_users, generator=g) * 10 + 1},
+        torch.zeros(num_users, dtype=torch.long), torch.zeros(1, NUM_ITEMS), [])
+    return CutoffInputs(Signals(data), stats, ItemContent(data.items)), window
+
+
+def test_on_a_small_window_the_ranker_never_serves_below_popularity():
+    inputs, window = popularity_shop()
+    fit_users, later_users = torch.arange(0, 60), torch.arange(60, 400)
+    holdout = holdout_of(fit_users, window)
+    classic = tune_classic(inputs.signals, holdout)
+    signals = inputs.signals.with_classic(classic.params)
+    inputs = CutoffInputs(signals, inputs.stats, inputs.content)
+    config = CandidateConfig(model=0, ease=20, rp3beta=20, co_purchase=20, trending=20, new_items=0)
+    said: list[str] = []
+    fitted = fit_two_stage(inputs, holdout, config, RankerConfig(threads=1), log=said.append)
+    assert any(m.startswith("ranker settings for") and f"{SMALL_DATA['num_leaves']} leaves" in m for m in said), \
+        "the small-data settings were cross-validated beside the defaults"
+    gate = judge_on_validation(holdout, inputs.signals, classic, inputs.stats, fitted.validation_top)
+    assert RECENT_POPULAR in gate.baselines and MOST_POPULAR in gate.baselines
+
+    later = holdout_of(later_users, window)
+    if gate.passed:
+        top = torch.cat([b.items for b in TwoStage(inputs, config, fitted.fit.ranker).top_k(later_users, 50)])
+        served = slice_metrics(top, later, signals.data, slices=False)[0].metrics["recall@20"]
+    else:
+        served = evaluate(Scorer(signals, gate.served_weights, stats=inputs.stats), later, slices=False)[0].metrics["recall@20"]
+    popular = evaluate(Scorer(signals, {"recent_popularity": 1.0}), later, slices=False)[0].metrics["recall@20"]
+    # Later users, whom nothing was fitted on: what the gate let serve is at least as good as popularity.
+    assert served >= popular - 0.01, (gate.reason, served, popular)
+    assert not gate.passed, gate.reason

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 
 from unirec_dagster.evaluation.steps import MetricRow
+from unirec_dagster.training.gate import GateResult
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> dg.MetadataValue:
@@ -35,6 +36,22 @@ def history_table(history: list[dict]) -> dg.MetadataValue:
     epochs = [row for row in history if "epoch" in row]
     keys = [k for k in epochs[0] if k != "epoch"] if epochs else []
     return markdown_table(["epoch", *keys], ([row["epoch"], *(float(row.get(k, 0.0)) for k in keys)] for row in epochs))
+
+
+def gate_table(gate: GateResult) -> dg.MetadataValue:
+    """The quality gate's comparison: each simple baseline's validation figures and the paired
+    bootstrap interval of the ranker's Recall@20 minus its own."""
+    def interval(name: str) -> str:
+        if name not in gate.intervals:
+            return "no ranker"
+        low, high = gate.intervals[name]
+        return f"{low:+.4f}..{high:+.4f}" + (" (beaten)" if low > 0 else "")
+    rows = [(name, m["recall@20"], m["ndcg@20"], interval(name) + (" - serves" if name == gate.policy else ""))
+            for name, m in sorted(gate.baselines.items(), key=lambda kv: -kv[1]["recall@20"])]
+    if gate.ranker is not None:
+        rows.insert(0, ("two-stage ranker (out of fold)", gate.ranker["recall@20"], gate.ranker["ndcg@20"],
+                        "serves" if gate.passed else ""))
+    return markdown_table(["policy", "validation Recall@20", "NDCG@20", "ranker minus it, 90% interval"], rows)
 
 
 def importance_table(importances: dict[str, float], top: int = 15) -> dg.MetadataValue:

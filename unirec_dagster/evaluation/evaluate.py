@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unirec_dagster.evaluation.metrics import KS, ranking_metrics
+from unirec_dagster.evaluation.metrics import KS, per_user_metrics, ranking_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import TrainingData
 from unirec_dagster.ranking.scoring import Scorer
@@ -36,6 +36,11 @@ def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS)) -> torch.Tensor:
 
 def evaluate(scorer: Scorer, holdout: HoldoutPairs, slices: bool = True) -> list[SliceResult]:
     return slice_metrics(rank(scorer, holdout.users), holdout, scorer.signals.data, slices)
+
+
+def user_figures(top: torch.Tensor, holdout: HoldoutPairs, num_items: int, k: int = 20) -> dict[str, torch.Tensor]:
+    """Recall@k and NDCG@k of each holdout user, (U,) each, for a ranking `top` as in `slice_metrics`."""
+    return per_user_metrics(top, holdout.pair_users, holdout.pair_items, holdout.positives_per_user, num_items, k)
 
 
 def slice_metrics(top: torch.Tensor, holdout: HoldoutPairs, data: TrainingData,

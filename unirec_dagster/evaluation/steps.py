@@ -19,8 +19,10 @@ from unirec_dagster.evaluation.metrics import KS
 from unirec_dagster.evaluation.served import evaluate_served
 from unirec_dagster.evaluation.split import HoldoutPairs, load_holdout
 from unirec_dagster.features import checkpoint_text_view
+from unirec_dagster.history import load_stats
 from unirec_dagster.model.checkpoint import FINETUNED, FROM_SCRATCH, MF_ABLATION, Checkpoint, CheckpointStore
 from unirec_dagster.model.trainer import Log
+from unirec_dagster.ranking.baselines import ITEM_KNN, simple_baselines
 from unirec_dagster.ranking.classic import CLASSIC
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.two_stage import TWO_STAGE, TwoStage
@@ -54,9 +56,12 @@ def metric_rows(model: str, split: str, cutoff: dt.date, results: list[SliceResu
     return out
 
 
-BASELINES = {"MostPopular": {"popularity": 1.0}, "RecentPopular": {"recent_popularity": 1.0},
-             "ItemKNN": {"co_purchase": 1.0}}
 SERVED = "served table (serving.recommendations)"
+
+
+def baseline_label(name: str) -> str:
+    """A simple baseline's model name in eval.metrics: the classic peers say they were tuned."""
+    return f"{name} (tuned)" if name in CLASSIC else name
 
 
 @dataclass
@@ -65,7 +70,7 @@ class EvaluationResult:
     model_version: str
     test_users: int          # evaluated users of the test window (0 when the warehouse has no day after it)
     unserved_users: int      # of them, users without a row in the served partition (they score zero)
-    peer: str | None = None  # the strongest tuned classic peer on validation (the figure to beat)
+    peer: str | None = None  # the strongest simple baseline on validation (the figure to beat)
     newest_evaluated: dt.date | None = None  # without a test window: the newest partition that has one
 
     def value(self, model: str, metric: str = "recall", k: int | None = 20) -> float | None:
@@ -105,12 +110,11 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         out += metric_rows(f"{checkpoint.version}: logit blend", "test", cutoff, evaluate(served, holdout))
         out += metric_rows(f"{checkpoint.version}: graph model only", "test", cutoff,
                            evaluate(Scorer(served.signals, {"model": 1.0}, served.embeddings), holdout))
-        if policy.classic is not None:  # the policy's own signals: EASE^R and RP3beta are fitted already
-            for name in CLASSIC:
-                out += metric_rows(f"{name} (tuned)", "test", cutoff,
-                                   evaluate(Scorer(policy.signals, policy.classic.weights(name)), holdout))
-        for name, weights in BASELINES.items():
-            out += metric_rows(name, "test", cutoff, evaluate(Scorer(served.signals, weights), holdout))
+        # the policy's own signals: EASE^R and RP3beta are fitted already
+        stats = load_stats(conn, spec, policy.signals.data)
+        for name, weights in (simple_baselines(policy.classic, bool(stats.segments)) | ITEM_KNN).items():
+            out += metric_rows(baseline_label(name), "test", cutoff,
+                               evaluate(Scorer(policy.signals, weights, stats=stats), holdout))
         out += metric_rows("ALS (64 factors)", "test", cutoff,
                            evaluate(Scorer(served.signals, {"model": 1.0}, fit_als(served.signals.data)), holdout))
         for kind, label in ABLATION_LABELS.items():
@@ -125,17 +129,22 @@ def run_evaluation(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
         if log:
             log(f"no events after {cutoff} in the warehouse yet: validation metrics only"
                 + (f"; the newest partition with test figures is {newest}" if newest else ""))
-    peer = f"{policy.classic.strongest} (tuned)" if policy.classic is not None else None
+    # the strongest simple baseline on validation, as the gate judged it (a classic peer before it named one)
+    gate = checkpoint.manifest.get("gate") or {}
+    strongest = gate.get("baseline") if "baselines" in gate else policy.classic.strongest if policy.classic else None
+    peer = baseline_label(strongest) if strongest else None
     return EvaluationResult(out, checkpoint.version, len(holdout.users), unserved, peer, newest)
 
 
 def validation_rows(checkpoint: Checkpoint) -> list[MetricRow]:
-    """The validation figures the quality gate compared: the ranker's out-of-fold ones and the tuned peers'."""
+    """The validation figures the quality gate compared: the ranker's out-of-fold ones and every simple
+    baseline's (the tuned classic peers' only, for checkpoints from before the gate compared more)."""
     m = checkpoint.manifest
     if "classic" not in m:
         return []
     at, users = dt.date.fromisoformat(m["validation_cutoff"]), m["validation"]["users"]
-    figures = {f"{name} (tuned)": metrics for name, metrics in m["classic"]["validation"].items()}
+    compared = m["gate"].get("baselines") or m["classic"]["validation"]
+    figures = {baseline_label(name): metrics for name, metrics in compared.items()}
     if m.get("ranking"):
         figures[f"{TWO_STAGE} (out of fold)"] = m["ranking"]["validation"]
     return [MetricRow(model, at, "validation", "all", metric.split("@")[0], 20, value, users)

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from unirec_dagster.history import CutoffStats
 from unirec_dagster.ranking.signals import Signals
 
 BLEND_FEATURES = ("model", "co_purchase", "recent_popularity", "popularity")  # what the logit blend fits
-FEATURES = (*BLEND_FEATURES, "ease", "rp3beta")
+STATS_FEATURES = ("buyers_7", "buyers_30", "buyers_90", "segment_popularity")  # read from the cutoff's statistics
+FEATURES = (*BLEND_FEATURES, "ease", "rp3beta", *STATS_FEATURES)
 
 
 def standardize_(x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +43,7 @@ class Scorer:
     signals: Signals
     weights: dict[str, float]                       # feature -> weight; a baseline is one feature at 1
     embeddings: torch.Tensor | None = None          # (num_entities, dim) final model embeddings
+    stats: CutoffStats | None = None                # the cutoff's statistics (popularity horizons, segments)
     _item_vectors: torch.Tensor | None = field(default=None, init=False, repr=False)
     _centered_items: torch.Tensor | None = field(default=None, init=False, repr=False)
     _item_covariance: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -51,6 +54,8 @@ class Scorer:
             raise ValueError(f"unknown features {sorted(unknown)}; known: {FEATURES}")
         if self.weights.get("model") and self.embeddings is None:
             raise ValueError("a blend with a model weight needs the model's embeddings")
+        if self.stats is None and set(self.weights) & set(STATS_FEATURES):
+            raise ValueError(f"{sorted(set(self.weights) & set(STATS_FEATURES))} need the cutoff's statistics (stats=)")
         if self.embeddings is not None:
             data = self.signals.data
             items = self.embeddings[data.items.to(self.embeddings.device)].float()
@@ -71,7 +76,10 @@ class Scorer:
             return self.signals.ease_scores(users)
         if name == "rp3beta":
             return self.signals.rp3beta_scores(users)
-        source = data.recent_popularity if name == "recent_popularity" else data.popularity
+        if name == "segment_popularity":   # the share of the user's segment's recent buyers who bought it
+            return self.stats.segment_share[self.stats.segment_of(users)]
+        source = (data.recent_popularity if name == "recent_popularity" else
+                  self.stats.items[name] if name in STATS_FEATURES else data.popularity)
         popularity = torch.log1p(source)
         new = ~data.interacted
         if blended and new.any() and not new.all():
@@ -94,9 +102,12 @@ class Scorer:
                 for name in self.feature_names}
 
     def parts(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each weighted, standardised signal, (len(users) or 1, items); they sum to the blend."""
+        """Each weighted, standardised signal, (len(users) or 1, items); they sum to the blend. Only a
+        blend of several signals gives unsold catalog items the mean popularity: a popularity baseline
+        served alone ranks them as it was judged, last."""
+        blended = len(self.active_features) > 1
         return {name: self._standardized_model(users).mul_(self.weights[name]) if name == "model"
-                else standardize_(self.feature(name, users, blended=True)).mul_(self.weights[name])
+                else standardize_(self.feature(name, users, blended=blended)).mul_(self.weights[name])
                 for name in self.active_features}
 
     def _standardized_model(self, users: torch.Tensor) -> torch.Tensor:

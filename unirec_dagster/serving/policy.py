@@ -13,14 +13,14 @@ import duckdb
 from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.features import checkpoint_text_view
 from unirec_dagster.graph import KnowledgeGraph, load_graph
-from unirec_dagster.history import load_training, never_recommended
+from unirec_dagster.history import load_stats, load_training, never_recommended
 from unirec_dagster.model.checkpoint import FINETUNED, Checkpoint, CheckpointStore
 from unirec_dagster.model.encoder import TextView
 from unirec_dagster.ranking.candidates import CandidateConfig
 from unirec_dagster.ranking.classic import TunedClassic
 from unirec_dagster.ranking.inputs import cutoff_inputs
 from unirec_dagster.ranking.ranker import NewItemPlacement, Ranker
-from unirec_dagster.ranking.scoring import Scorer
+from unirec_dagster.ranking.scoring import STATS_FEATURES, Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import PLACEMENT_FILE, RANKER_FILE, TWO_STAGE, TwoStage
 
@@ -86,8 +86,10 @@ def served_policy(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint
     classic = TunedClassic.from_manifest(m["classic"])
     signals = served.scorer.signals.with_classic(classic.params)
     if m["policy"] != TWO_STAGE:
-        return ServedPolicy(m["policy"], Scorer(signals, classic.weights(m["policy"])), served.scorer, served.graph,
-                            classic)
+        # the gate records the served baseline's weights; before it did, only a classic peer could serve
+        weights = m["gate"].get("weights") or classic.weights(m["policy"])
+        stats = load_stats(conn, spec, signals.data) if set(weights) & set(STATS_FEATURES) else None
+        return ServedPolicy(m["policy"], Scorer(signals, weights, stats=stats), served.scorer, served.graph, classic)
     about = m["ranking"]
     ranker = Ranker.from_text(checkpoint.read_text(RANKER_FILE), about["rounds"], about["cv_ndcg"])
     uses_text = m["config"]["encoder"]["use_text"]

@@ -26,7 +26,9 @@ from unirec_dagster.ranking.signals import Signals
 POSITIVE = {"model": "because you bought {anchor}", "co_purchase": "bought together with {anchor}",
             "ease": "shoppers who bought {anchor} bought it", "rp3beta": "shoppers who bought {anchor} bought it",
             "recent_popularity": "popular recently", "popularity": "a best seller",
-            "trending": "trending: many new buyers lately", "new_items": "new in the catalog"}
+            "trending": "trending: many new buyers lately", "new_items": "new in the catalog",
+            "buyers_7": "popular this week", "buyers_30": "popular this month", "buyers_90": "popular this season",
+            "segment_popularity": "popular among shoppers like you"}
 # A learned blend may weigh a signal negatively (all-time popularity, against recent popularity:
 # trending); an item then gains from being low on it.
 NEGATIVE = {"model": "outside your usual items", "co_purchase": "something different from your past items",

@@ -16,7 +16,7 @@ from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.features import text_view
 from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
-from unirec_dagster.history import never_recommended, unsold_until
+from unirec_dagster.history import CutoffStats, load_stats, never_recommended, unsold_until
 from unirec_dagster.model.checkpoint import (
     FINETUNED,
     FROM_SCRATCH,
@@ -33,7 +33,7 @@ from unirec_dagster.model.trainer import Log, TrainResult
 from unirec_dagster.ranking.classic import TunedClassic
 from unirec_dagster.ranking.inputs import cutoff_inputs
 from unirec_dagster.ranking.ranker import TooFewExamples
-from unirec_dagster.ranking.two_stage import PLACEMENT_FILE, RANKER_FILE, TWO_STAGE
+from unirec_dagster.ranking.two_stage import PLACEMENT_FILE, RANKER_FILE
 from unirec_dagster.training.classic import tune_classic
 from unirec_dagster.training.fit import (
     FittedRecommender,
@@ -44,6 +44,7 @@ from unirec_dagster.training.fit import (
     train_variant,
     validation_split,
 )
+from unirec_dagster.training.gate import GateResult, judge_on_validation
 from unirec_dagster.training.ranking import RankingSettings, TwoStageFit, fit_two_stage, simulate_new_items
 from unirec_dagster.warehouse import rows
 
@@ -100,42 +101,6 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
 
 
 @dataclass
-class GateResult:
-    """Which policy serves: the two-stage ranker when its out-of-fold validation Recall@20 beats the
-    strongest classic peer tuned on the same window, else that peer (there is always something to serve)."""
-
-    policy: str
-    ranker: dict[str, float] | None     # the ranker's validation Recall@20, NDCG@20 (None: it could not be fitted)
-    baseline: str                       # the strongest tuned classic peer
-    baseline_metrics: dict[str, float]
-    note: str = ""                      # why the ranker could not be fitted
-
-    @classmethod
-    def judge(cls, ranker: dict[str, float] | None, classic: TunedClassic, note: str = "") -> GateResult:
-        best = classic.strongest
-        wins = ranker is not None and ranker["recall@20"] > classic.validation[best]["recall@20"]
-        return cls(TWO_STAGE if wins else best, ranker, best, classic.validation[best], note)
-
-    @property
-    def passed(self) -> bool:
-        """The learned policy serves."""
-        return self.policy == TWO_STAGE
-
-    @property
-    def reason(self) -> str:
-        peer = f"{self.baseline} {self.baseline_metrics['recall@20']:.4f}"
-        if self.ranker is None:
-            return f"no ranker ({self.note}): serving the strongest tuned peer, {peer} validation Recall@20"
-        verdict = "beats" if self.passed else "does not beat"
-        fallback = "" if self.passed else f"; serving {self.baseline} instead"
-        return f"two-stage ranker validation Recall@20 {self.ranker['recall@20']:.4f} {verdict} {peer}{fallback}"
-
-    def to_manifest(self) -> dict:
-        return {"passed": self.passed, "policy": self.policy, "reason": self.reason, "ranker": self.ranker,
-                "baseline": self.baseline, "baseline_validation": self.baseline_metrics}
-
-
-@dataclass
 class FinetuningResult:
     checkpoint: Checkpoint                 # what serves: the graph model, its ranker and the tuned peers
     gate: GateResult
@@ -162,12 +127,12 @@ def _share_of(users: torch.Tensor, among: torch.Tensor, share: float, seed: int)
 
 def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: ValidationSplit,
                 fitted: FittedRecommender, text: TextView | None, classic: TunedClassic, settings: RankingSettings,
-                log: Log | None = None) -> tuple[TwoStageFit | None, str]:
+                log: Log | None = None, stats: CutoffStats | None = None) -> tuple[TwoStageFit | None, str]:
     """The two-stage ranker fitted on the validation window (None and the reason when the window
-    holds too few users for it)."""
+    holds too few users for it). `stats`: the validation cutoff's statistics, when loaded already."""
     known = validation.known
     inputs = cutoff_inputs(conn, spec, known.signals, known.graph if settings.use_attributes else None,
-                           fitted.validation_embeddings if settings.use_model else None, text, classic.params)
+                           fitted.validation_embeddings if settings.use_model else None, text, classic.params, stats)
     simulated, simulated_holdout = None, None
     if settings.simulated_new_items > 0:
         model = fitted.validation_model
@@ -221,10 +186,10 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     text = text_view(conn, text_model) if config.encoder.use_text else None
     fitted = fit_recommender(validation, final, config, text, start.state, log=log, trainer=trainer)
     classic = tune_classic(validation.known.signals, validation.holdout, log=log)
-    two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log)
-    gate = GateResult.judge(two_stage.validation if two_stage else None, classic, note)
-    if log:
-        log(f"quality gate: {gate.reason}")
+    stats = load_stats(conn, spec, validation.known.data)
+    two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log, stats=stats)
+    gate = judge_on_validation(validation.holdout, validation.known.signals, classic, stats,
+                               two_stage.validation_top if two_stage else None, note, log)
     variants = {}
     if mf_ablation:
         variants[MF_ABLATION] = fit_recommender(validation, final, mf_config(config), None, None, blend=False,
@@ -248,7 +213,9 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     if two_stage is not None:
         r = two_stage.fit.ranker
         placement = two_stage.placement
+        kept = two_stage.fit.config
         about_ranking = {**ranking.model_dump(), "rounds": r.rounds, "cv_ndcg": r.cv_ndcg,
+                         "ranker_kept": kept.model_dump() if kept is not None else None,
                          "placement": {"rounds": placement.rounds, "scale": placement.scale,
                                        "shift": placement.shift, "every": placement.every}
                          if placement is not None else None,
