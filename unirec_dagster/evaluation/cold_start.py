@@ -1,4 +1,5 @@
-"""EVALUATION.md's strict item cold start, for datasets whose catalog is only what was bought.
+"""EVALUATION.md's strict item cold start, for datasets whose catalog is only what was bought, and
+its launches (items first sold in the test window, listed in the catalog before the cutoff).
 
 A seeded random share (10%) of the candidate items loses every training event (ts < C) in a
 scratch copy of the warehouse; their text and attributes stay, as catalog items nobody has
@@ -42,6 +43,17 @@ def choose_hidden_items(conn: duckdb.DuckDBPyConnection, cutoff: dt.date, share:
     return sorted(items[i] for i in pick.tolist())
 
 
+def launched_items(conn: duckdb.DuckDBPyConnection, cutoff: dt.date, window_end: dt.date, positive: str) -> list[str]:
+    """EVALUATION.md's launches: items with no event before `cutoff` whose first positive event falls
+    in [cutoff, window_end). Listed in the catalog before the cutoff (`hide_items` with them), nothing
+    else changes."""
+    return [r[0] for r in rows(conn, """
+        SELECT item_id FROM raw.events GROUP BY 1
+        HAVING min(ts) >= $c AND min(ts) FILTER (WHERE event_type = $pos) < $end ORDER BY 1""",
+                               {"c": dt.datetime.combine(cutoff, dt.time()),
+                                "end": dt.datetime.combine(window_end, dt.time()), "pos": positive})]
+
+
 def hide_items(source: Path, target: Path, cutoff: dt.date, hidden: list[str]) -> duckdb.DuckDBPyConnection:
     """A scratch warehouse at `target`: `source` without any event of the hidden items before the
     cutoff, the hidden items kept in raw.items as listed catalog items. Returns a connection to it."""
@@ -60,6 +72,37 @@ def hide_items(source: Path, target: Path, cutoff: dt.date, hidden: list[str]) -
         conn.unregister("hidden_items")
         conn.execute("DETACH source")
     return conn
+
+
+def earlier_buyers(conn: duckdb.DuckDBPyConnection, cutoff: dt.date, hidden: list[str], positive: str) -> pa.Table:
+    """(user_id, item_id) natural keys of the hidden items' positive events before the cutoff, read
+    from the real warehouse before `hide_items` removes them."""
+    return conn.sql("""
+        SELECT DISTINCT user_id, item_id FROM raw.events
+        WHERE ts < $c AND event_type = $pos AND list_contains($h, item_id)""",
+                    params={"c": dt.datetime.combine(cutoff, dt.time()), "pos": positive, "h": hidden}).to_arrow_table()
+
+
+def new_to_the_user(conn: duckdb.DuckDBPyConnection, data: TrainingData, holdout: HoldoutPairs,
+                    earlier: pa.Table) -> HoldoutPairs:
+    """The holdout without the pairs the user had bought before the cutoff in the real data
+    (`earlier_buyers`): EVALUATION.md judges "new to the user" before the hiding, since no one has
+    bought a real new item before. Users left without a pair are no longer evaluated."""
+    conn.register("earlier_buyers", earlier)
+    try:
+        known = rows(conn, """
+            SELECT ue.entity_id, ie.entity_id FROM earlier_buyers b
+            JOIN kg.entities ue ON ue.entity_type = 'user' AND ue.natural_key = b.user_id
+            JOIN kg.entities ie ON ie.entity_type = 'item' AND ie.natural_key = b.item_id""")
+    finally:
+        conn.unregister("earlier_buyers")
+    width = int(data.items.max()) + 1 if len(data.items) else 1
+    repeat = torch.tensor([u * width + i for u, i in known], dtype=torch.long)
+    pair_entities = torch.where(holdout.pair_items >= 0, data.items[holdout.pair_items.clamp(min=0)], -1)
+    keep_pairs = ~torch.isin(holdout.users[holdout.pair_users] * width + pair_entities, repeat) | (pair_entities < 0)
+    keep_users = torch.zeros(len(holdout.users), dtype=torch.bool)
+    keep_users[holdout.pair_users[keep_pairs]] = True
+    return holdout.subset(keep_users, keep_pairs)
 
 
 def hidden_pairs(conn: duckdb.DuckDBPyConnection, data: TrainingData, holdout: HoldoutPairs,
