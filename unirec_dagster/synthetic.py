@@ -141,6 +141,71 @@ def write_dataset(log: SyntheticLog, out: Path, layout: str = "csv-days") -> Pat
     return spec_path
 
 
+GENRES = np.array("drama comedy thriller romance horror documentary animation western musical crime fantasy "
+                  "mystery war sport history biography family adventure".split())
+
+
+def write_ratings_dataset(out: Path, n_users: int = 1500, n_items: int = 3000, n_days: int = 180,
+                          start: dt.date = dt.date(2024, 1, 1), seed: int = 0) -> Path:
+    """A log of another shape than the shop's, for checking that a choice does not only suit one
+    shop: star ratings (a rating of 4 or 5 is the positive behaviour), short histories (about 12
+    ratings a user over a few weeks), a long catalog with a separate item file (titles, pipe-separated
+    genres, no prices), epoch-second timestamps in one CSV, and planted structure: each user likes one
+    or two genres and rates items of them high and others low, item appeal is log-normal, and a
+    tenth of the catalog is released during the log (rated only after its release). Returns the spec."""
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    genres = rng.integers(0, len(GENRES), (n_items, 2))
+    appeal = rng.lognormal(0.0, 1.2, n_items)
+    release = np.where(rng.random(n_items) < 0.1, rng.integers(0, n_days, n_items), 0)
+    liked = rng.integers(0, len(GENRES), (n_users, 2))
+    liked[:, 1] = np.where(rng.random(n_users) < 0.5, liked[:, 0], liked[:, 1])
+    lines = np.minimum(rng.geometric(1 / 12, n_users), 200)
+    first = rng.integers(0, n_days, n_users)
+    span = rng.integers(7, 60, n_users)
+    user = np.repeat(np.arange(n_users), lines)
+    day = np.minimum(first[user] + rng.integers(0, span[user] + 1), n_days - 1)
+    in_taste = rng.random(len(user)) < 0.7
+    # items of a liked genre (70%) or any item, by appeal, among those released by that day
+    taste_genre = liked[user, rng.integers(0, 2, len(user))]
+    chosen = np.empty(len(user), dtype=np.int64)
+    for g in range(len(GENRES)):
+        of_genre = np.nonzero((genres == g).any(1))[0]
+        rows = np.nonzero(in_taste & (taste_genre == g))[0]
+        if len(of_genre) and len(rows):
+            chosen[rows] = rng.choice(of_genre, len(rows), p=appeal[of_genre] / appeal[of_genre].sum())
+    rest = np.nonzero(~in_taste)[0]
+    chosen[rest] = rng.choice(n_items, len(rest), p=appeal / appeal.sum())
+    day = np.maximum(day, release[chosen])                      # nobody rates an item before its release
+    matches = (genres[chosen][:, :, None] == liked[user][:, None, :]).any((1, 2))
+    rating = np.clip(np.where(matches, rng.integers(4, 6, len(user)), rng.integers(1, 4, len(user)))
+                     + (rng.random(len(user)) < 0.1) * rng.choice([-1, 1], len(user)), 1, 5)
+    seconds = (np.datetime64(start.isoformat(), "s") - np.datetime64("1970-01-01", "s")).astype(int) \
+        + day * 86400 + rng.integers(0, 86400, len(user))
+    keep = np.unique(np.stack([user, chosen]), axis=1, return_index=True)[1]  # one rating per (user, item)
+    pacsv.write_csv(pa.table({"userId": user[keep], "movieId": chosen[keep], "rating": rating[keep],
+                              "timestamp": seconds[keep]}), out / "ratings.csv")
+    titles = np.char.add(np.char.add(ADJECTIVES[np.arange(n_items) % len(ADJECTIVES)], " "),
+                         np.char.add(GENRES[genres[:, 0]], np.char.add(" story ", np.arange(n_items).astype(str))))
+    pacsv.write_csv(pa.table({"movieId": np.arange(n_items), "title": np.char.title(titles),
+                              "genres": np.char.add(np.char.add(GENRES[genres[:, 0]], "|"), GENRES[genres[:, 1]])}),
+                    out / "movies.csv")
+    spec = {"name": "synthetic-ratings", "description": "Synthetic star ratings (unirec_dagster.synthetic).",
+            "events": {"path": "ratings.csv", "format": "csv", "start_date": start.isoformat(),
+                       "end_date": (start + dt.timedelta(days=n_days - 1)).isoformat(),
+                       "user_id": "userId", "item_id": "movieId", "value": "rating",
+                       "timestamp": {"column": "timestamp", "unit": "s"},
+                       "event_type": {"rules": [{"column": "rating", "less_than": 4, "value": "disliked"}],
+                                      "default": "liked"},
+                       "positive_event_type": "liked"},
+            "items": {"file": {"path": "movies.csv"}, "id": "movieId", "title": "title",
+                      "attributes": {"genre": {"column": "genres", "delimiter": "|"}}}}
+    spec_path = out / "ratings.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return spec_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -148,7 +213,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=["csv-days", "parquet"], default="csv-days")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ratings", action="store_true", help="a ratings log of another shape "
+                        "(write_ratings_dataset) instead of the shop's")
     args = parser.parse_args()
+    if args.ratings:
+        print(f"wrote a synthetic ratings log; spec: {write_ratings_dataset(args.out, seed=args.seed)}")
+        return
     spec = write_dataset(generate(args.events, n_days=args.days, seed=args.seed), args.out, args.layout)
     print(f"wrote {args.events:,} events over {args.days} days; spec: {spec}")
 
