@@ -11,6 +11,7 @@ import torch
 
 from tests.conftest import write_text
 from unirec_dagster import show
+from unirec_dagster.datasets import VerbsSpec
 from unirec_dagster.evaluation.cold_start import (
     choose_hidden_items,
     earlier_buyers,
@@ -214,7 +215,8 @@ def test_blocked_blend_ranks_as_the_full_matrix():
     r, c = scorer.signals.exclusions(users)
     full[r, c] = float("-inf")
     expected = torch.topk(full, 10, dim=1)
-    top = score_users(scorer, users, 10, True, Explainer(scorer.signals, scorer.embeddings), chunk=16)
+    explainer = Explainer(scorer.signals, scorer.embeddings, verbs=VerbsSpec(positive="rated", person="viewers"))
+    top = score_users(scorer, users, 10, True, explainer, chunk=16)
     items = top.items
     assert torch.equal(items, expected.indices)
     assert torch.allclose(top.scores, expected.values, atol=1e-4)
@@ -225,7 +227,10 @@ def test_blocked_blend_ranks_as_the_full_matrix():
     for u in range(num_users):
         for j in range(10):
             name, text = list(weights)[lead[u, j]], top.templates[top.reasons[u, j]]
-            assert text.startswith(POSITIVE[name].split("{")[0]) or text == "similar shoppers bought it", (name, text)
+            # in the dataset's words: "because you rated", "rated together with", "similar viewers rated it"
+            assert text.startswith(explainer.words(POSITIVE[name]).split("{")[0]) or text == "similar viewers rated it", \
+                (name, text)
+            assert "{verb}" not in text and "{people}" not in text and "bought" not in text
             anchor = int(top.anchors[u, j])
             assert anchor == -1 or (u, anchor) in bought
             assert ("{anchor}" in text) == (anchor >= 0)

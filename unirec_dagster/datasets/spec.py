@@ -211,6 +211,17 @@ class EntitySpec(_Strict):
         return list(dict.fromkeys(cols))
 
 
+class VerbsSpec(_Strict):
+    """The words reasons use for the positive behaviour and the people who show it: "people who picked
+    X picked it" by default, "shoppers who bought X bought it" for a shop, "viewers who rated X rated
+    it" for a film ratings set."""
+
+    positive: str = Field("picked", min_length=1, max_length=30,
+                          description="The positive behaviour in the past tense, e.g. 'bought', 'rated', 'played'.")
+    person: str = Field("people", min_length=1, max_length=30,
+                        description="Who shows it, plural, e.g. 'shoppers', 'viewers', 'players'.")
+
+
 class EventsSpec(SourceFile):
     start_date: dt.date = Field(description="First partition date (YYYY-MM-DD).")
     end_date: dt.date | None = Field(None, description="Last partition date, for a log that has ended.")
@@ -223,6 +234,7 @@ class EventsSpec(SourceFile):
     session_id: ColumnRef | None = None
     price: ColumnRef | None = None
     context: list[str] = Field([], description="Extra columns kept with each event.")
+    verbs: VerbsSpec = Field(VerbsSpec(), description="The words of the recommendations' reasons.")
 
     @model_validator(mode="after")
     def _dates_and_types(self):

@@ -3,7 +3,8 @@ past item it is most tied to, and a shared attribute or keyword when there is on
 
 - co-purchase led: "bought together with <past item>", the past item with the highest co-purchase
   similarity to the recommendation; EASE^R or RP3beta led (item-item models of the same baskets):
-  "shoppers who bought <past item> bought it", anchored the same way;
+  "shoppers who bought <past item> bought it", anchored the same way (in the dataset's words: the
+  spec's `events.verbs`, "people who picked ... picked it" by default);
 - model led: "because you bought <past item>", the past item nearest in the model's space;
 - an item nobody has interacted with yet: "new in the catalog, like <past item>" (the model places
   it through its text and attributes);
@@ -20,19 +21,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unirec_dagster.datasets import VerbsSpec
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.ranking.signals import Signals
 
-POSITIVE = {"model": "because you bought {anchor}", "co_purchase": "bought together with {anchor}",
-            "ease": "shoppers who bought {anchor} bought it", "rp3beta": "shoppers who bought {anchor} bought it",
-            "recent_popularity": "popular recently", "popularity": "a best seller",
-            "trending": "trending: many new buyers lately", "new_items": "new in the catalog",
+# {verb} and {people} are the dataset's words (`events.verbs` of the spec): "bought", "shoppers" for a shop.
+POSITIVE = {"model": "because you {verb} {anchor}", "co_purchase": "{verb} together with {anchor}",
+            "ease": "{people} who {verb} {anchor} {verb} it", "rp3beta": "{people} who {verb} {anchor} {verb} it",
+            "recent_popularity": "popular recently", "popularity": "a favourite of many {people}",
+            "trending": "trending: many new {people} lately", "new_items": "new in the catalog",
             "buyers_7": "popular this week", "buyers_30": "popular this month", "buyers_90": "popular this season",
-            "segment_popularity": "popular among shoppers like you"}
+            "segment_popularity": "popular among {people} like you"}
 # A learned blend may weigh a signal negatively (all-time popularity, against recent popularity:
 # trending); an item then gains from being low on it.
 NEGATIVE = {"model": "outside your usual items", "co_purchase": "something different from your past items",
-            "recent_popularity": "not yet widely bought lately", "popularity": "trending: rising, not yet a best seller"}
+            "recent_popularity": "not yet widely {verb} lately", "popularity": "trending: rising, not yet a favourite"}
+PLAIN = "similar {people} {verb} it"   # an anchored lead without an anchor
 NEW_ITEM = "new in the catalog, like {anchor}"
 SHARED = " (also {value})"
 ANCHORED = {"model", "co_purchase", "ease", "rp3beta"}
@@ -46,8 +50,10 @@ class Explainer:
     """Anchors and shared values for top-K lists over the candidates of `signals`, block by block;
     `embeddings` (the graph model's) anchor model-led items, `graph` names shared values."""
 
-    def __init__(self, signals: Signals, embeddings: torch.Tensor | None = None, graph: KnowledgeGraph | None = None):
+    def __init__(self, signals: Signals, embeddings: torch.Tensor | None = None, graph: KnowledgeGraph | None = None,
+                 verbs: VerbsSpec = VerbsSpec()):
         self.signals = signals
+        self.verbs = verbs
         data = signals.data
         self.templates: list[str] = []
         self._template_id: dict[str, int] = {}
@@ -79,7 +85,12 @@ class Explainer:
         values[heads[keep], rank[keep]] = tails[keep]
         return values
 
+    def words(self, text: str) -> str:
+        """A template in the dataset's words (its {anchor} and {value} stay to be filled)."""
+        return text.replace("{verb}", self.verbs.positive).replace("{people}", self.verbs.person)
+
     def template(self, text: str) -> int:
+        text = self.words(text)
         if text not in self._template_id:
             self._template_id[text] = len(self.templates)
             self.templates.append(text)
@@ -143,7 +154,7 @@ class Explainer:
             codes[mask] = self.template(text)
             if name in ANCHORED and weight >= 0:
                 # a model- or co-purchase-led item with no anchor keeps a plain reason
-                codes[mask & (anchor < 0)] = self.template("similar shoppers bought it")
+                codes[mask & (anchor < 0)] = self.template(PLAIN)
                 codes[mask & (anchor >= 0) & (shared >= 0)] = self.template(text + SHARED)
         codes[new & (anchor >= 0)] = self.template(NEW_ITEM)
         codes[new & (anchor >= 0) & (shared >= 0)] = self.template(NEW_ITEM + SHARED)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field
 
-from unirec_dagster.datasets import DatasetSpec
+from unirec_dagster.datasets import DatasetSpec, VerbsSpec
 from unirec_dagster.graph import KnowledgeGraph, load_graph
 from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import Checkpoint
@@ -123,13 +123,14 @@ def rank_two_stage(stage: TwoStage, users: torch.Tensor, k: int, explainer: Expl
 
 
 def rank_users(policy: Scorer | TwoStage, users: torch.Tensor, settings: ServingSettings,
-               graph: KnowledgeGraph | None, never: torch.Tensor) -> ScoredUsers:
-    """The served policy's top-K of `users`: the two-stage ranker, or a scorer's blend."""
+               graph: KnowledgeGraph | None, never: torch.Tensor, verbs: VerbsSpec = VerbsSpec()) -> ScoredUsers:
+    """The served policy's top-K of `users`: the two-stage ranker, or a scorer's blend; reasons in
+    the dataset's `verbs`."""
     if isinstance(policy, TwoStage):
-        explainer = Explainer(policy.inputs.signals, policy.inputs.embeddings, graph)
+        explainer = Explainer(policy.inputs.signals, policy.inputs.embeddings, graph, verbs)
         return rank_two_stage(policy, users, settings.k, explainer, settings.new_item_every)
     return score_users(policy, users, settings.k, settings.exclude_purchased,
-                       Explainer(policy.signals, policy.embeddings, graph), never=never,
+                       Explainer(policy.signals, policy.embeddings, graph, verbs), never=never,
                        new_item_every=settings.new_item_every)
 
 
@@ -180,7 +181,7 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     recent = torch.from_numpy(users.column("recent").to_numpy(zero_copy_only=False).astype(bool))
     modelled = (data.positive_events_of(user_ids) >= settings.min_history) & recent
     scored_users = user_ids[modelled]
-    top = rank_users(policy, scored_users, settings, graph, never_recommended(conn, spec, data.items))
+    top = rank_users(policy, scored_users, settings, graph, never_recommended(conn, spec, data.items), spec.events.verbs)
     anchors = torch.where(top.anchors >= 0, data.items[top.anchors.clamp(min=0)], -1)
     table = _ranked_table(scored_users, top.scores, data.items[top.items],
                           reason=np.array(top.templates, dtype=object)[top.reasons.numpy()],
@@ -239,7 +240,7 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
         ),
         overall AS (SELECT item_id, NULL AS segment, sum(n) AS n FROM recent GROUP BY 1),
         candidates AS (
-            SELECT f.user_id, r.item_id, r.n + 1e9 AS score, 'popular recently among shoppers in ' || r.segment AS reason
+            SELECT f.user_id, r.item_id, r.n + 1e9 AS score, {p.add(f"popular recently among {spec.events.verbs.person} in ")} || r.segment AS reason
             FROM fallback_users f LEFT JOIN raw.users users ON users.user_id = f.user_id
             JOIN recent r ON r.segment = {seg}
             UNION ALL
