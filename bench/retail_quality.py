@@ -29,13 +29,14 @@ from measure import load_whole_dataset  # bench/measure.py, beside this script
 
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.evaluation.split import load_holdout
-from unirec_dagster.evaluation.steps import SERVED, evaluate_policy, run_evaluation
+from unirec_dagster.evaluation.steps import SERVED, baseline_label, evaluate_policy, run_evaluation
 from unirec_dagster.features import text_view
 from unirec_dagster.graph import build_partition
 from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import FINETUNED, FROM_SCRATCH, CheckpointStore
 from unirec_dagster.model.config import FinetuneConfig, PretrainConfig
-from unirec_dagster.ranking.classic import EASE_RECENT
+from unirec_dagster.ranking.baselines import simple_baselines
+from unirec_dagster.ranking.classic import EASE_RECENT, ClassicParams, TunedClassic
 from unirec_dagster.ranking.inputs import cutoff_inputs
 from unirec_dagster.ranking.ranker import RankerConfig
 from unirec_dagster.ranking.two_stage import TwoStage
@@ -133,6 +134,12 @@ def report(run_date: str, runs: list[dict]) -> None:
           + f"; mean of seeds: Recall@20 {mean(s[0] for s in served):.4f} vs {mean(p[0] for p in peer):.4f} "
           f"({mean(s[0] for s in served) / mean(p[0] for p in peer):.3f}x), NDCG@20 {mean(s[1] for s in served):.4f}"
           f" vs {mean(p[1] for p in peer):.4f} ({mean(s[1] for s in served) / mean(p[1] for p in peer):.3f}x)")
+    # The strongest simple baseline on the test window itself (an oracle pick, stricter than the gate's)
+    simple = [baseline_label(name) for name in simple_baselines(TunedClassic(ClassicParams(), 0.0, {}), True)]
+    test_best = [max((r["metrics"][f"{name}|all|recall@20"][0], name) for name in simple
+                     if f"{name}|all|recall@20" in r["metrics"]) for r in runs]
+    print(f"{run_date}: served / the strongest simple baseline on the test window, per seed: "
+          + ", ".join(f"{s[0] / b[0]:.3f} ({b[1]} {b[0]:.4f})" for s, b in zip(served, test_best)))
     ablated = [r for r in runs if r["ablations"]]
     if ablated:
         seeds = ",".join(str(r["seed"]) for r in ablated)

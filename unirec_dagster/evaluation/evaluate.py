@@ -26,11 +26,12 @@ class SliceResult:
     pairs: int = 0
 
 
-def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS)) -> torch.Tensor:
-    """(len(users), k) candidate positions, best first, the users' past purchases excluded."""
+def rank(scorer: Scorer, users: torch.Tensor, k: int = max(KS), never: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(users), k) candidate positions, best first, the users' past purchases excluded (and the
+    positions `never`, which fill a list only when nothing else is left)."""
     exclude_rows, exclude_items = scorer.signals.exclusions(users)
     _, top = top_k(lambda rows: scorer.scores(users[rows]), len(users), k, exclude_rows, exclude_items,
-                   block_rows(scorer.signals.data.num_items))
+                   block_rows(scorer.signals.data.num_items), never)
     return top
 
 

@@ -229,6 +229,7 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
     segment = next(iter(spec.users.attributes), None) if spec.users else None
     p = Params()
     seg = f"users.attributes[{p.add(segment)}][1]" if segment else "NULL"
+    among = p.add(f"popular recently among {spec.events.verbs.person} in ")
     conn.execute(f"""
         INSERT INTO serving.recommendations
         WITH recent AS (
@@ -240,7 +241,7 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
         ),
         overall AS (SELECT item_id, NULL AS segment, sum(n) AS n FROM recent GROUP BY 1),
         candidates AS (
-            SELECT f.user_id, r.item_id, r.n + 1e9 AS score, {p.add(f"popular recently among {spec.events.verbs.person} in ")} || r.segment AS reason
+            SELECT f.user_id, r.item_id, r.n + 1e9 AS score, {among} || r.segment AS reason
             FROM fallback_users f LEFT JOIN raw.users users ON users.user_id = f.user_id
             JOIN recent r ON r.segment = {seg}
             UNION ALL

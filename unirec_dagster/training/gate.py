@@ -95,14 +95,18 @@ class GateResult:
 
 
 def judge_on_validation(holdout: HoldoutPairs, signals: Signals, classic: TunedClassic, stats: CutoffStats,
-                        ranker_top: torch.Tensor | None, note: str = "", log=None) -> GateResult:
+                        ranker_top: torch.Tensor | None, note: str = "", log=None,
+                        excluded: torch.Tensor | None = None) -> GateResult:
     """Rank the validation window's users (`holdout`, after the `signals`' cutoff) by every simple
     baseline, the classic peers with their tuned parameters, and judge the ranker's out-of-fold
-    lists `ranker_top` (U, K) against them."""
+    lists `ranker_top` (U, K) against them. `excluded`: the positions the ranker's lists could not
+    hold (`TwoStageFit.excluded`: items nobody bought even by the cutoff among them), left out of
+    the baselines' lists too, so both rank the same items: on a catalog file with many items that
+    never sell, the ranker's figure alone would otherwise gain from knowing which ones do."""
     signals = signals.with_classic(classic.params)
     num_items = signals.data.num_items
     weights = simple_baselines(classic, has_segments=bool(stats.segments))
-    figures = {name: user_figures(rank(Scorer(signals, w, stats=stats), holdout.users), holdout, num_items)
+    figures = {name: user_figures(rank(Scorer(signals, w, stats=stats), holdout.users, never=excluded), holdout, num_items)
                for name, w in weights.items()}
     ranker = user_figures(ranker_top, holdout, num_items) if ranker_top is not None else None
     gate = GateResult.judge(ranker, figures, weights, note)

@@ -65,6 +65,7 @@ class TwoStageFit:
     users: int
     placement: NewItemPlacement | None = None   # where new items go (with simulated new items and enough of them)
     validation_top: torch.Tensor | None = None  # (users, K) each validation user's out-of-fold list, for the gate
+    excluded: torch.Tensor | None = None        # positions left out of the examples (never recommended, unsold by C)
 
 
 def _labels(examples: Examples, holdout: HoldoutPairs, first_row: int, num_items: int) -> torch.Tensor:
@@ -228,4 +229,4 @@ def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: Candidate
             f"NDCG@20 {validation['ndcg@20']:.4f}")
     return TwoStageFit(fit, {"recall@20": validation["recall@20"], "ndcg@20": validation["ndcg@20"]},
                        {g: round(v / pairs, 4) for g, v in hits.items()}, len(labels_) / max(len(holdout.users), 1),
-                       len(labels_), len(holdout.users), placement, top)
+                       len(labels_), len(holdout.users), placement, top, never)

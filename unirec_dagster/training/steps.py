@@ -189,7 +189,8 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     stats = load_stats(conn, spec, validation.known.data)
     two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log, stats=stats)
     gate = judge_on_validation(validation.holdout, validation.known.signals, classic, stats,
-                               two_stage.validation_top if two_stage else None, note, log)
+                               two_stage.validation_top if two_stage else None, note, log,
+                               excluded=two_stage.excluded if two_stage else None)
     variants = {}
     if mf_ablation:
         variants[MF_ABLATION] = fit_recommender(validation, final, mf_config(config), None, None, blend=False,
