@@ -45,9 +45,11 @@ class RankerConfig(BaseModel):
     seed: int = 0
     threads: int = Field(0, ge=0, description="LightGBM threads (0: OpenMP's default, all cores).")
     small_data_users: int = Field(
-        1000, ge=0, description="With fewer validation users who bought a candidate, a smaller model (SMALL_DATA: "
+        300, ge=0, description="With fewer validation users who bought a candidate, a smaller model (SMALL_DATA: "
         "3 leaves, 20 rows a leaf, stronger regularisation, learning rate 0.1) is cross-validated beside these "
-        "settings and the better held-out NDCG@20 is kept. 0: never.")
+        "settings and the better held-out NDCG@20 is kept. 0: never. On Online Retail's 748 users the two tied "
+        "(0.2114 against 0.2107 at 2011-11-11) with the smaller at 398 rounds against 230: above 300 users the "
+        "second cross-validation costs nightly and serving time for nothing.")
 
     def for_users(self, users: int) -> list[RankerConfig]:
         """The settings cross-validated for a window of `users` useful users: these, and on small
