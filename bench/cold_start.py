@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--simulated-new-items", type=float, default=RankingSettings().simulated_new_items,
                         help="RankingSettings.simulated_new_items: item dropout in the ranker's examples and a "
                              "new-item placement model (0: off)")
+    parser.add_argument("--exclude-unsold", action="store_true",
+                        help="RankingSettings.exclude_unsold: catalog items unsold by the cutoff left out of the "
+                             "ranker's examples (off by default, as the pipeline runs)")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     run_date = dt.date.fromisoformat(args.run_date)
@@ -86,7 +89,8 @@ def main() -> None:
         store = CheckpointStore(Path(scratch) / "models")
         run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), store, log=print)
         fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print,
-                                ranking=RankingSettings(simulated_new_items=args.simulated_new_items))
+                                ranking=RankingSettings(simulated_new_items=args.simulated_new_items,
+                                                        exclude_unsold=args.exclude_unsold))
         text = text_view(conn)
         policy = served_policy(conn, spec, fitted.checkpoint, run_date, text)
         scratch = served_policy(conn, spec, fitted.ablations[FROM_SCRATCH], run_date, text)

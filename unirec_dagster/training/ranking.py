@@ -50,6 +50,14 @@ class RankingSettings(BaseModel):
         "model fitted on them (item dropout, as DropoutNet): how the ranker learns where catalog items without "
         "a history belong. 0: off, new items are ranked by what the window's own launches teach (almost "
         "never shown). Costs a second copy of the ranker's examples (BENCHMARKS.md).")
+    exclude_unsold: bool = Field(
+        False, description="Leave catalog items unsold even by the cutoff out of the ranker's examples. Off: "
+        "they are candidates labelled as what happened (not bought in the validation window), as a catalog's "
+        "never-sold items are at serving time. On, the window's examples show only new items that do sell in "
+        "it, which a catalog file of items that never sell turns into a leak: on the synthetic ratings log the "
+        "ranker's validation Recall@20 read 0.29 against 0.14 on the test window, and it ranked unsold items "
+        "high. On suits only the strict cold-start protocol, whose hidden items lose their window purchases "
+        "too (BENCHMARKS.md).")
     simulated_users: float = Field(
         0.5, gt=0, le=1, description="Share of the validation users (seeded) seen a second time with the "
         "simulated new items: fewer keeps the nightly run short.")

@@ -150,9 +150,9 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
                                                       settings.simulated_users, settings.ranker.seed),
                                             torch.ones(len(rebought.pair_items), dtype=torch.bool))
     try:
-        # Items unsold even by the cutoff C are left out of the ranker's examples (see unsold_until).
-        never = torch.cat([never_recommended(conn, spec, known.data.items),
-                           unsold_until(conn, spec, known.data.items, validation.cutoff)]).unique()
+        never = never_recommended(conn, spec, known.data.items)
+        if settings.exclude_unsold:   # items unsold even by the cutoff C left out of the examples (see unsold_until)
+            never = torch.cat([never, unsold_until(conn, spec, known.data.items, validation.cutoff)]).unique()
         return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker, never=never, log=log,
                              simulated=simulated, simulated_holdout=simulated_holdout), ""
     except TooFewExamples as error:
