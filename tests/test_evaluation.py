@@ -190,9 +190,16 @@ def test_recommendations_exclude_purchases_fall_back_and_replace(conn, shop, tmp
     assert "2024-02-01 was never built (1 partitions from 2024-01-03 to 2024-01-03)" in capsys.readouterr().err
     assert show.main(["--user", "u4", "--warehouse", str(tmp_path / "nowhere.duckdb")]) == 1
     assert "no warehouse at" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        show.main(["--user", "u4", "--warehouse", warehouse, "--limit", "0"])
-    assert "not a positive number" in capsys.readouterr().err
+    for limit in ("0", "99999999999999999999"):   # the second once ended in DuckDB's INT128 traceback
+        with pytest.raises(SystemExit):
+            show.main(["--user", "u4", "--warehouse", warehouse, "--limit", limit])
+        assert "is not a number of recommendations from 1 to 10,000" in capsys.readouterr().err
+    for name, content in (("empty.duckdb", b""), ("foreign.duckdb", b"root:x:0:0:root:/root:/bin/bash\n")):
+        (tmp_path / name).write_bytes(content)
+        assert show.main(["--user", "u4", "--warehouse", str(tmp_path / name)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"cannot read {tmp_path / name} as a DuckDB warehouse") and "Traceback" not in err
+        assert "root:x" not in err, "a foreign file's line is never echoed"
 
 
 def test_blocked_blend_ranks_as_the_full_matrix():

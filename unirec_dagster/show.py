@@ -23,10 +23,16 @@ QUERY = """SELECT rank, item_id, coalesce(title, ''), score, reason, model_versi
            WHERE partition_date = $d AND user_id = $u ORDER BY rank LIMIT $n"""
 
 
+MAX_LIMIT = 10_000   # far above any list the serving step writes (its K); DuckDB's LIMIT takes 64-bit numbers
+
+
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number of recommendations")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of recommendations from 1 to {MAX_LIMIT:,}")
     return value
 
 
@@ -80,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         day, found, why = _from_warehouse(args.warehouse, args.user, args.date, args.limit)
     except duckdb.IOException as error:
-        if "lock" not in str(error).lower():
-            raise
+        if "lock" not in str(error).lower():   # a zero-byte or foreign file, say: one line, no traceback
+            print(f"cannot read {args.warehouse} as a DuckDB warehouse: {str(error).removeprefix('IO Error: ')}",
+                  file=sys.stderr)
+            return 1
         print(f"{args.warehouse} is being written by another process (a Dagster run); reading the published "
               "snapshot instead", file=sys.stderr)
         try:
