@@ -67,10 +67,10 @@ bench: setup
 dev: setup
 	$(DAGSTER) dev -w workspace.yaml
 
-# The experiment tracking UI over the runs the assets logged (UNIREC_MLFLOW_URI, default data/mlflow.db).
-MLFLOW_URI ?= $(or $(UNIREC_MLFLOW_URI),sqlite:///$(CURDIR)/data/mlflow.db)
+# The experiment tracking UI over the runs the assets logged (UNIREC_MLFLOW_URI, default the SQLite
+# store beside the warehouse: data/warehouse.mlflow.db for data/warehouse.duckdb).
 mlflow: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri '$(MLFLOW_URI)' --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri "$$($(PY) -c 'from unirec_dagster import settings; print(settings.mlflow_uri())')" --port 5000
 
 clean:
-	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/models data/mlflow.db data/mlflow-artifacts
+	rm -rf $(VENV) $(DAGSTER_HOME) data/warehouse.duckdb data/warehouse.duckdb.wal data/models data/warehouse.mlflow.db data/warehouse.mlflow-artifacts

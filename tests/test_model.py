@@ -3,6 +3,8 @@ on a small graph with planted structure: three clusters of users, items and cate
 
 import datetime as dt
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -11,7 +13,13 @@ import torch.multiprocessing as mp
 
 from unirec_dagster.graph import KnowledgeGraph
 from unirec_dagster.model import objectives
-from unirec_dagster.model.checkpoint import CheckpointError, CheckpointStore, check_compatible, load_checkpoint
+from unirec_dagster.model.checkpoint import (
+    STALE_STAGING_SECONDS,
+    CheckpointError,
+    CheckpointStore,
+    check_compatible,
+    load_checkpoint,
+)
 from unirec_dagster.model.config import EncoderConfig, PretrainConfig
 from unirec_dagster.model.encoder import (
     GraphEncoder,
@@ -128,6 +136,23 @@ def test_store_keeps_one_checkpoint_per_partition_and_never_falls_back(tmp_path)
     # A damaged checkpoint of one partition does not block the others.
     assert store.of_partition("finetuned", first.partition).version == first.version
     assert store.latest("finetuned", partition_before=day).version == first.version
+
+
+def test_a_killed_save_leaves_no_staging_folder_behind_the_next_save(tmp_path):
+    store = CheckpointStore(tmp_path)
+    day = dt.date(2024, 1, 8)
+    store.save("finetuned", day, _model(), day, ["a", "b"], "fp")
+    # what a save killed between writing its weights and its rename leaves: a hidden staging folder
+    killed = tmp_path / "finetuned" / ".finetuned-2024-01-09-20240109T000000000000.abc123"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"partial")
+    long_ago = time.time() - STALE_STAGING_SECONDS - 1
+    os.utime(killed, (long_ago, long_ago))
+    in_progress = tmp_path / "finetuned" / ".finetuned-2024-01-10-20240110T000000000000.def456"
+    in_progress.mkdir()                       # fresh: a save that may still be running is left alone
+    store.save("finetuned", day + dt.timedelta(days=1), _model(), day, ["a", "b"], "fp")
+    assert not killed.exists() and in_progress.exists()
+    assert [m["partition"] for m in store.manifests("finetuned")] == ["2024-01-08", "2024-01-09"]
 
 
 def test_warm_start_keeps_old_rows_and_adds_new_ones():

@@ -5,7 +5,8 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from unirec_dagster.defs.resources import TrackingResource
+from unirec_dagster import settings
+from unirec_dagster.defs.resources import TrackingResource, default_resources
 from unirec_dagster.tracking import KIND_TAG, MODEL_TRAINING, TrackedRun, history_curves, log_run
 
 
@@ -46,3 +47,17 @@ def test_tracking_off_logs_nothing(tmp_path):
     off = TrackingResource(enabled=False, uri=f"sqlite:///{store}")
     assert off.record(None, TrackedRun("pretraining")) == {}  # type: ignore[arg-type]  # no context is read
     assert not store.exists()
+
+
+def test_the_experiment_store_lives_beside_its_warehouse(tmp_path, monkeypatch):
+    monkeypatch.delenv(settings.MLFLOW_URI_ENV, raising=False)
+    stores = set()
+    for name in ("shop.duckdb", "films.duckdb"):
+        monkeypatch.setenv(settings.DUCKDB_PATH_ENV, str(tmp_path / name))
+        tracking = default_resources()["tracking"]
+        assert tracking.uri == settings.mlflow_uri() == f"sqlite:///{tmp_path / name.replace('.duckdb', '.mlflow.db')}"
+        assert tracking.artifact_root == (tmp_path / name.replace(".duckdb", ".mlflow-artifacts")).as_uri()
+        stores.add(tracking.uri)
+    assert len(stores) == 2, "two warehouses, two experiment stores"
+    monkeypatch.setenv(settings.MLFLOW_URI_ENV, "http://mlflow:5000")
+    assert settings.mlflow_uri() == "http://mlflow:5000"

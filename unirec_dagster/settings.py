@@ -14,9 +14,6 @@ DEFAULT_DATASET = PROJECT_ROOT / "data" / "datasets" / "sample.yaml"
 DEFAULT_DUCKDB_PATH = PROJECT_ROOT / "data" / "warehouse.duckdb"
 DEFAULT_MODELS_DIR = PROJECT_ROOT / "data" / "models"
 
-# Experiment tracking (MLflow): a SQLite store and its artifacts beside the warehouse by default.
-DEFAULT_MLFLOW_URI = f"sqlite:///{PROJECT_ROOT / 'data' / 'mlflow.db'}"
-DEFAULT_MLFLOW_ARTIFACTS = (PROJECT_ROOT / "data" / "mlflow-artifacts").as_uri()
 
 DATASET_ENV = "UNIREC_DATASET"
 DUCKDB_PATH_ENV = "UNIREC_DUCKDB_PATH"
@@ -50,6 +47,20 @@ def duckdb_path() -> Path:
 def duckdb_memory_limit() -> str:
     """DuckDB's memory_limit (UNIREC_DUCKDB_MEMORY_LIMIT, default 3GB), e.g. '3GB' or '512MB'."""
     return os.environ.get(DUCKDB_MEMORY_LIMIT_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT
+
+
+def local_mlflow_store(warehouse: Path | None = None) -> tuple[str, str]:
+    """(tracking URI, artifact root URI) of the SQLite experiment store beside a warehouse file
+    (default: UNIREC_DUCKDB_PATH's): data/warehouse.duckdb keeps its runs in data/warehouse.mlflow.db
+    and data/warehouse.mlflow-artifacts/, so two warehouses never share one experiment store."""
+    path = warehouse or duckdb_path()
+    return (f"sqlite:///{path.with_name(path.stem + '.mlflow.db')}",
+            path.with_name(path.stem + ".mlflow-artifacts").resolve().as_uri())
+
+
+def mlflow_uri() -> str:
+    """The tracking store: UNIREC_MLFLOW_URI (a server, say), else the SQLite store beside the warehouse."""
+    return os.environ.get(MLFLOW_URI_ENV) or local_mlflow_store()[0]
 
 
 def models_dir() -> Path:

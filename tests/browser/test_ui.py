@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Page, expect, sync_playwright
 
-from unirec_dagster.settings import DEFAULT_MLFLOW_URI, MLFLOW_URI_ENV, PROJECT_ROOT
+from unirec_dagster.settings import PROJECT_ROOT, mlflow_uri
 
 SHOTS = PROJECT_ROOT / "data" / "ui-check"
 BIN = Path(sys.executable).parent
@@ -70,7 +70,7 @@ def dagster_url():
 
 @pytest.fixture(scope="module")
 def tracking():
-    uri = os.environ.get(MLFLOW_URI_ENV) or DEFAULT_MLFLOW_URI
+    uri = mlflow_uri()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("unirec")
     assert experiment is not None, f"no experiment 'unirec' in {uri}: run `make run` first"

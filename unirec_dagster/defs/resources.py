@@ -5,7 +5,7 @@ Their settings come from environment variables read when a run starts (dg.EnvVar
 in the UI's resource view) when the variable is set, and from the project's defaults otherwise:
 UNIREC_DATASET (default data/datasets/sample.yaml), UNIREC_DUCKDB_PATH (data/warehouse.duckdb),
 UNIREC_MODELS_DIR (data/models), UNIREC_TEXT_MODEL (the packaged all-MiniLM-L6-v2) and
-UNIREC_DEVICE (auto), UNIREC_MLFLOW_URI (data/mlflow.db) and UNIREC_TRACKING (on);
+UNIREC_DEVICE (auto), UNIREC_MLFLOW_URI (a SQLite store beside the warehouse) and UNIREC_TRACKING (on);
 UNIREC_DUCKDB_MEMORY_LIMIT (3GB) is read when the code location loads.
 Tests swap the resources.
 """
@@ -85,12 +85,12 @@ class ComputeResource(dg.ConfigurableResource):
 
 class TrackingResource(dg.ConfigurableResource):
     """Experiment tracking on MLflow (`unirec_dagster.tracking`): `uri` a tracking server or a local
-    store (default: SQLite under the data folder), `enabled` false (or UNIREC_TRACKING=off) to turn
-    it off. An unreachable store only warns."""
+    store (default: SQLite beside the warehouse file, `settings.local_mlflow_store`), `enabled` false
+    (or UNIREC_TRACKING=off) to turn it off. An unreachable store only warns."""
 
     enabled: bool = True
-    uri: str = settings.DEFAULT_MLFLOW_URI
-    artifact_root: str = settings.DEFAULT_MLFLOW_ARTIFACTS
+    uri: str
+    artifact_root: str = ""    # where a SQLite store keeps run artifacts ("": MLflow's default, ./mlruns)
     experiment: str = EXPERIMENT
 
     def record(self, context: dg.AssetExecutionContext, run: TrackedRun) -> dict[str, Any]:
@@ -100,11 +100,12 @@ class TrackingResource(dg.ConfigurableResource):
         run.tags |= {"dagster.run_id": context.run_id, "dagster.asset": context.asset_key.to_user_string(),
                      "dagster.partition": context.partition_key if context.has_partition_key else ""}
         ref = log_run(self.uri, run, context.log.warning, self.experiment,
-                      self.artifact_root if self.uri.startswith("sqlite:") else None)
+                      (self.artifact_root or None) if self.uri.startswith("sqlite:") else None)
         return {"mlflow_run_id": ref.run_id, "mlflow_run": ref.link} if ref else {}
 
 
 def default_resources() -> dict[str, Any]:
+    local_store = settings.local_mlflow_store()   # beside the warehouse UNIREC_DUCKDB_PATH names
     return {
         "dataset": DatasetResource(spec_path=env_or_default(settings.DATASET_ENV, str(settings.DEFAULT_DATASET))),
         "duckdb": DuckDBResource(database=env_or_default(settings.DUCKDB_PATH_ENV, str(settings.DEFAULT_DUCKDB_PATH)),
@@ -114,7 +115,8 @@ def default_resources() -> dict[str, Any]:
         "text_model": TextModelResource(model_path=env_or_default(settings.TEXT_MODEL_ENV, "")),
         "compute": ComputeResource(device=env_or_default(settings.DEVICE_ENV, "auto")),
         "tracking": TrackingResource(enabled=os.environ.get(settings.TRACKING_ENV, "on").lower() != "off",
-                                     uri=env_or_default(settings.MLFLOW_URI_ENV, settings.DEFAULT_MLFLOW_URI)),
+                                     uri=env_or_default(settings.MLFLOW_URI_ENV, local_store[0]),
+                                     artifact_root=local_store[1]),
         # launches distributed training workers (torchrun) and streams their logs back to the run
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, manifest, load_file(weights))
 
 
+STALE_STAGING_SECONDS = 600
+
+
 class CheckpointStore:
     """Checkpoints of one warehouse (and dataset), by kind and partition."""
 
@@ -146,6 +150,7 @@ class CheckpointStore:
         parent = self.root / kind
         parent.mkdir(parents=True, exist_ok=True)
         earlier = self._folders(kind, partition, partition)
+        self._remove_stale_staging(parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         try:
@@ -174,6 +179,16 @@ class CheckpointStore:
         for path in earlier:
             shutil.rmtree(path, ignore_errors=True)
         return Checkpoint(final, json.loads(text), state)
+
+    @staticmethod
+    def _remove_stale_staging(parent: Path) -> None:
+        """Staging folders (`.<version>.*`) a killed save left behind: a save takes seconds, and only
+        one writer runs at a time (the warehouse pool), so one untouched for STALE_STAGING_SECONDS is
+        nobody's."""
+        now = time.time()
+        for child in parent.glob(".*"):
+            if child.is_dir() and now - child.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(child, ignore_errors=True)
 
     def _folders(self, kind: str, first: dt.date | None = None, last: dt.date | None = None) -> list[Path]:
         """Checkpoint folders of `kind` with a partition in [first, last], oldest first, from their
