@@ -22,7 +22,7 @@ from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.classic import tune_classic
 from unirec_dagster.training.gate import judge_on_validation
-from unirec_dagster.training.ranking import fit_two_stage, simulate_new_items
+from unirec_dagster.training.ranking import EarlierWindow, _in_columns, fit_two_stage, simulate_new_items
 
 NUM_USERS, NUM_ITEMS, FIRST_ITEM = 400, 60, 1000
 UNSOLD = 15  # catalog items nobody buys before or in the window (the simulated new items test)
@@ -263,3 +263,24 @@ def test_on_a_small_window_the_ranker_never_serves_below_popularity():
     # Later users, whom nothing was fitted on: what the gate let serve is at least as good as popularity.
     assert served >= popular - 0.01, (gate.reason, served, popular)
     assert not gate.passed, gate.reason
+
+
+def test_earlier_windows_add_examples_in_the_main_windows_layout():
+    """An earlier window of the same shop (another draw of users with the same preference) adds
+    training examples; the validation figures stay the main window's users, scored out of fold."""
+    inputs, bought = planted_shop()
+    earlier_inputs, earlier_bought = planted_shop(seed=1)
+    config = CandidateConfig(model=0, ease=NUM_ITEMS, rp3beta=0, co_purchase=0, trending=0, new_items=0)
+    ranker_config = RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=150, patience=20, threads=1)
+    main = holdout_of(torch.arange(0, 60), bought)
+    one = fit_two_stage(inputs, main, config, ranker_config)
+    said: list[str] = []
+    window = EarlierWindow(earlier_inputs, holdout_of(torch.arange(60, NUM_USERS), earlier_bought),
+                           torch.empty(0, dtype=torch.long))
+    two = fit_two_stage(inputs, main, config, ranker_config, log=said.append, earlier=[window])
+    assert two.users == one.users == 60 and two.examples == one.examples, "figures over the main window only"
+    assert any(m.startswith("earlier window at 2024-01-01: 340 users") for m in said)
+    # the planted preference, learned from 60 users alone, is learned better with 340 more (out of fold)
+    assert two.validation["ndcg@20"] > one.validation["ndcg@20"], (one.validation, two.validation)
+    laid_out = _in_columns(np.array([[1.0, 3.0]], dtype=np.float32), ["a", "c"], ["a", "b", "c"])
+    assert laid_out[0, 0] == 1.0 and np.isnan(laid_out[0, 1]) and laid_out[0, 2] == 3.0

@@ -58,6 +58,12 @@ class RankingSettings(BaseModel):
         "ranker's validation Recall@20 read 0.29 against 0.14 on the test window, and it ranked unsold items "
         "high. On suits only the strict cold-start protocol, whose hidden items lose their window purchases "
         "too (BENCHMARKS.md).")
+    windows: int = Field(
+        1, ge=1, le=8, description="Validation windows the ranker learns from: the one before the cutoff and "
+        "windows - 1 earlier ones, each `window_step_days` before the last and as long, with features from what "
+        "was known at its start (no graph-model features there: the validation fit saw those windows' "
+        "purchases). Examples from more users, for a longer fit (BENCHMARKS.md).")
+    window_step_days: int = Field(7, ge=1, description="Days between the starts of consecutive windows.")
     simulated_users: float = Field(
         0.5, gt=0, le=1, description="Share of the validation users (seeded) seen a second time with the "
         "simulated new items: fewer keeps the nightly run short.")
@@ -180,15 +186,36 @@ def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.nd
     return best
 
 
+@dataclass
+class EarlierWindow:
+    """A validation window before the main one: what was known at its start (without the graph
+    model, whose validation fit saw this window's purchases), its pairs, and its excluded items."""
+
+    inputs: CutoffInputs
+    holdout: HoldoutPairs
+    never: torch.Tensor
+
+
+def _in_columns(features: np.ndarray, names: list[str], wanted: list[str]) -> np.ndarray:
+    """`features` (n, len(names)) laid out as `wanted`, NaN in the columns it lacks (LightGBM's missing)."""
+    out = np.full((len(features), len(wanted)), np.nan, dtype=features.dtype)
+    for j, name in enumerate(names):
+        out[:, wanted.index(name)] = features[:, j]
+    return out
+
+
 def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: CandidateConfig = CandidateConfig(),
                   ranker_config: RankerConfig = RankerConfig(), never: torch.Tensor | None = None,
                   log=None, simulated: CutoffInputs | None = None,
-                  simulated_holdout: HoldoutPairs | None = None) -> TwoStageFit:
+                  simulated_holdout: HoldoutPairs | None = None,
+                  earlier: list[EarlierWindow] | None = None) -> TwoStageFit:
     """Fit the ranker on `holdout`, the window after inputs' cutoff, for its users. With `simulated`
     (`simulate_new_items` of the same inputs) every user is seen a second time, with some items'
     history hidden: those examples only train; the validation figures are the users as they are.
     `simulated_holdout` labels the second copy (some or all of the same users, their pairs counted as
-    if the hidden items' history were unknown); `holdout` by default."""
+    if the hidden items' history were unknown); `holdout` by default. `earlier` windows add training
+    examples (their graph-model columns missing); a user keeps one fold across every window, so the
+    out-of-fold validation figures stay honest."""
     if not len(holdout.users):
         raise TooFewExamples(f"no validation users after {inputs.signals.data.cutoff}: nothing to fit a ranker on")
     stage = TwoStage(inputs, config, never=never)
@@ -214,20 +241,36 @@ def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: Candidate
             + (f"; with simulated new items {len(simulated_holdout.users):,} of them again, holding "
                f"{extra.hits.get('total', 0) / max(len(simulated_holdout.pair_items), 1):.1%} of their "
                f"{len(simulated_holdout.pair_items):,} pairs" if simulated is not None else ""))
-    keys = np.arange(len(holdout.users))
-    all_features, all_labels = np.concatenate(real.features + extra.features), np.concatenate(real.labels + extra.labels)
-    group_keys = np.concatenate([keys, simulated_rows.numpy()]) if simulated is not None else None
-    fit = fit_ranker(all_features, all_labels, np.concatenate(real.groups + extra.groups), stage.feature_names,
-                     ranker_config, log=log, group_keys=group_keys)
+    # Group keys are user entity ids: a user's groups (as is, simulated, earlier windows) share a fold.
+    group_keys = [holdout.users.numpy()] + ([simulated_holdout.users.numpy()] if simulated is not None else [])
+    before = _ExampleSet()
+    for window in earlier or []:
+        stage_j = TwoStage(window.inputs, config, never=window.never)
+        added = len(before.labels)
+        before.add(stage_j, window.holdout)
+        before.features[added:] = [_in_columns(f, stage_j.feature_names, stage.feature_names)
+                                   for f in before.features[added:]]
+        group_keys.append(window.holdout.users.numpy())
+        if log:
+            found = sum(float(y.sum()) for y in before.labels[added:])
+            log(f"earlier window at {window.inputs.signals.data.cutoff}: {len(window.holdout.users):,} users, "
+                f"{sum(len(y) for y in before.labels[added:]):,} candidates holding {found:,.0f} of its "
+                f"{len(window.holdout.pair_items):,} pairs")
+    mine = len(labels_) + sum(len(y) for y in extra.labels)    # the main window's rows (as is and simulated)
+    all_features = np.concatenate(real.features + extra.features + before.features)
+    all_labels = np.concatenate(real.labels + extra.labels + before.labels)
+    fit = fit_ranker(all_features, all_labels, np.concatenate(real.groups + extra.groups + before.groups),
+                     stage.feature_names, ranker_config, log=log, group_keys=np.concatenate(group_keys))
     placement = None
     if simulated is not None:
+        all_features, all_labels = all_features[:mine], all_labels[:mine]
         is_new = all_features[:, stage.feature_names.index("item_is_new")] > 0
         user_keys = torch.cat(real.users + [simulated_rows[rows] for rows in extra.users]).numpy()
         placement = fit_new_item_placement(all_features[is_new], all_labels[is_new], user_keys[is_new],
                                            stage.feature_names, fit.out_of_fold[:len(labels_)], labels_,
                                            ranker_config, log=log)
         if placement is not None:
-            placement.every = choose_new_item_every(placement, fit.out_of_fold, is_new, len(labels_), extra,
+            placement.every = choose_new_item_every(placement, fit.out_of_fold[:mine], is_new, len(labels_), extra,
                                                     simulated_holdout, simulated, log=log)
     top = top_by_score(torch.from_numpy(fit.out_of_fold[:len(labels_)]), torch.cat(real.users), torch.cat(real.items),
                        len(holdout.users), max(KS))

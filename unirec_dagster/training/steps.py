@@ -16,7 +16,7 @@ from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.evaluation.split import load_holdout
 from unirec_dagster.features import text_view
 from unirec_dagster.graph import entity_fingerprint, load_graph, snapshot_params
-from unirec_dagster.history import CutoffStats, load_stats, never_recommended, unsold_until
+from unirec_dagster.history import CutoffStats, TrainingData, load_stats, load_training, never_recommended, unsold_until
 from unirec_dagster.model.checkpoint import (
     FINETUNED,
     FROM_SCRATCH,
@@ -33,6 +33,7 @@ from unirec_dagster.model.trainer import Log, TrainResult
 from unirec_dagster.ranking.classic import TunedClassic
 from unirec_dagster.ranking.inputs import cutoff_inputs
 from unirec_dagster.ranking.ranker import TooFewExamples
+from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import PLACEMENT_FILE, RANKER_FILE
 from unirec_dagster.training.classic import tune_classic
 from unirec_dagster.training.fit import (
@@ -45,7 +46,13 @@ from unirec_dagster.training.fit import (
     validation_split,
 )
 from unirec_dagster.training.gate import GateResult, judge_on_validation
-from unirec_dagster.training.ranking import RankingSettings, TwoStageFit, fit_two_stage, simulate_new_items
+from unirec_dagster.training.ranking import (
+    EarlierWindow,
+    RankingSettings,
+    TwoStageFit,
+    fit_two_stage,
+    simulate_new_items,
+)
 from unirec_dagster.warehouse import rows
 
 # Fine-tuning of day D takes the newest pretrained partition in [D - 27, D]: pretraining is weekly,
@@ -149,12 +156,27 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
         simulated_holdout = rebought.subset(_share_of(validation.holdout.users, rebought.users,
                                                       settings.simulated_users, settings.ranker.seed),
                                             torch.ones(len(rebought.pair_items), dtype=torch.bool))
+    def excluded(data: TrainingData, end: dt.date) -> torch.Tensor:
+        never = never_recommended(conn, spec, data.items)
+        if settings.exclude_unsold:   # items unsold even by the window's end left out of the examples (see unsold_until)
+            never = torch.cat([never, unsold_until(conn, spec, data.items, end)]).unique()
+        return never
+
+    earlier = []
+    length = validation.cutoff - known.cutoff
+    for j in range(1, settings.windows):
+        start = known.cutoff - dt.timedelta(days=j * settings.window_step_days)
+        data = load_training(conn, spec, start, catalog_until=start + length)
+        # The KG of the main window's start stands in for its item attributes: the attributes are the
+        # catalog's, and only the graph model (left out here) reads its time-bound edges.
+        earlier.append(EarlierWindow(
+            cutoff_inputs(conn, spec, Signals(data), known.graph if settings.use_attributes else None, None, text,
+                          classic.params),
+            load_holdout(conn, spec, data, start + length), excluded(data, start + length)))
     try:
-        never = never_recommended(conn, spec, known.data.items)
-        if settings.exclude_unsold:   # items unsold even by the cutoff C left out of the examples (see unsold_until)
-            never = torch.cat([never, unsold_until(conn, spec, known.data.items, validation.cutoff)]).unique()
-        return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker, never=never, log=log,
-                             simulated=simulated, simulated_holdout=simulated_holdout), ""
+        return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker,
+                             never=excluded(known.data, validation.cutoff), log=log, simulated=simulated,
+                             simulated_holdout=simulated_holdout, earlier=earlier), ""
     except TooFewExamples as error:
         if log:
             log(f"no two-stage ranker: {error}")
