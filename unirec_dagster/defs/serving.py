@@ -57,7 +57,7 @@ def _model_partition(value: str | None):
                                                      "an older one was chosen with model_partition).")],
           description="Top K items for every user with history, for the night after the partition date "
                       "(data up to its end), ranked by the policy of the newest fine-tuned model up to that date: "
-                      "the two-stage ranker, or the strongest tuned classic peer when the gate chose it.")
+                      "the two-stage ranker, or the strongest simple baseline when the gate chose it.")
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource,
                     dataset: DatasetResource, model_store: ModelStoreResource):
     spec, run_date = dataset.load(), partition_date(context)

@@ -1,6 +1,6 @@
 """What serves a run date, rebuilt from a fine-tuned checkpoint: the checkpoint itself (its own
 partition's, never silently an older one), and the policy its quality gate chose (the two-stage
-ranker or a tuned classic peer) with the graph model's blend beside it, over what is known at the
+ranker or a simple baseline) with the graph model's blend beside it, over what is known at the
 end of that day. The serving assets and the evaluation both read the served policy from here."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def served_model(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, checkpoint:
 @dataclass
 class ServedPolicy:
     """What a fine-tuned checkpoint serves at a run date: `ranking` is the two-stage ranker or the
-    tuned classic peer the quality gate chose (`name` says which); `blend` is the graph model's
+    simple baseline the quality gate chose (`name` says which); `blend` is the graph model's
     logit blend over the same signals (a baseline row, and what checkpoints before the ranker served);
     `classic` the tuned peers (None before them), whose fitted weights `signals` holds."""
 

@@ -2,7 +2,7 @@
 
 For run date D (cutoff C = D + 1 day): every user with any event before C gets K items. Users
 with enough purchase history (and, when a look-back is set, an event within it) are ranked by the
-served policy: the two-stage ranker (`ranking.two_stage`), or a scorer (a tuned classic peer or
+served policy: the two-stage ranker (`ranking.two_stage`), or a scorer (a simple baseline or
 a blend) when the quality gate chose one; the others get the items most bought recently within
 their segment (the first user attribute, e.g. country) or overall. `reason` names the candidate
 generator (two stages) or the signal (a scorer) that led the item, made concrete by `Explainer`.
