@@ -132,6 +132,26 @@ def _share_of(users: torch.Tensor, among: torch.Tensor, share: float, seed: int)
     return torch.isin(among, chosen)
 
 
+def excluded_from_examples(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: TrainingData, end: dt.date,
+                           exclude_unsold: bool) -> torch.Tensor:
+    """Positions of `data`'s items left out of a window's examples: the never-recommended ones, and
+    with `exclude_unsold` the ones unsold even by the window's `end` (see unsold_until)."""
+    never = never_recommended(conn, spec, data.items)
+    if exclude_unsold:
+        never = torch.cat([never, unsold_until(conn, spec, data.items, end)]).unique()
+    return never
+
+
+def earlier_window_data(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: ValidationSplit,
+                        settings: RankingSettings) -> list[tuple[TrainingData, dt.date]]:
+    """What was known at the start of each of the `settings.windows - 1` windows before the
+    validation window (each `window_step_days` earlier, as long), with the window's end."""
+    length = validation.cutoff - validation.known.cutoff
+    starts = [validation.known.cutoff - dt.timedelta(days=j * settings.window_step_days)
+              for j in range(1, settings.windows)]
+    return [(load_training(conn, spec, start, catalog_until=start + length), start + length) for start in starts]
+
+
 def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: ValidationSplit,
                 fitted: FittedRecommender, text: TextView | None, classic: TunedClassic, settings: RankingSettings,
                 log: Log | None = None, stats: CutoffStats | None = None) -> tuple[TwoStageFit | None, str]:
@@ -156,23 +176,16 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
         simulated_holdout = rebought.subset(_share_of(validation.holdout.users, rebought.users,
                                                       settings.simulated_users, settings.ranker.seed),
                                             torch.ones(len(rebought.pair_items), dtype=torch.bool))
-    def excluded(data: TrainingData, end: dt.date) -> torch.Tensor:
-        never = never_recommended(conn, spec, data.items)
-        if settings.exclude_unsold:   # items unsold even by the window's end left out of the examples (see unsold_until)
-            never = torch.cat([never, unsold_until(conn, spec, data.items, end)]).unique()
-        return never
 
-    earlier = []
-    length = validation.cutoff - known.cutoff
-    for j in range(1, settings.windows):
-        start = known.cutoff - dt.timedelta(days=j * settings.window_step_days)
-        data = load_training(conn, spec, start, catalog_until=start + length)
-        # The KG of the main window's start stands in for its item attributes: the attributes are the
-        # catalog's, and only the graph model (left out here) reads its time-bound edges.
-        earlier.append(EarlierWindow(
-            cutoff_inputs(conn, spec, Signals(data), known.graph if settings.use_attributes else None, None, text,
-                          classic.params),
-            load_holdout(conn, spec, data, start + length), excluded(data, start + length)))
+    def excluded(data: TrainingData, end: dt.date) -> torch.Tensor:
+        return excluded_from_examples(conn, spec, data, end, settings.exclude_unsold)
+
+    # Earlier windows read their item attributes from the validation window's KG: they are the
+    # catalog's, and the time-bound edges are the graph model's, which those windows do without.
+    earlier = [EarlierWindow(cutoff_inputs(conn, spec, Signals(data), known.graph if settings.use_attributes else None,
+                                           None, text, classic.params),
+                             load_holdout(conn, spec, data, end), excluded(data, end))
+               for data, end in earlier_window_data(conn, spec, validation, settings)]
     try:
         return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker,
                              never=excluded(known.data, validation.cutoff), log=log, simulated=simulated,
