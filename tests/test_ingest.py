@@ -204,6 +204,23 @@ def test_missing_column_is_a_clear_error(tmp_path, conn, load):
         ingest_days(conn, load({}), [DAY1])
 
 
+PASSWORDS = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+
+
+def test_an_error_never_echoes_a_file_that_is_not_the_log(tmp_path, conn, load):
+    """events.path pointed at a password file: with a header spec no column is there, with a
+    headerless one every line is rejected; neither error quotes a line of it."""
+    write_text(tmp_path / "2024-01-01.csv", PASSWORDS)
+    with pytest.raises(SpecError) as header_spec:
+        ingest_days(conn, load({}), [DAY1])
+    assert "does not look like this log" in str(header_spec.value) and "root:x" not in str(header_spec.value)
+    headerless = load({"header": False, "columns": ["user", "item", "ts"]}, max_reject_rate=0.5)
+    with pytest.raises(IngestRefused) as refused:
+        ingest_days(conn, headerless, [DAY1])
+    assert "lines rejected, above max_reject_rate" in str(refused.value)
+    assert "root:x" not in str(refused.value) and "/bin/bash" not in str(refused.value)
+
+
 def test_undecodable_bytes_are_quarantined(tmp_path, conn, load):
     (tmp_path / "2024-01-01.csv").write_bytes(
         b"user,item,ts\nu1,caf\xe9,2024-01-01 10:00:00\nu2,tea,2024-01-01 10:00:00\n"
@@ -256,7 +273,8 @@ def test_refused_day_names_an_example_line_and_the_other_days_are_written(tmp_pa
     write_text(tmp_path / "2024-01-01.csv", "user,item,ts\nu1,A,01/01/2024\nu2,B,01/01/2024\n")
     write_text(tmp_path / "2024-01-02.csv", "user,item,ts\nu3,C,2024-01-02 10:00:00\n")
     spec = load({}, max_reject_rate=0.5)
-    with pytest.raises(IngestRefused, match=r"1 of 2 days not replaced:\n2024-01-01 .*line 2: 'u1,A,01/01/2024'"):
+    with pytest.raises(IngestRefused, match=r"1 of 2 days not replaced:\n2024-01-01 .*line 2 \(unreadable timestamp: "
+                       r"01/01/2024\), excerpt of that line: 'u1,A,01/01/2024'"):
         ingest_days(conn, spec, [DAY1, DAY2])
     assert rows(conn, "SELECT user_id FROM raw.events") == [("u3",)]
 

@@ -124,11 +124,23 @@ def _fields(text: str, delimiter: str) -> list[str]:
     return next(csv.reader([text], delimiter=delimiter, strict=True))
 
 
+SHOWN_NAMES, SHOWN_NAME_CHARS = 30, 40   # a header's names quoted in an error, at most
+
+
 def _positions(path: Path, names: list[str], wanted: list[str]) -> list[int]:
+    """Where the `wanted` columns are among the header's `names`. An error quotes the header only
+    when the file looks like the declared log (some of the spec's columns are there); a file that
+    has none of them may be anything (a password file, say), and nothing of it is echoed."""
     missing = [c for c in wanted if c not in names]
+    if missing and len(missing) == len(wanted):
+        raise SpecError(f"{path}: none of the columns the dataset spec names ({wanted}) is in the file's first line "
+                        f"({len(names)} field(s) split by the spec's delimiter): it does not look like this log. "
+                        "Check events.path, the delimiter and header/columns in the spec.")
     if missing:
-        raise SpecError(f"{path}: column(s) {missing} named in the dataset spec are not in the file; the file has "
-                        f"{names}. Fix the column names in the spec.")
+        shown = [n[:SHOWN_NAME_CHARS] for n in names[:SHOWN_NAMES]]
+        more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+        raise SpecError(f"{path}: column(s) {missing} named in the dataset spec are not in the file; its header has "
+                        f"{len(names)} columns: {shown}{more}. Fix the column names in the spec.")
     return [names.index(c) for c in wanted]
 
 
@@ -251,7 +263,7 @@ def _read_csv_by_line(path: Path, source: SourceFile, wanted: list[str]) -> RawR
             try:
                 names = [n.strip() for n in _fields(text, source.delimiter)]
             except csv.Error as error:
-                raise SpecError(f"{path}: line 1, the header, cannot be read ({error}): {text[:200]!r}") from None
+                raise SpecError(f"{path}: line 1, the header, cannot be read as the spec's format ({error})") from None
             positions = _positions(path, names, wanted)
             continue
         if not text.strip():

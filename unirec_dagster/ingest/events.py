@@ -249,6 +249,9 @@ class IngestRefused(RuntimeError):
     names each day, its file and why. The other days of the run were written."""
 
 
+EXCERPT_CHARS = 120   # of a rejected line quoted in a refusal
+
+
 def _refusal(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stats: PartitionStats, held: int,
              allow_empty: bool, force: bool) -> str | None:
     """Why `stats` must not replace a day that holds `held` events, or None when it may."""
@@ -262,10 +265,14 @@ def _refusal(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stats: Partitio
                 UNION ALL SELECT source_line, raw_content, detail, reason, partition_date FROM staged_structural)
             WHERE reason = $r AND partition_date IS NOT DISTINCT FROM $d ORDER BY source_line LIMIT 1""",
                        {"r": reason, "d": stats.partition_date})[0]
+        # An excerpt only of a file that parsed as the log (its header named the spec's columns, or a
+        # line was accepted): a headerless file that never did may be anything, and nothing of it is echoed.
+        excerpt = (f" ({example[2][:EXCERPT_CHARS]})" if example[2] else "") + (
+            f", excerpt of that line: {example[1][:EXCERPT_CHARS]!r}{' (cut)' if len(example[1]) > EXCERPT_CHARS else ''}")
         return (f"{where}: {rate:.0%} of {stats.lines_read:,} lines rejected, above max_reject_rate "
-                f"{spec.max_reject_rate:.0%}; mostly {reason} ({count:,}), e.g. line {example[0]}: {example[1]!r}"
-                f"{f' ({example[2]})' if example[2] else ''}. The stored day is kept. Fix the spec or the file, or "
-                "run with force: true to accept the day as it is.")
+                f"{spec.max_reject_rate:.0%}; mostly {reason} ({count:,}), e.g. line {example[0]}"
+                f"{excerpt if stats.accepted or spec.events.header else ''}. The stored day is kept. Fix the spec or the "
+                "file, or run with force: true to accept the day as it is.")
     if stats.accepted == 0 and held and not (allow_empty or (force and stats.lines_read)):
         what = "no file" if not stats.file_found else (
             "no data line" if not stats.lines_read else f"no accepted line of {stats.lines_read:,}")
