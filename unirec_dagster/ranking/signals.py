@@ -60,7 +60,10 @@ class Signals:
                               lambda slab, ids: slab / norms[ids].unsqueeze(1) / norms.unsqueeze(0), neighbours, block)
 
     def with_classic(self, classic: ClassicParams) -> Signals:
-        """The same signals with other EASE/RP3beta hyperparameters (the history and co-purchase shared)."""
+        """The same signals with other EASE/RP3beta hyperparameters (the history and co-purchase shared);
+        these very signals, with their fitted weights, when the parameters are theirs already."""
+        if classic == self.classic:
+            return self
         other = copy.copy(self)
         other.classic = classic
         for cached in ("_ease", "_rp3beta"):

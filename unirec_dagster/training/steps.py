@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import duckdb
 import torch
@@ -221,6 +221,10 @@ def run_finetuning(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date:
     text = text_view(conn, text_model) if config.encoder.use_text else None
     fitted = fit_recommender(validation, final, config, text, start.state, log=log, trainer=trainer)
     classic = tune_classic(validation.known.signals, validation.holdout, log=log)
+    # The validation signals with the tuned peers' parameters, once: the ranker's inputs and the gate
+    # share their fitted EASE^R and RP3beta weights instead of fitting them again each.
+    validation = replace(validation, known=replace(validation.known,
+                                                   signals=validation.known.signals.with_classic(classic.params)))
     stats = load_stats(conn, spec, validation.known.data)
     two_stage, note = fit_ranking(conn, spec, validation, fitted, text, classic, ranking, log=log, stats=stats)
     gate = judge_on_validation(validation.holdout, validation.known.signals, classic, stats,
