@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import write_spec
@@ -106,3 +111,19 @@ def test_unusable_values_are_refused_at_load_naming_the_key(tmp_path, events, ex
 
 def test_dashed_directives_are_accepted(tmp_path):
     assert load_spec(write_spec(tmp_path, {"timestamp": {"column": "ts", "format": "%-m/%-d/%Y %H:%M"}}))
+
+
+def test_a_cli_command_on_a_bad_spec_prints_the_message_alone(tmp_path):
+    """The spec is read when the code location loads, so every Dagster command meets its error:
+    it must read as the one message it is, not as a crash with a long traceback."""
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\nevents:\n  path: '{date}.csv'\n")
+    env = {**os.environ, "UNIREC_DATASET": str(spec), "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    run = subprocess.run([str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
+                          "unirec_dagster.definitions", "--select", "raw_events", "--partition", "2024-01-01"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"error: {spec}: invalid dataset spec" in run.stderr
+    assert "key 'events.user_id': required key is missing" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) < 15

@@ -2,30 +2,34 @@
 
 A run killed with SIGKILL (or on a machine that lost power) stays STARTED in the instance, and the
 `duckdb_warehouse` slot it claimed stays claimed: every later writer waits forever ("Step blocked
-by limit for pool duckdb_warehouse"). This module frees the slots of runs that have ended, and of
-runs whose processes, as their own events recorded them, are all gone from this machine and have
-been silent for a grace period; such runs are marked failed. It runs as the sensor
-`free_stuck_slots` under `dagster dev` (the daemon), and before every `make run`:
+by limit for pool duckdb_warehouse"). This module frees the slots (and queue places) of runs that
+have ended, and of runs whose processes, as their own events recorded them, are all gone from this
+machine: a dead process is a fact, not a guess, so such a run is marked failed and freed at once.
+It runs whenever the code location loads (every `dagster asset materialize`, before its run can wait
+on the pool, with or without the daemon), as the sensor `free_stuck_slots` under the daemon, and by
+hand:
 
     python -m unirec_dagster.slots            # report and free
     python -m unirec_dagster.slots --dry-run  # report only
 
-A process id only means something on the machine that launched the run: under another run
-launcher (the K8s one of deploy/, runs in their own pods) the process check is skipped, Dagster's
-run monitoring (dagster.yaml `run_monitoring`, the launcher checks each run worker's health) marks a
-run whose pod died as failed, and this module then frees the places of such ended runs.
+A process id only means something on the machine that launched the run, so the process check
+assumes that the runs of a DAGSTER_HOME run on its machine (the DefaultRunLauncher; containers that
+share one DAGSTER_HOME must share a process namespace). Under another run launcher (the K8s one of
+deploy/, runs in their own pods) the check is skipped: Dagster's run monitoring (dagster.yaml
+`run_monitoring`, the launcher checks each run worker's health) marks a run whose pod died as
+failed, and this module then frees the places of such ended runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import time
 from dataclasses import dataclass
 
 import dagster as dg
 
-GRACE_SECONDS = 60  # a run whose processes are gone but that logged within this is left alone
+logger = logging.getLogger(__name__)
 ENDED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -48,12 +52,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@dataclass
-class Verdict:
-    dead: str | None = None      # why the run will never use or free its place
-    waiting: str | None = None   # why it looks dead but is still inside the grace period
-
-
 def runs_on_this_machine(instance: dg.DagsterInstance) -> bool:
     """Whether the instance launches runs as local processes, so that a run's process ids mean
     something here. Under the K8s run launcher (deploy/) runs live in other pods: there only runs
@@ -62,34 +60,28 @@ def runs_on_this_machine(instance: dg.DagsterInstance) -> bool:
     return isinstance(instance.run_launcher, dg.DefaultRunLauncher)
 
 
-def _judge_run(instance: dg.DagsterInstance, run: dg.DagsterRun | None, grace_seconds: float) -> Verdict:
+def why_dead(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> str | None:
+    """Why the run will never use or free its place in a pool, or None while it may still."""
     if run is None:
-        return Verdict(dead="the run no longer exists")
+        return "the run no longer exists"
     if run.status in ENDED:
-        return Verdict(dead=f"the run ended ({run.status.value}) without leaving the pool")
+        return f"the run ended ({run.status.value}) without leaving the pool"
     if not runs_on_this_machine(instance):
-        return Verdict()
-    records = instance.all_logs(run.run_id)
-    pids = {r.dagster_event.pid for r in records if r.dagster_event and r.dagster_event.pid}
+        return None
+    pids = {r.dagster_event.pid for r in instance.all_logs(run.run_id) if r.dagster_event and r.dagster_event.pid}
+    # No recorded process yet: the run is starting. One live process: it may still log and finish.
     if not pids or any(_alive(pid) for pid in pids):
-        return Verdict()
-    silent = time.time() - max((r.timestamp for r in records), default=0.0)
-    if silent > grace_seconds:
-        return Verdict(dead=f"its processes {sorted(pids)} are gone and it has logged nothing for {silent:.0f}s "
-                            f"(killed?)")
-    return Verdict(waiting=f"its processes {sorted(pids)} are gone; freed after {grace_seconds - silent:.0f}s more "
-                           f"of silence")
+        return None
+    return f"its processes {sorted(pids)} are gone from this machine (killed?)"
 
 
-def inspect_pools(instance: dg.DagsterInstance,
-                  grace_seconds: float = GRACE_SECONDS) -> tuple[list[StuckSlot], list[StuckSlot]]:
-    """(stuck, waiting): the places in every pool (claimed slots, and steps queued for one) of runs
-    that will never use or free them, and those of runs that look dead but are inside the grace period.
-    A dead queued run matters as much as a dead holder: freeing the holder hands the slot to the
-    first queued step, and a dead one never gives it back."""
+def inspect_pools(instance: dg.DagsterInstance) -> list[StuckSlot]:
+    """The places in every pool (claimed slots, and steps queued for one) of runs that will never use
+    or free them. A dead queued run matters as much as a dead holder: freeing the holder hands the
+    slot to the first queued step, and a dead one never gives it back."""
     storage = instance.event_log_storage
-    stuck, waiting = [], []
-    verdicts: dict[str, Verdict] = {}
+    stuck = []
+    verdicts: dict[str, str | None] = {}
     for pool in sorted(storage.get_concurrency_keys()):
         info = storage.get_concurrency_info(pool)
         claimed = {(c.run_id, c.step_key) for c in info.claimed_slots}
@@ -97,13 +89,10 @@ def inspect_pools(instance: dg.DagsterInstance,
                   + [(p.run_id, p.step_key, False) for p in info.pending_steps if (p.run_id, p.step_key) not in claimed])
         for run_id, step_key, holds in places:
             if run_id not in verdicts:
-                verdicts[run_id] = _judge_run(instance, instance.get_run_by_id(run_id), grace_seconds)
-            verdict = verdicts[run_id]
-            if verdict.dead:
-                stuck.append(StuckSlot(pool, run_id, step_key, verdict.dead, holds))
-            elif verdict.waiting:
-                waiting.append(StuckSlot(pool, run_id, step_key, verdict.waiting, holds))
-    return stuck, waiting
+                verdicts[run_id] = why_dead(instance, instance.get_run_by_id(run_id))
+            if verdicts[run_id]:
+                stuck.append(StuckSlot(pool, run_id, step_key, verdicts[run_id], holds))
+    return stuck
 
 
 def _describe(slot: StuckSlot) -> str:
@@ -111,13 +100,9 @@ def _describe(slot: StuckSlot) -> str:
     return f"pool {slot.pool}: run {slot.run_id} step {slot.step_key} {place}: {slot.why}"
 
 
-def free_stuck_slots(instance: dg.DagsterInstance, dry_run: bool = False, log=print,
-                     grace_seconds: float = GRACE_SECONDS) -> list[StuckSlot]:
-    """Free the slots and queue places of dead runs (and mark those runs failed); returns what was
-    found. Runs inside the grace period are named, not freed."""
-    stuck, waiting = inspect_pools(instance, grace_seconds)
-    for slot in waiting:
-        log(_describe(slot) + "; waiting")
+def free_stuck_slots(instance: dg.DagsterInstance, dry_run: bool = False, log=print) -> list[StuckSlot]:
+    """Free the slots and queue places of dead runs (and mark those runs failed); returns what was found."""
+    stuck = inspect_pools(instance)
     freed: set[str] = set()
     for slot in stuck:
         log(_describe(slot) + ("" if dry_run else "; freeing it"))
@@ -130,6 +115,20 @@ def free_stuck_slots(instance: dg.DagsterInstance, dry_run: bool = False, log=pr
         instance.event_log_storage.free_concurrency_slots_for_run(slot.run_id)
         freed.add(slot.run_id)
     return stuck
+
+
+def free_when_the_code_location_loads() -> None:
+    """Free dead runs' places before this process's run can queue behind them: without the daemon
+    (a `dagster asset materialize` in CI) nothing else would. Only for an instance of this machine
+    (DAGSTER_HOME set, local run launcher); a failure here is logged, never a reason not to load."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return  # an ephemeral instance: no earlier run can hold anything
+    try:
+        with dg.DagsterInstance.get() as instance:
+            if runs_on_this_machine(instance):
+                free_stuck_slots(instance, log=lambda line: logger.warning("unirec_dagster.slots: %s", line))
+    except Exception as exc:  # noqa: BLE001 - loading must not fail on a check of other runs
+        logger.warning("unirec_dagster.slots: could not check for dead runs holding a pool slot: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:
