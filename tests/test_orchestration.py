@@ -1,12 +1,19 @@
-"""Schedules and the sensor produce the expected run requests (Dagster's test utilities)."""
+"""Schedules and sensors produce the expected run requests (Dagster's test utilities)."""
 
 import datetime as dt
 
 import dagster as dg
 
 from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH
+from unirec_dagster.definitions import defs as code_location
 from unirec_dagster.defs.resources import DatasetResource
-from unirec_dagster.defs.schedules import new_event_file_sensor, nightly_schedule, weekly_pretraining_schedule
+from unirec_dagster.defs.schedules import (
+    delayed_evaluation_sensor,
+    new_event_file_sensor,
+    nightly_assets,
+    nightly_schedule,
+    weekly_pretraining_schedule,
+)
 
 
 def test_weekly_pretraining_runs_for_the_last_complete_day():
@@ -30,3 +37,31 @@ def test_sensor_requests_each_new_file_once():
     assert sorted(r.partition_key for r in first) == sorted(days_with_files)
     again = new_event_file_sensor(dg.build_sensor_context(cursor=context.cursor, resources=resources))
     assert isinstance(again, dg.SkipReason)
+
+
+def materialized(instance: dg.DagsterInstance, asset: str, *days: dt.date) -> None:
+    for day in days:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=day.isoformat()))
+
+
+def test_a_served_night_is_evaluated_once_its_test_window_has_been_ingested():
+    """The nightly job cannot score night D (its window D+1..D+14 is in the future); the sensor asks
+    for model_evaluation(D) on the tick after day D+14 is ingested, once per served table."""
+    nightly = nightly_assets.resolve(code_location().resolve_asset_graph())
+    assert dg.AssetKey("recommendations") in nightly and dg.AssetKey("model_evaluation") not in nightly
+    night = dt.date(2010, 12, 10)
+    with dg.DagsterInstance.ephemeral() as instance:
+        def tick():
+            return delayed_evaluation_sensor(dg.build_sensor_context(instance=instance))
+
+        materialized(instance, "recommendations", night)
+        materialized(instance, "raw_events", *(night + dt.timedelta(days=i) for i in range(0, 14)))  # up to D+13
+        assert isinstance(tick(), dg.SkipReason)
+        materialized(instance, "raw_events", night + dt.timedelta(days=14))
+        first = tick()
+        assert [r.partition_key for r in first] == [night.isoformat()]
+        materialized(instance, "model_evaluation", night)
+        assert isinstance(tick(), dg.SkipReason)  # scored: not asked again
+        materialized(instance, "recommendations", night)  # a backfill re-serves the night
+        again = tick()
+        assert [r.partition_key for r in again] == [night.isoformat()] and again[0].run_key != first[0].run_key

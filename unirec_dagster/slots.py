@@ -90,8 +90,9 @@ def inspect_pools(instance: dg.DagsterInstance) -> list[StuckSlot]:
         for run_id, step_key, holds in places:
             if run_id not in verdicts:
                 verdicts[run_id] = why_dead(instance, instance.get_run_by_id(run_id))
-            if verdicts[run_id]:
-                stuck.append(StuckSlot(pool, run_id, step_key, verdicts[run_id], holds))
+            why = verdicts[run_id]
+            if why:
+                stuck.append(StuckSlot(pool, run_id, step_key, why, holds))
     return stuck
 
 

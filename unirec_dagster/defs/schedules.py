@@ -1,4 +1,4 @@
-"""Jobs, schedules and the new-file sensor."""
+"""Jobs, schedules and sensors: what the daemon runs when nobody is watching."""
 
 import datetime as dt
 
@@ -6,11 +6,14 @@ import dagster as dg
 
 from unirec_dagster.defs.dataset import daily_partitions
 from unirec_dagster.defs.resources import DatasetResource
+from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
 from unirec_dagster.slots import free_stuck_slots
 
+# model_evaluation(D) is not in the nightly job: D's test window (D+1..D+14) has not happened yet
+# that night. The delayed_evaluation sensor scores it once the window's days are ingested.
 nightly_assets = dg.AssetSelection.assets(
     "raw_events", "raw_items", "raw_users", "knowledge_graph", "item_text_embeddings", "finetuned_recommender",
-    "recommendations", "model_evaluation", "similar_items")
+    "recommendations", "similar_items")
 
 ingest_day_job = dg.define_asset_job("ingest_day", selection=dg.AssetSelection.assets("raw_events"),
                                      partitions_def=daily_partitions,
@@ -18,6 +21,9 @@ ingest_day_job = dg.define_asset_job("ingest_day", selection=dg.AssetSelection.a
 nightly_recommendations_job = dg.define_asset_job(
     "nightly_recommendations", selection=nightly_assets, partitions_def=daily_partitions,
     description="Ingest yesterday, refresh the KG and text view, fine-tune, evaluate, write recommendations.")
+evaluation_job = dg.define_asset_job(
+    "delayed_evaluation", selection=dg.AssetSelection.assets("model_evaluation"), partitions_def=daily_partitions,
+    description="Score a night's served table on its test window, once that window has happened.")
 weekly_pretraining_job = dg.define_asset_job(
     "weekly_pretraining", selection=dg.AssetSelection.assets("pretrained_encoder"), partitions_def=daily_partitions,
     description="Multi-task pretraining of the graph encoder.")
@@ -49,6 +55,35 @@ def new_event_file_sensor(context: dg.SensorEvaluationContext, dataset: DatasetR
     return requests or dg.SkipReason("no new event files")
 
 
+def nights_to_evaluate(instance: dg.DagsterInstance, window_days: int = TEST_WINDOW_DAYS) -> list[tuple[str, int]]:
+    """(night, the storage id of its served table's materialization), oldest first, for each night
+    whose `recommendations` exist, whose test window's days (night+1..night+window_days) are all
+    ingested, and whose `model_evaluation` is older than its served table (or missing): a table
+    re-served by a backfill is scored again. A day that never arrives keeps its nights unscored."""
+    served = instance.get_latest_storage_id_by_partition(dg.AssetKey("recommendations"),
+                                                         dg.DagsterEventType.ASSET_MATERIALIZATION)
+    evaluated = instance.get_latest_storage_id_by_partition(dg.AssetKey("model_evaluation"),
+                                                            dg.DagsterEventType.ASSET_MATERIALIZATION)
+    ingested = instance.get_materialized_partitions(dg.AssetKey("raw_events"))
+    ready = []
+    for night, storage_id in sorted(served.items()):
+        day = dt.date.fromisoformat(night)
+        window = {(day + dt.timedelta(days=i)).isoformat() for i in range(1, window_days + 1)}
+        if window <= ingested and evaluated.get(night, -1) < storage_id:
+            ready.append((night, storage_id))
+    return ready
+
+
+@dg.sensor(job=evaluation_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Scores each served night once its test window has been ingested (model_evaluation of "
+                       "night D after day D+14 arrives), so served quality is measured every night, unattended.")
+def delayed_evaluation_sensor(context: dg.SensorEvaluationContext):
+    ready = nights_to_evaluate(context.instance)
+    # A few per tick: a fresh deployment with a backfilled history catches up over several ticks.
+    requests = [dg.RunRequest(run_key=f"{night}@{storage_id}", partition_key=night) for night, storage_id in ready[:3]]
+    return requests or dg.SkipReason("no served night has a complete, unscored test window")
+
+
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Frees concurrency-pool slots held by runs that were killed or ended without releasing "
                        "them, so the next warehouse writer never waits on a dead run (unirec_dagster.slots).")
@@ -59,6 +94,6 @@ def free_stuck_slots_sensor(context: dg.SensorEvaluationContext):
 
 @dg.definitions
 def orchestration() -> dg.Definitions:
-    return dg.Definitions(jobs=[ingest_day_job, nightly_recommendations_job, weekly_pretraining_job],
+    return dg.Definitions(jobs=[ingest_day_job, nightly_recommendations_job, evaluation_job, weekly_pretraining_job],
                           schedules=[nightly_schedule, weekly_pretraining_schedule],
-                          sensors=[new_event_file_sensor, free_stuck_slots_sensor])
+                          sensors=[new_event_file_sensor, delayed_evaluation_sensor, free_stuck_slots_sensor])
