@@ -38,7 +38,8 @@ def test_materialize_partition_range_and_catalog(tmp_path):
     materialization = result.asset_materializations_for_node("raw_events")[0]
     expected = sum(sample_lines(d) for d in ("2010-12-01", "2010-12-02", "2010-12-03"))
     assert materialization.metadata["lines_read"].value == expected
-    assert result.get_asset_check_evaluations()[0].check_name == "reject_rate"
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"files_arrived": True, "reject_rate": True}
 
     again = dg.materialize([raw_events], resources=resources, partition_key="2010-12-02")
     assert again.success
@@ -58,6 +59,23 @@ def test_materialize_partition_range_and_catalog(tmp_path):
     assert events + rejected == expected and days == 3
     assert rows(conn, "SELECT count(*) > 1000, count(title) > 1000 FROM raw.items")[0] == (True, True)
     conn.close()
+
+
+def test_a_missing_file_fails_files_arrived_naming_the_day_unless_the_shop_is_closed(tmp_path):
+    """2010-12-04 is a Saturday, which the sample's spec declares closed; a spec that does not
+    declare it reports the day, and the run still succeeds (the night serves from what it has)."""
+    open_all_week = tmp_path / "spec.yaml"
+    files = SAMPLE_SPEC_PATH.parent.parent / "sample" / "by-day"
+    open_all_week.write_text(SAMPLE_SPEC_PATH.read_text().replace("../sample/by-day/", f"{files}/")
+                             .replace("  closed: [Saturday, 2010-12-24..2011-01-03]\n", ""))
+    weekend = {"dagster/asset_partition_range_start": "2010-12-03", "dagster/asset_partition_range_end": "2010-12-05"}
+    for spec, missing in ((SAMPLE_SPEC_PATH, []), (open_all_week, ["2010-12-04"])):
+        result = dg.materialize([raw_events], tags=weekend,
+                                resources=warehouse_resources(tmp_path / f"{len(missing)}.duckdb", tmp_path / "m", spec))
+        assert result.success
+        check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "files_arrived")
+        assert check.passed == (not missing) and check.metadata["missing_days"].value == missing
+        assert ("2010-12-04" in check.description) == bool(missing)
 
 
 def test_raw_events_called_directly_refuses_to_empty_a_stored_day(tmp_path):

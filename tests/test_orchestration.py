@@ -8,6 +8,7 @@ from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH
 from unirec_dagster.definitions import defs as code_location
 from unirec_dagster.defs.resources import DatasetResource
 from unirec_dagster.defs.schedules import (
+    NIGHTLY_DEADLINE_HOUR,
     delayed_evaluation_sensor,
     new_event_file_sensor,
     nightly_assets,
@@ -22,10 +23,34 @@ def test_weekly_pretraining_runs_for_the_last_complete_day():
     assert request.partition_key == "2011-01-08"
 
 
-def test_nightly_schedule_targets_yesterday():
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2011, 1, 5, 2, 0))
-    result = nightly_schedule.evaluate_tick(context)
+def nightly_tick(hour: int, day: dt.date, spec_path=SAMPLE_SPEC_PATH):
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(day.year, day.month, day.day, hour, 0),
+                                        resources={"dataset": DatasetResource(spec_path=str(spec_path))},
+                                        repository_def=code_location().get_repository_def())
+    return nightly_schedule.evaluate_tick(context)
+
+
+def test_nightly_schedule_serves_yesterday_when_its_file_is_there():
+    result = nightly_tick(2, dt.date(2011, 1, 5))
     assert [r.partition_key for r in result.run_requests] == ["2011-01-04"]
+    assert result.run_requests[0].run_key == "2011-01-04" and result.run_requests[0].tags["unirec/day_file"] == "arrived"
+    closed = nightly_tick(2, dt.date(2011, 1, 9))  # Saturday 2011-01-08: declared closed, no wait
+    assert closed.run_requests[0].tags["unirec/day_file"] == "closed"
+
+
+def test_a_late_file_makes_the_nightly_wait_until_it_lands_or_the_deadline(tmp_path):
+    """2011-01-04's file is absent (late): the night waits, runs on the tick after it lands, and at
+    the deadline runs anyway from the data there is."""
+    files = tmp_path / "by-day"
+    files.mkdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SAMPLE_SPEC_PATH.read_text().replace("../sample/by-day/", f"{files}/"))
+    assert nightly_tick(2, dt.date(2011, 1, 5), spec).skip_message.startswith("waiting for 2011-01-04.csv")
+    deadline = nightly_tick(NIGHTLY_DEADLINE_HOUR, dt.date(2011, 1, 5), spec).run_requests
+    assert deadline[0].partition_key == "2011-01-04" and deadline[0].tags["unirec/day_file"] == "missing at the deadline"
+    (files / "2011-01-04.csv").write_text("landed late")
+    landed = nightly_tick(3, dt.date(2011, 1, 5), spec).run_requests
+    assert landed[0].partition_key == "2011-01-04" and landed[0].tags["unirec/day_file"] == "arrived"
 
 
 def test_sensor_requests_each_new_file_once():

@@ -1,3 +1,4 @@
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -127,3 +128,13 @@ def test_a_cli_command_on_a_bad_spec_prints_the_message_alone(tmp_path):
     assert f"error: {spec}: invalid dataset spec" in run.stderr
     assert "key 'events.user_id': required key is missing" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) < 15
+
+
+def test_closed_days_are_weekdays_dates_and_ranges(tmp_path):
+    spec = load_spec(write_spec(tmp_path, {"closed": ["Saturday", "2010-12-24..2011-01-03", "2011-04-22"]})).events
+    closed = (dt.date(2010, 12, 18), dt.date(2010, 12, 24), dt.date(2011, 1, 3), dt.date(2011, 4, 22))
+    assert all(spec.is_closed(d) for d in closed)
+    assert not any(spec.is_closed(d) for d in (dt.date(2010, 12, 23), dt.date(2011, 1, 4), dt.date(2011, 4, 21)))
+    for bad, words in (("Caturday", "not a weekday"), ("2011-01-03..2010-12-24", "ends before it starts")):
+        with pytest.raises(SpecError, match=words):
+            load_spec(write_spec(tmp_path, {"closed": [bad]}))

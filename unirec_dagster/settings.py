@@ -67,3 +67,19 @@ def models_dir() -> Path:
     """Where checkpoints are written (UNIREC_MODELS_DIR, default data/models)."""
     return _resolve(os.environ.get(MODELS_DIR_ENV), DEFAULT_MODELS_DIR)
 
+
+
+NIGHTLY_DEADLINE_ENV = "UNIREC_NIGHTLY_DEADLINE_HOUR"
+DEFAULT_NIGHTLY_DEADLINE_HOUR = 6
+
+
+def nightly_deadline_hour() -> int:
+    """The hour (UTC, 3-23) until which the nightly run waits for yesterday's file
+    (UNIREC_NIGHTLY_DEADLINE_HOUR, default 6): it runs at 02:00 when the file is there, else on the
+    first hourly tick after it lands, at the latest at the deadline, from the data it has."""
+    value = os.environ.get(NIGHTLY_DEADLINE_ENV)
+    if not value:
+        return DEFAULT_NIGHTLY_DEADLINE_HOUR
+    if not value.isdigit() or not 3 <= int(value) <= 23:
+        raise ValueError(f"{NIGHTLY_DEADLINE_ENV}={value!r}: give an hour from 3 to 23 (the nightly starts at 02:00)")
+    return int(value)

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DATE_PLACEHOLDER = re.compile(r"\{date(?::([^}]+))?\}")
 
@@ -222,6 +231,25 @@ class VerbsSpec(_Strict):
                         description="Who shows it, plural, e.g. 'shoppers', 'viewers', 'players'.")
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _closed_entry(value) -> str:
+    """A weekday name, a date (YYYY-MM-DD) or an inclusive range of dates (YYYY-MM-DD..YYYY-MM-DD)."""
+    text = str(value).strip()
+    if text.lower() in WEEKDAYS:
+        return text.lower()
+    first, _, last = text.partition("..")
+    try:
+        start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last or first)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a weekday (e.g. Saturday), a date (2010-12-24) or a range of dates "
+                         "(2010-12-24..2011-01-03)") from None
+    if start > end:
+        raise ValueError(f"'{text}': the range ends before it starts")
+    return text
+
+
 class EventsSpec(SourceFile):
     start_date: dt.date = Field(description="First partition date (YYYY-MM-DD).")
     end_date: dt.date | None = Field(None, description="Last partition date, for a log that has ended.")
@@ -235,6 +263,9 @@ class EventsSpec(SourceFile):
     price: ColumnRef | None = None
     context: list[str] = Field([], description="Extra columns kept with each event.")
     verbs: VerbsSpec = Field(VerbsSpec(), description="The words of the recommendations' reasons.")
+    closed: list[Annotated[str, BeforeValidator(_closed_entry)]] = Field(
+        [], description="Days without a file on purpose (weekdays, dates, date ranges 'first..last'): "
+                        "their missing file is normal, any other day's is reported by the files_arrived check.")
 
     @model_validator(mode="after")
     def _dates_and_types(self):
@@ -246,6 +277,19 @@ class EventsSpec(SourceFile):
                 f" produces: {sorted(self.event_type.types())}"
             )
         return self
+
+
+    def is_closed(self, day: dt.date) -> bool:
+        """Whether the shop declares `day` closed: no file is expected for it."""
+        for entry in self.closed:
+            if entry in WEEKDAYS:
+                if WEEKDAYS[day.weekday()] == entry:
+                    return True
+                continue
+            first, _, last = entry.partition("..")
+            if dt.date.fromisoformat(first) <= day <= dt.date.fromisoformat(last or first):
+                return True
+        return False
 
 
 SPEC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -23,7 +23,12 @@ class IngestConfig(dg.Config):
     code_version="1",
     check_specs=[dg.AssetCheckSpec("reject_rate", asset="raw_events", blocking=True,
                                    description="Every day's share of quarantined lines is under the spec's "
-                                               "max_reject_rate (or the run forced it).")],
+                                               "max_reject_rate (or the run forced it)."),
+                 dg.AssetCheckSpec("files_arrived", asset="raw_events",
+                                   description="Every day of the run has its file, unless the spec declares the "
+                                               "day closed (events.closed): a day that should have a file and has "
+                                               "none fails, naming the day. The night still serves, from the "
+                                               "data it has.")],
     description="Events of each day in raw.events; lines that break the contract in raw.rejected_events. A day "
                 "that holds events is never replaced by nothing or by mostly rejects (see the run config).",
 )
@@ -57,6 +62,14 @@ def raw_events(context: dg.AssetExecutionContext, config: IngestConfig, duckdb: 
             [s.partition_date, "yes" if s.file_found else "no file", s.lines_read, s.accepted, s.rejected,
              round(s.seconds, 2)] for s in stats)),
     })
+    missing = [s.partition_date.isoformat() for s in stats
+               if not s.file_found and spec.is_daily_layout and not spec.events.is_closed(s.partition_date)]
+    yield dg.AssetCheckResult(
+        check_name="files_arrived", passed=not missing,
+        metadata={"missing_days": missing, "days": len(stats)},
+        description=(f"no file for {', '.join(missing)}, a day the spec does not declare closed: the nights "
+                     "after it serve without that day's events (its file re-ingests the day when it lands)"
+                     if missing else "every open day's file arrived"))
     yield dg.AssetCheckResult(
         check_name="reject_rate",
         passed=worst_rate <= spec.max_reject_rate or config.force,

@@ -4,6 +4,8 @@ import datetime as dt
 
 import dagster as dg
 
+from unirec_dagster import settings
+from unirec_dagster.datasets import DatasetSpec
 from unirec_dagster.defs.dataset import daily_partitions
 from unirec_dagster.defs.resources import DatasetResource
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
@@ -28,8 +30,39 @@ weekly_pretraining_job = dg.define_asset_job(
     "weekly_pretraining", selection=dg.AssetSelection.assets("pretrained_encoder"), partitions_def=daily_partitions,
     description="Multi-task pretraining of the graph encoder.")
 
-# Partitioned schedules run for the last complete day: at 02:00 the partition is yesterday.
-nightly_schedule = dg.build_schedule_from_partitioned_job(nightly_recommendations_job, hour_of_day=2, minute_of_hour=0)
+NIGHTLY_DEADLINE_HOUR = settings.nightly_deadline_hour()
+
+
+def nightly_request(night: dt.date, now: dt.datetime, spec: DatasetSpec,
+                    deadline_hour: int = NIGHTLY_DEADLINE_HOUR) -> dg.RunRequest | dg.SkipReason:
+    """The nightly run for `night` (yesterday) at `now`: at once when its file is there or the shop
+    declares the day closed, else wait for the file until the deadline hour, then serve from the
+    data there is (the files_arrived check fails naming the day). The run key makes it one run a night."""
+    key = night.isoformat()
+    if key not in daily_partitions.get_partition_keys(current_time=now):
+        return dg.SkipReason(f"{key} is outside the dataset's partition calendar")
+    if not spec.is_daily_layout:
+        file_state = "glob layout"
+    elif spec.events_file_for(night).exists():
+        file_state = "arrived"
+    elif spec.events.is_closed(night):
+        file_state = "closed"
+    elif now.hour < deadline_hour:
+        return dg.SkipReason(f"waiting for {spec.events_file_for(night).name}: the night runs when it lands, at the "
+                             f"latest at {deadline_hour:02d}:00")
+    else:
+        file_state = "missing at the deadline"
+    return dg.RunRequest(run_key=key, partition_key=key, tags={"unirec/day_file": file_state})
+
+
+# Hourly from 02:00 to the deadline: a late file starts the night on the first tick after it lands.
+@dg.schedule(job=nightly_recommendations_job, cron_schedule=f"0 2-{NIGHTLY_DEADLINE_HOUR} * * *",
+             description=f"Serves yesterday: at 02:00 when its file is there (or the day is declared closed), "
+                         f"else on the first hourly tick after it lands, at the latest at "
+                         f"{NIGHTLY_DEADLINE_HOUR:02d}:00 (UNIREC_NIGHTLY_DEADLINE_HOUR) from the data there is.")
+def nightly_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetResource):
+    now = context.scheduled_execution_time
+    return nightly_request((now - dt.timedelta(days=1)).date(), now, dataset.load())
 
 
 @dg.schedule(job=weekly_pretraining_job, cron_schedule="0 1 * * 0",
@@ -40,15 +73,17 @@ def weekly_pretraining_schedule(context: dg.ScheduleEvaluationContext):
 
 
 @dg.sensor(job=ingest_day_job, minimum_interval_seconds=300,
-           description="Requests a day's ingestion when its source file appears (daily file layouts).")
+           description="Ingests a file that lands after its night ran (later than the nightly deadline, or a "
+                       "re-export of an older day); yesterday's file is the nightly run's. Daily layouts only.")
 def new_event_file_sensor(context: dg.SensorEvaluationContext, dataset: DatasetResource):
     spec = dataset.load()
     if not spec.is_daily_layout:
         return dg.SkipReason("the dataset's events are a glob layout, not one file per day")
     seen = set(filter(None, (context.cursor or "").split(",")))
+    nightly_owns_from = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()  # one owner a day
     requests = []
     for key in daily_partitions.get_partition_keys():
-        if key not in seen and spec.events_file_for(dt.date.fromisoformat(key)).exists():
+        if key < nightly_owns_from and key not in seen and spec.events_file_for(dt.date.fromisoformat(key)).exists():
             requests.append(dg.RunRequest(run_key=key, partition_key=key))
             seen.add(key)
     context.update_cursor(",".join(sorted(seen)))
