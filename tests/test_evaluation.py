@@ -12,6 +12,7 @@ import torch
 from tests.conftest import write_text
 from unirec_dagster import show
 from unirec_dagster.datasets import VerbsSpec
+from unirec_dagster.defs.evaluation import nights_below_peer
 from unirec_dagster.evaluation.cold_start import (
     choose_hidden_items,
     earlier_buyers,
@@ -458,3 +459,11 @@ def test_a_published_partition_may_live_under_any_folder_name(conn, shop, tmp_pa
     assert published.exists()
     assert rows(conn, "SELECT count(*) FROM read_parquet($p)", {"p": str(published)})[0][0] == \
         rows(conn, "SELECT count(*) FROM serving.recommendations WHERE partition_date = $d", {"d": run_date})[0][0]
+
+
+def test_drift_counts_the_evaluated_nights_below_the_peer_in_a_row():
+    ratios = [("2011-01-01", 1.1), ("2011-01-02", 0.9), ("2011-01-03", 0.95), ("2011-01-05", 0.8)]
+    assert nights_below_peer(ratios, "2011-01-05") == ["2011-01-05", "2011-01-03", "2011-01-02"]
+    assert nights_below_peer(ratios, "2011-01-02") == ["2011-01-02"]
+    assert nights_below_peer(ratios + [("2011-01-04", 1.0)], "2011-01-05") == ["2011-01-05"]
+    assert nights_below_peer(ratios, "2011-01-01") == []

@@ -23,6 +23,14 @@ ingest_day_job = dg.define_asset_job("ingest_day", selection=dg.AssetSelection.a
 nightly_recommendations_job = dg.define_asset_job(
     "nightly_recommendations", selection=nightly_assets, partitions_def=daily_partitions,
     description="Ingest yesterday, refresh the KG and text view, fine-tune, evaluate, write recommendations.")
+# What a new deployment runs once, for the day before its first night, after ingesting its history
+# (ingest_day over the past days): the catalogs, the text view, the graph and a first pretraining,
+# so that the first nightly run fine-tunes from a pretrained start.
+deployment_start_job = dg.define_asset_job(
+    "deployment_start", partitions_def=daily_partitions,
+    selection=dg.AssetSelection.assets("raw_items", "raw_users", "item_text_embeddings", "knowledge_graph",
+                                       "pretrained_encoder"),
+    description="Once, for the day before the first night: catalogs, text view, graph, first pretraining.")
 evaluation_job = dg.define_asset_job(
     "delayed_evaluation", selection=dg.AssetSelection.assets("model_evaluation"), partitions_def=daily_partitions,
     description="Score a night's served table on its test window, once that window has happened.")
@@ -129,6 +137,7 @@ def free_stuck_slots_sensor(context: dg.SensorEvaluationContext):
 
 @dg.definitions
 def orchestration() -> dg.Definitions:
-    return dg.Definitions(jobs=[ingest_day_job, nightly_recommendations_job, evaluation_job, weekly_pretraining_job],
+    return dg.Definitions(jobs=[ingest_day_job, deployment_start_job, nightly_recommendations_job, evaluation_job,
+                                weekly_pretraining_job],
                           schedules=[nightly_schedule, weekly_pretraining_schedule],
                           sensors=[new_event_file_sensor, delayed_evaluation_sensor, free_stuck_slots_sensor])

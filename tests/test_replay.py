@@ -1,0 +1,63 @@
+"""Three nights played as the daemon would, from a fresh instance: one on time, one late, one whose
+file never lands (`python -m unirec_dagster.replay`)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from unirec_dagster.replay import replayed_runs
+from unirec_dagster.warehouse import connect, rows
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+NIGHTS = {"2011-01-04": ("2011-01-05T02:00:00+00:00", "arrived"),
+          "2011-01-05": ("2011-01-06T05:00:00+00:00", "arrived"),        # its file lands at 04:30
+          "2011-01-06": ("2011-01-07T06:00:00+00:00", "missing at the deadline")}
+
+
+def replay(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unirec_dagster.replay", "--from", "2011-01-04", "--to", "2011-01-06",
+                           "--late", "2011-01-05", "--missing", "2011-01-06"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
+def test_replayed_nights_wait_for_a_late_file_and_name_a_missing_one(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "UNIREC_DUCKDB_PATH": str(tmp_path / "w.duckdb"),
+           "UNIREC_MODELS_DIR": str(tmp_path / "models")}
+    env.pop("UNIREC_DATASET", None)  # the embedded sample
+    first = replay(env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = (home / "replay" / "report.md").read_text()
+    assert "| 2011-01-06 | never (--missing) | 01-07 06:00 (missing at the deadline) | SUCCESS |" in report
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        runs = replayed_runs(instance)
+        assert [(r.requested_by, r.job) for r in runs[:2]] == [("deployment start", "ingest_day"),
+                                                               ("deployment start", "deployment_start")]
+        nightly = {r.partition: r for r in runs if r.job == "nightly_recommendations"}
+        assert set(nightly) == set(NIGHTS) and all(r.status == "SUCCESS" for r in runs)
+        for night, (tick, day_file) in NIGHTS.items():
+            run = nightly[night]
+            assert run.tags["dagster/schedule_name"] == "nightly_schedule" and run.tags["dagster/run_key"] == night
+            assert (run.tags["unirec/replay_tick"], run.tags["unirec/day_file"]) == (tick, day_file)
+            missing_named = [c for c in run.failed_checks if c.startswith("raw_events.files_arrived")]
+            assert bool(missing_named) == (night == "2011-01-06")
+        assert "2011-01-06" in nightly["2011-01-06"].failed_checks[0]
+
+        again = replay(env)  # played again: every run key is used already, nothing runs twice
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert len(replayed_runs(instance)) == len(runs)
+
+    conn = connect(tmp_path / "w.duckdb", read_only=True)
+    served = rows(conn, "SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM serving.recommendations ORDER BY 1")
+    conn.close()
+    assert [night for (night,) in served] == sorted(NIGHTS)
