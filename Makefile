@@ -5,7 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-DAGSTER := $(VENV)/bin/dagster
 # `dg launch` (Dagster's recommended CLI) loads the project named in pyproject.toml ([tool.dg]).
 DG := $(VENV)/bin/dg
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
@@ -60,12 +59,14 @@ ui-check: setup
 lint: setup
 	$(VENV)/bin/ruff check unirec_dagster tests bench
 	$(VENV)/bin/mypy unirec_dagster
+	$(DG) check defs  # the code location loads: every asset, check, job, schedule and sensor
 
 bench: setup
 	$(PY) bench/ingest_year.py
 
+# dg dev reads the project from pyproject.toml; `dagster dev -w workspace.yaml` starts the same.
 dev: setup
-	$(DAGSTER) dev -w workspace.yaml
+	$(DG) dev
 
 # The experiment tracking UI over the runs the assets logged (UNIREC_MLFLOW_URI, default the SQLite
 # store beside the warehouse: data/warehouse.mlflow.db for data/warehouse.duckdb).

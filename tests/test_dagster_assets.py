@@ -24,6 +24,12 @@ def test_definitions_load():
     keys = {key.to_user_string() for key in loaded.resolve_all_asset_keys()}
     assert {"raw_events", "raw_items", "raw_users", "knowledge_graph"} <= keys
     assert loaded.get_assets_def("raw_events").partitions_def.get_first_partition_key() == "2010-12-01"
+    graph = loaded.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("raw_events")).parent_keys == {dg.AssetKey("event_files")}  # the shop's files
+    assert not graph.get(dg.AssetKey("event_files")).is_materializable
+    tables = {key.to_user_string(): graph.get(key).metadata.get("dagster/table_name") for key in graph.get_all_asset_keys()}
+    assert tables["raw_events"] == "raw.events" and tables["recommendations"] == "serving.recommendations"
+    assert all(graph.get(key).owners == ["team:recommendations"] for key in graph.get_all_asset_keys())
 
 
 def test_materialize_partition_range_and_catalog(tmp_path):

@@ -10,7 +10,14 @@ from dagster_duckdb import DuckDBResource
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.presentation import comparison_table
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource, ModelStoreResource, TrackingResource
+from unirec_dagster.defs.resources import (
+    OWNERS,
+    WAREHOUSE_POOL,
+    DatasetResource,
+    ModelStoreResource,
+    TrackingResource,
+    warehouse_table,
+)
 from unirec_dagster.defs.serving import recommendations
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
@@ -48,7 +55,8 @@ def served_over_peer_history(instance: dg.DagsterInstance, limit: int = 100) -> 
     return list(newest.items())
 
 
-@dg.asset(group_name="evaluation", kinds={"duckdb"}, partitions_def=daily_partitions,
+@dg.asset(group_name="evaluation", owners=OWNERS, kinds={"duckdb"},
+          metadata=warehouse_table("eval.metrics"), partitions_def=daily_partitions,
           deps=[recommendations, finetuned_recommender,
                 # the test window: the days after the partition (absent for the newest partitions)
                 dg.AssetDep(raw_events, partition_mapping=dg.TimeWindowPartitionMapping(

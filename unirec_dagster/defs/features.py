@@ -4,7 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from unirec_dagster.defs.ingest import raw_items
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, ComputeResource, TextModelResource
+from unirec_dagster.defs.resources import OWNERS, WAREHOUSE_POOL, ComputeResource, TextModelResource, warehouse_table
 from unirec_dagster.features import refresh_text_embeddings
 from unirec_dagster.model.device import choose_device
 
@@ -13,7 +13,8 @@ class TextEmbeddingConfig(dg.Config):
     batch_size: int = 256
 
 
-@dg.asset(group_name="features", kinds={"duckdb", "pytorch"}, deps=[raw_items], pool=WAREHOUSE_POOL, code_version="1",
+@dg.asset(group_name="features", owners=OWNERS, kinds={"duckdb", "pytorch"},
+          metadata=warehouse_table("features.item_texts"), deps=[raw_items], pool=WAREHOUSE_POOL, code_version="1",
           description="Sentence embeddings of item title + description, keyed by a hash of the text.")
 def item_text_embeddings(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, duckdb: DuckDBResource,
                          text_model: TextModelResource, compute: ComputeResource):

@@ -7,7 +7,7 @@ from dagster_duckdb import DuckDBResource
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
 from unirec_dagster.defs.presentation import counts_table
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource
+from unirec_dagster.defs.resources import OWNERS, WAREHOUSE_POOL, DatasetResource, warehouse_table
 from unirec_dagster.graph import KGParams, build_partition
 from unirec_dagster.graph.checks import check_snapshot
 
@@ -17,7 +17,7 @@ class KnowledgeGraphConfig(KGParams, dg.Config):
 
 
 @dg.asset(
-    group_name="graph",
+    group_name="graph", owners=OWNERS, metadata=warehouse_table("kg.triples"),
     kinds={"duckdb"},
     partitions_def=daily_partitions,
     deps=[raw_events, raw_items, raw_users],

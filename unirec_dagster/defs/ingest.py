@@ -5,7 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from unirec_dagster.defs.dataset import daily_partitions, partition_days
 from unirec_dagster.defs.presentation import markdown_table
-from unirec_dagster.defs.resources import WAREHOUSE_POOL, DatasetResource
+from unirec_dagster.defs.resources import OWNERS, WAREHOUSE_POOL, DatasetResource, warehouse_table
 from unirec_dagster.ingest import build_catalog, ingest_days
 
 
@@ -14,9 +14,18 @@ class IngestConfig(dg.Config):
     force: bool = False        # let a day over max_reject_rate replace what the day holds
 
 
+# Outside Dagster: the shop's export writes these files; shown upstream of raw_events in the lineage.
+event_files = dg.AssetSpec(
+    "event_files", group_name="ingest", owners=OWNERS,
+    description="The shop's event files, as the dataset spec's events.path names them (UNIREC_DATASET): one "
+                "file per day or a glob. Written by the shop's export, not by Dagster; raw_events reads them.")
+
+
 @dg.asset(
-    group_name="ingest",
+    group_name="ingest", owners=OWNERS,
     kinds={"duckdb"},
+    metadata=warehouse_table("raw.events"),
+    deps=[event_files],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=WAREHOUSE_POOL,
@@ -84,8 +93,9 @@ def raw_events(context: dg.AssetExecutionContext, config: IngestConfig, duckdb: 
 def _catalog_asset(kind: str):
     @dg.asset(
         name=f"raw_{kind}",
-        group_name="ingest",
+        group_name="ingest", owners=OWNERS,
         kinds={"duckdb"},
+        metadata=warehouse_table(f"raw.{kind}"),
         deps=[raw_events],
         pool=WAREHOUSE_POOL,
         code_version="1",

@@ -32,6 +32,12 @@ from unirec_dagster.warehouse.db import connection_config
 # Every asset that writes the warehouse runs in this pool; dagster.yaml limits it to one slot,
 # because only one process may hold a DuckDB file open for writing.
 WAREHOUSE_POOL = "duckdb_warehouse"
+OWNERS = ["team:recommendations"]  # shown on every asset page; the team a failing check pages
+
+
+def warehouse_table(name: str) -> dict:
+    """Definition metadata naming the DuckDB table an asset writes (Dagster's `dagster/table_name`)."""
+    return {"dagster/table_name": name}
 
 
 def env_or_default(name: str, default: str) -> str | dg.EnvVar:

@@ -13,6 +13,7 @@ from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.presentation import curves_image, gate_table, history_table, importance_table
 from unirec_dagster.defs.resources import (
+    OWNERS,
     WAREHOUSE_POOL,
     ComputeResource,
     DatasetResource,
@@ -71,7 +72,7 @@ class FinetuningConfig(FinetuneConfig, dg.Config):
     mf_ablation: bool = Field(False, description="Also train BPR-MF (no graph, no text, no pretraining).")
 
 
-@dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
+@dg.asset(group_name="training", owners=OWNERS, kinds={"pytorch"}, partitions_def=daily_partitions,
           deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="3", op_tags=GPU_STEP,
           description="Self-supervised multi-task pretraining on the partition's validation KG snapshot (as of "
                       "validation_days before the day), warm-started from an earlier partition (weekly schedule); "
@@ -103,7 +104,7 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
         "relation_weights": m["relation_weights"], "world_size": m["world_size"]})
 
 
-@dg.asset(group_name="training", kinds={"pytorch"}, partitions_def=daily_partitions,
+@dg.asset(group_name="training", owners=OWNERS, kinds={"pytorch"}, partitions_def=daily_partitions,
           deps=[knowledge_graph, item_text_embeddings,
                 # weekly pretraining: the newest of the last four weeks' partitions is the parent
                 dg.AssetDep(pretrained_encoder, partition_mapping=dg.TimeWindowPartitionMapping(
