@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH, warehouse_resources
 from unirec_dagster.definitions import defs
-from unirec_dagster.defs.graph import knowledge_graph
+from unirec_dagster.defs.graph import knowledge_graph, relation_sizes
 from unirec_dagster.defs.ingest import IngestConfig, raw_events, raw_items, raw_users
 from unirec_dagster.ingest import IngestRefused
 from unirec_dagster.warehouse import connect, rows
@@ -55,7 +55,16 @@ def test_materialize_partition_range_and_catalog(tmp_path):
     kg = dg.materialize([knowledge_graph], resources=resources, partition_key="2010-12-03",
                         run_config={"ops": {"knowledge_graph": {"config": {"cooccurrence_top_n": 5}}}})
     assert kg.success
-    assert all(check.passed for check in kg.get_asset_check_evaluations())
+    assert {c.check_name: c.passed for c in kg.get_asset_check_evaluations()} == {
+        "no_dangling_ids": True, "items_have_entities": True}
+    # relation_sizes reads the warehouse only: run alone, with tighter bounds, it re-checks the night
+    recheck = dg.materialize([knowledge_graph, relation_sizes], resources=resources,
+                             selection=dg.AssetSelection.checks(relation_sizes),
+                             run_config={"ops": {"knowledge_graph_relation_sizes": {"config": {"max_relation_triples": 10}}}})
+    assert recheck.success and not recheck.asset_materializations_for_node("knowledge_graph")
+    [sizes] = recheck.get_asset_check_evaluations()
+    assert sizes.check_name == "relation_sizes" and not sizes.passed and sizes.severity == dg.AssetCheckSeverity.WARN
+    assert sizes.metadata["out_of_bounds"].value and sizes.metadata["snapshot_date"].value == "2010-12-03"
     conn = connect(db, read_only=True)
     assert rows(conn, "SELECT max(last_seen) < DATE '2010-12-04' FROM kg.triples")[0][0]
     assert rows(conn, "SELECT max(n) <= 5 FROM (SELECT count(*) n FROM kg.triples JOIN kg.relations USING (relation_id)"

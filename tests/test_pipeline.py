@@ -17,7 +17,7 @@ from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events, raw_items, raw_users
 from unirec_dagster.defs.resources import ModelStoreResource, TrackingResource
-from unirec_dagster.defs.serving import recommendations, similar_items
+from unirec_dagster.defs.serving import coverage, recommendations, similar_items
 from unirec_dagster.defs.training import finetuned_recommender, pretrained_encoder
 from unirec_dagster.evaluation.served import served_ranking
 from unirec_dagster.evaluation.steps import SERVED
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 START, RUN_DATE = dt.date(2010, 12, 1), dt.date(2010, 12, 28)  # inside the sample's partition calendar
 MODEL_ASSETS = [knowledge_graph, pretrained_encoder, finetuned_recommender, recommendations, model_evaluation,
-                similar_items]
+                similar_items, coverage]
 SMALL = {"ops": {
     "pretrained_encoder": {"config": {"epochs": 3, "encoder": {"dim": 16}}},
     "finetuned_recommender": {"config": {"max_epochs": 6, "patience": 2, "encoder": {"dim": 16}}},
@@ -112,6 +112,8 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         age = [c for c in result.get_asset_check_evaluations() if c.check_name == "pretrained_age"]
         assert age[0].passed and age[0].metadata["age_days"].value == 0
         assert [c.passed for c in result.get_asset_check_evaluations() if c.check_name == "finite_weights"] == [True]
+        [covered] = [c for c in result.get_asset_check_evaluations() if c.check_name == "coverage"]  # standalone
+        assert covered.passed and covered.metadata["night"].value == RUN_DATE.isoformat()
         finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
         image = finetuned["curves_image"].value  # markdown with an embedded PNG
         assert base64.b64decode(image.split("base64,")[1].rstrip(")")).startswith(b"\x89PNG")
