@@ -25,24 +25,27 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# Materialize the whole graph: the daily partitions of the dataset in one single-run backfill,
-# the catalogs and the text view, then the model and serving assets for the last day. Then the
-# same for a historic day that has a test window after it (`--historic`), with the from-scratch
-# comparison, so that model_evaluation shows the full table on the served partition, and its
-# pretraining in two data-parallel workers (torchrun, gloo on CPU), whose checkpoint the last day's
-# fine-tuning then starts from.
-MODEL_ASSETS := knowledge_graph,pretrained_encoder,finetuned_recommender,recommendations,model_evaluation,similar_items
+# Materialize the whole graph: the daily partitions of the dataset in one single-run backfill, the
+# catalogs and the text view; then, for a historic day that has a test window after it
+# (`--historic`), the week's pretraining in two data-parallel workers (torchrun, gloo on CPU) and
+# the day's models with the from-scratch comparison, so that model_evaluation shows the full table;
+# then the same for the last day, fine-tuned from its own week's pretraining. Pretraining is weekly:
+# the graph of the week's Saturday comes first, since its validation snapshot is what it reads.
+MODEL_ASSETS := knowledge_graph,finetuned_recommender,recommendations,model_evaluation,similar_items
+PARTITION = $$($(PY) -m unirec_dagster.partitions $(1))
 
 run: setup
 	$(PY) -m unirec_dagster.slots  # a killed earlier run must not keep the warehouse slot
-	$(DG) launch --assets raw_events \
-		--partition-range "$$($(PY) -m unirec_dagster.partitions)"
+	$(DG) launch --assets raw_events --partition-range "$(call PARTITION,)"
 	$(DG) launch --assets 'raw_items,raw_users,item_text_embeddings'
-	$(DG) launch --assets '$(MODEL_ASSETS)' \
-		--partition "$$($(PY) -m unirec_dagster.partitions --historic)" \
-		--config-json '{"ops": {"finetuned_recommender": {"config": {"from_scratch": true}}, "pretrained_encoder": {"config": {"world_size": 2}}}}'
-	$(DG) launch --assets '$(MODEL_ASSETS)' \
-		--partition "$$($(PY) -m unirec_dagster.partitions --last)"
+	$(DG) launch --assets knowledge_graph --partition "$(call PARTITION,--historic --week-end)"
+	$(DG) launch --assets pretrained_encoder --partition "$(call PARTITION,--historic --week)" \
+		--config-json '{"ops": {"pretrained_encoder": {"config": {"world_size": 2}}}}'
+	$(DG) launch --assets '$(MODEL_ASSETS)' --partition "$(call PARTITION,--historic)" \
+		--config-json '{"ops": {"finetuned_recommender": {"config": {"from_scratch": true}}}}'
+	$(DG) launch --assets knowledge_graph --partition "$(call PARTITION,--last --week-end)"
+	$(DG) launch --assets pretrained_encoder --partition "$(call PARTITION,--last --week)"
+	$(DG) launch --assets '$(MODEL_ASSETS)' --partition "$(call PARTITION,--last)"
 
 test: setup
 	$(PY) -m pytest tests --ignore=tests/browser

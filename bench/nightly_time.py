@@ -1,7 +1,8 @@
 """Wall time of the weekly and the nightly runs through the real CLI, on a copy of a warehouse that
 holds the whole dataset (the raw_events backfill and the catalogs), as an operator runs them:
 
-    weekly:  dagster asset materialize --select knowledge_graph,pretrained_encoder --partition D
+    weekly:  dagster asset materialize --select knowledge_graph --partition S (the Saturday ending the
+             last week before D), then --select pretrained_encoder --partition W (that week's Sunday)
     nightly: dagster asset materialize --select knowledge_graph,item_text_embeddings,
              finetuned_recommender,recommendations,model_evaluation,similar_items --partition D
 
@@ -11,6 +12,7 @@ holds the whole dataset (the raw_events backfill and the catalogs), as an operat
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import shutil
@@ -21,12 +23,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = {
-    "weekly pretraining (knowledge_graph, pretrained_encoder)": "knowledge_graph,pretrained_encoder",
-    "nightly (knowledge_graph, item_text_embeddings, finetuned_recommender, recommendations, model_evaluation, "
-    "similar_items)": "knowledge_graph,item_text_embeddings,finetuned_recommender,recommendations,model_evaluation,"
-                      "similar_items",
-}
+NIGHTLY = "knowledge_graph,item_text_embeddings,finetuned_recommender,recommendations,model_evaluation,similar_items"
+
+
+def runs(run_date: str) -> list[tuple[str, str, str]]:
+    """(name, selection, partition) of the weekly run (the graph of the week's Saturday, then the
+    week's pretraining) and of the nightly run."""
+    from unirec_dagster.defs.dataset import last_complete_week
+
+    week = last_complete_week(dt.date.fromisoformat(run_date))
+    saturday = (dt.date.fromisoformat(week) + dt.timedelta(days=6)).isoformat()
+    return [(f"weekly: knowledge_graph {saturday}", "knowledge_graph", saturday),
+            (f"weekly: pretrained_encoder {week}", "pretrained_encoder", week),
+            (f"nightly ({NIGHTLY.replace(',', ', ')}) {run_date}", NIGHTLY, run_date)]
 
 
 def main() -> None:
@@ -43,9 +52,9 @@ def main() -> None:
         env = {**os.environ, "UNIREC_DATASET": args.spec, "UNIREC_DUCKDB_PATH": str(warehouse),
                "UNIREC_MODELS_DIR": str(home / "models"), "DAGSTER_HOME": str(home)}
         print("| run | wall s (CLI start-up included) | steps |\n|---|---|---|")
-        for name, selection in RUNS.items():
+        for name, selection, partition in runs(args.run_date):
             command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m",
-                       "unirec_dagster.definitions", "--select", selection, "--partition", args.run_date]
+                       "unirec_dagster.definitions", "--select", selection, "--partition", partition]
             started = time.perf_counter()
             done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
             wall = time.perf_counter() - started

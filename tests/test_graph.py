@@ -5,7 +5,7 @@ import torch
 
 from tests.conftest import write_text
 from unirec_dagster.graph import KGParams, build_snapshot, load_graph
-from unirec_dagster.graph.checks import check_snapshot
+from unirec_dagster.graph.checks import check_snapshot, relations_out_of_bounds
 from unirec_dagster.ingest import build_catalog, ingest_days
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import rows
@@ -77,8 +77,10 @@ def test_exact_triples_of_a_small_log(conn, shop):
     ]
     assert [(h, t) for h, t, _, _ in triples(conn, D1, "item_price_band")] == [("A", "q1"), ("B", "q1"), ("C", "q2")]
     assert [(h, t) for h, t, _, _ in triples(conn, D1, "user_country")] == [("u1", "UK"), ("u2", "FR"), ("u3", "UK")]
-    integrity = check_snapshot(conn, D1, PARAMS)
+    integrity = check_snapshot(conn, D1)
     assert integrity.dangling_triples == 0 and integrity.items_without_entity == 0
+    assert relations_out_of_bounds(conn, D1, PARAMS) == {}
+    assert relations_out_of_bounds(conn, D1, PARAMS.model_copy(update={"min_relation_triples": 4}))["user_country"] == 3
 
 
 def test_as_of_build_ignores_later_events(conn, shop):

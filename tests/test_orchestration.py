@@ -6,6 +6,7 @@ import dagster as dg
 
 from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH
 from unirec_dagster.definitions import defs as code_location
+from unirec_dagster.defs.dataset import last_complete_week
 from unirec_dagster.defs.resources import DatasetResource
 from unirec_dagster.defs.schedules import (
     NIGHTLY_DEADLINE_HOUR,
@@ -17,10 +18,15 @@ from unirec_dagster.defs.schedules import (
 )
 
 
-def test_weekly_pretraining_runs_for_the_last_complete_day():
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2011, 1, 9, 1, 0))
-    request = weekly_pretraining_schedule(context)
-    assert request.partition_key == "2011-01-08"
+def test_weekly_pretraining_runs_for_the_week_that_ended():
+    """Sunday 2011-01-09 01:00: the week 2011-01-02 (Sunday) to 2011-01-08 (Saturday), one partition a
+    week, so no daily partitions stay missing forever."""
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2011, 1, 9, 1, 0),
+                                        repository_def=code_location().get_repository_def())
+    assert [r.partition_key for r in weekly_pretraining_schedule.evaluate_tick(context).run_requests] == ["2011-01-02"]
+    weeks = code_location().get_assets_def("pretrained_encoder").partitions_def
+    assert weeks.get_partition_keys()[:2] == ["2010-12-05", "2010-12-12"] and weeks.get_last_partition_key() == "2011-01-09"
+    assert last_complete_week(dt.date(2011, 1, 8)) == "2011-01-02" == last_complete_week(dt.date(2011, 1, 14))
 
 
 def nightly_tick(hour: int, day: dt.date, spec_path=SAMPLE_SPEC_PATH):

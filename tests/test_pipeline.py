@@ -31,8 +31,8 @@ from unirec_dagster.warehouse import connect, rows
 pytestmark = pytest.mark.slow
 
 START, RUN_DATE = dt.date(2010, 12, 1), dt.date(2010, 12, 28)  # inside the sample's partition calendar
-MODEL_ASSETS = [knowledge_graph, pretrained_encoder, finetuned_recommender, recommendations, model_evaluation,
-                similar_items, coverage]
+WEEK, SATURDAY = "2010-12-19", "2010-12-25"  # pretraining's week before RUN_DATE, and its last day
+MODEL_ASSETS = [knowledge_graph, finetuned_recommender, recommendations, model_evaluation, similar_items, coverage]
 SMALL = {"ops": {
     "pretrained_encoder": {"config": {"epochs": 3, "encoder": {"dim": 16}}},
     "finetuned_recommender": {"config": {"max_epochs": 6, "patience": 2, "encoder": {"dim": 16}}},
@@ -53,13 +53,30 @@ HOBBLED = {"ops": {**SMALL["ops"], "finetuned_recommender": {"config": {
     "ranking": {"candidates": {"model": 0, "ease": 0, "rp3beta": 0, "co_purchase": 0, "trending": 3, "new_items": 0}}}}}}
 
 
-def materialize_everything(resources: dict, run_config: dict = SMALL) -> dg.ExecuteInProcessResult:
+def pretrain_the_week(resources: dict, run_config: dict) -> dg.ExecuteInProcessResult:
+    """As the deployment runs it: the graph of the week's Saturday, then the weekly partition."""
+    assert dg.materialize([knowledge_graph], resources=resources, partition_key=SATURDAY,
+                          run_config={"ops": {"knowledge_graph": run_config["ops"]["knowledge_graph"]}}).success
+    return dg.materialize([pretrained_encoder], resources=resources, partition_key=WEEK,
+                          run_config={"ops": {"pretrained_encoder": run_config["ops"]["pretrained_encoder"]}})
+
+
+def materialize_everything(resources: dict, run_config: dict = SMALL) -> tuple[dg.ExecuteInProcessResult,
+                                                                                dg.ExecuteInProcessResult]:
+    """(the week's pretraining, the day's models) on a freshly ingested warehouse."""
     last = RUN_DATE + dt.timedelta(days=9)
     assert dg.materialize([raw_events], resources=resources, tags={
         "dagster/asset_partition_range_start": START.isoformat(),
         "dagster/asset_partition_range_end": last.isoformat()}).success
     assert dg.materialize([raw_items, raw_users, item_text_embeddings], resources=resources).success
-    return dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(), run_config=run_config)
+    pretraining = pretrain_the_week(resources, run_config)
+    assert pretraining.success
+    return pretraining, dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(),
+                                       run_config=model_config(run_config))
+
+
+def model_config(run_config: dict) -> dict:
+    return {"ops": {k: v for k, v in run_config["ops"].items() if k != "pretrained_encoder"}}
 
 
 def assert_served_as_ranked_by_the_policy(warehouse, spec_path, models, policy_name: str) -> None:
@@ -76,19 +93,23 @@ def assert_served_as_ranked_by_the_policy(warehouse, spec_path, models, policy_n
     assert unserved == 0 and torch.equal(served, expected.items)
 
 
-def assert_tracked(result: dg.ExecuteInProcessResult, uri: str, reachable: bool) -> None:
+def assert_tracked(pretraining: dg.ExecuteInProcessResult, result: dg.ExecuteInProcessResult, uri: str,
+                   reachable: bool) -> None:
     """Each training and evaluation step is an MLflow run tagged with the Dagster run and partition,
     named in the step's metadata; with the store unreachable, the steps warn and succeed without."""
-    steps = ("pretrained_encoder", "finetuned_recommender", "model_evaluation")
-    named = {step: result.asset_materializations_for_node(step)[0].metadata.get("mlflow_run_id") for step in steps}
+    runs = {"pretrained_encoder": (pretraining, WEEK), "finetuned_recommender": (result, RUN_DATE.isoformat()),
+            "model_evaluation": (result, RUN_DATE.isoformat())}
+    named = {step: run.asset_materializations_for_node(step)[0].metadata.get("mlflow_run_id")
+             for step, (run, _) in runs.items()}
     if not reachable:
-        assert named == dict.fromkeys(steps)
+        assert named == dict.fromkeys(runs)
         return
     client = MlflowClient(tracking_uri=uri)
     for step, run_id in named.items():
-        run = client.get_run(run_id.value)
-        assert run.data.tags["dagster.run_id"] == result.run_id and run.info.status == "FINISHED"
-        assert run.data.tags["dagster.partition"] == RUN_DATE.isoformat() and run.data.tags["dagster.asset"] == step
+        run, partition = runs[step]
+        tracked = client.get_run(run_id.value)
+        assert tracked.data.tags["dagster.run_id"] == run.run_id and tracked.info.status == "FINISHED"
+        assert tracked.data.tags["dagster.partition"] == partition and tracked.data.tags["dagster.asset"] == step
     curve = client.get_metric_history(named["finetuned_recommender"].value, "validation")
     assert len(curve) > 1 and [m.step for m in curve] == list(range(1, len(curve) + 1))
     assert len(client.get_metric_history(named["pretrained_encoder"].value, "link")) > 1
@@ -104,13 +125,13 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         resources = warehouse_resources(warehouse, models, shop(tmp_path, name, seed))
         if name == "shop-b":  # an unreachable tracking server only warns
             resources["tracking"] = TrackingResource(uri="http://127.0.0.1:9")
-        result = materialize_everything(resources, SMALL if name == "shop-a" else HOBBLED)
+        pretraining, result = materialize_everything(resources, SMALL if name == "shop-a" else HOBBLED)
         assert result.success
-        assert_tracked(result, resources["tracking"].uri, reachable=name == "shop-a")
+        assert_tracked(pretraining, result, resources["tracking"].uri, reachable=name == "shop-a")
         gate = [c for c in result.get_asset_check_evaluations() if c.check_name == "quality_gate"]
         assert len(gate) == 1
         age = [c for c in result.get_asset_check_evaluations() if c.check_name == "pretrained_age"]
-        assert age[0].passed and age[0].metadata["age_days"].value == 0
+        assert age[0].passed and age[0].metadata["age_days"].value == 3  # the week ended on Saturday 12-25
         assert [c.passed for c in result.get_asset_check_evaluations() if c.check_name == "finite_weights"] == [True]
         [covered] = [c for c in result.get_asset_check_evaluations() if c.check_name == "coverage"]  # standalone
         assert covered.passed and covered.metadata["night"].value == RUN_DATE.isoformat()
@@ -162,7 +183,7 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
             conn.close()
             resources = warehouse_resources(warehouse, models, tmp_path / name / "synthetic.yaml")
             assert dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(),
-                                  run_config=SMALL).success
+                                  run_config=model_config(SMALL)).success
             conn = connect(warehouse, read_only=True)
             assert rows(conn, "SELECT user_id, item_id, rank FROM serving.recommendations ORDER BY ALL") == first
             assert rows(conn, "SELECT count(*) FROM eval.metrics")[0][0] == metric_rows, "replaced, not added"
@@ -183,9 +204,11 @@ def test_training_in_two_gloo_workers_loads_and_serves_like_one_process(tmp_path
         "dagster/asset_partition_range_start": START.isoformat(),
         "dagster/asset_partition_range_end": last.isoformat()}).success
     assert dg.materialize([raw_items, raw_users, item_text_embeddings], resources=resources).success
-    result = dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(), run_config=two_workers)
-    assert result.success
-    pretrained = result.asset_materializations_for_node("pretrained_encoder")[0].metadata
+    pretraining = pretrain_the_week(resources, two_workers)
+    result = dg.materialize(MODEL_ASSETS, resources=resources, partition_key=RUN_DATE.isoformat(),
+                            run_config=model_config(two_workers))
+    assert pretraining.success and result.success
+    pretrained = pretraining.asset_materializations_for_node("pretrained_encoder")[0].metadata
     assert pretrained["world_size"].value == 2 and pretrained["epochs"].value == 3
     finetuned = result.asset_materializations_for_node("finetuned_recommender")[0].metadata
     assert finetuned["world_size"].value == 2 and 1 <= finetuned["best_epoch"].value <= 6

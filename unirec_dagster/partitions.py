@@ -1,5 +1,7 @@
 """Print the partition range of the selected dataset, e.g. `2010-12-01...2011-01-15`; with --last
-its last partition; with --historic the last partition that still has a full test window after it.
+its last partition; with --historic the last partition that still has a full test window after it;
+with --week (beside --last or --historic) the key of the newest complete week ending on or before
+that day (pretraining's weekly partition), with --week-end that week's last day (its Saturday).
 
 Used by `make run` to backfill every day of a finished dataset; for a live log (no end_date)
 the range ends yesterday.
@@ -20,9 +22,14 @@ def partition_range() -> tuple[dt.date, dt.date]:
 
 if __name__ == "__main__":
     first, last = partition_range()
-    if "--last" in sys.argv[1:]:
-        print(last.isoformat())
-    elif "--historic" in sys.argv[1:]:
-        print((last - dt.timedelta(days=TEST_WINDOW_DAYS)).isoformat())
-    else:
+    args = sys.argv[1:]
+    day = last if "--last" in args else last - dt.timedelta(days=TEST_WINDOW_DAYS) if "--historic" in args else None
+    if day is None:
         print(f"{first.isoformat()}...{last.isoformat()}")
+    elif "--week" in args or "--week-end" in args:
+        from unirec_dagster.defs.dataset import last_complete_week  # Dagster's calendar, loaded only here
+
+        week = dt.date.fromisoformat(last_complete_week(day))
+        print((week + dt.timedelta(days=6) if "--week-end" in args else week).isoformat())
+    else:
+        print(day.isoformat())

@@ -5,8 +5,8 @@ the way to validate a deployment on your own history before leaving it to its sc
         python -m unirec_dagster.replay --from 2010-12-26 --to 2011-01-15 [--late 2011-01-05] [--missing 2011-01-11]
 
 It starts as a new deployment does: the days before the range are ingested (`ingest_day` over
-them) and `deployment_start` builds the catalogs, the text view, the graph and a first pretraining
-for the day before the first night. Then simulated time runs from the first night's morning to
+them), `deployment_start` builds the catalogs, the text view and the graph of the last complete
+week's Saturday, and `weekly_pretraining` pretrains on that week. Then simulated time runs from the first night's morning to
 the last's. Night D's file lands at 00:30 on D+1 (04:30 with `--late D`, never with `--missing D`);
 every schedule of the code location is evaluated at each of its cron ticks
 (`build_schedule_context(scheduled_execution_time=...)`), and every sensor that a fresh deployment
@@ -165,19 +165,24 @@ class Replay:
                 self.launch(request.job_name or str(sensor.job_name), request, ("sensor", sensor.name), now)
 
     def start_deployment(self, first_night: dt.date) -> None:
-        """What a new deployment runs once: its history ingested, then catalogs, graph and pretraining."""
+        """What a new deployment runs once: its history ingested, then catalogs, text view and the
+        graph of the last complete week's Saturday, and that week's pretraining."""
+        from unirec_dagster.defs.dataset import last_complete_week
+
         start, day_before = self.source.events.start_date, first_night - dt.timedelta(days=1)
+        week = last_complete_week(day_before)
+        saturday = (dt.date.fromisoformat(week) + dt.timedelta(days=6)).isoformat()
         when = dt.datetime.combine(first_night, dt.time(), dt.UTC)
         day = start
-        while day <= first_night - dt.timedelta(days=1):
+        while day <= day_before:
             self.land(day, when)
             day += dt.timedelta(days=1)
         self.launch("ingest_day", dg.RunRequest(run_key=f"history..{day_before}", tags={
             "dagster/asset_partition_range_start": start.isoformat(),
             "dagster/asset_partition_range_end": day_before.isoformat()}), ("deployment", "start"), when)
-        self.launch("deployment_start", dg.RunRequest(run_key=day_before.isoformat(),
-                                                      partition_key=day_before.isoformat()),
+        self.launch("deployment_start", dg.RunRequest(run_key=saturday, partition_key=saturday),
                     ("deployment", "start"), when)
+        self.launch("weekly_pretraining", dg.RunRequest(run_key=week, partition_key=week), ("deployment", "start"), when)
 
     def play(self, first_night: dt.date, last_night: dt.date, late: set[dt.date], missing: set[dt.date]) -> None:
         begin = dt.datetime.combine(first_night + dt.timedelta(days=1), dt.time(), dt.UTC)

@@ -14,15 +14,22 @@ from unirec_dagster.datasets import load_spec
 
 _calendar = load_spec(settings.dataset_spec_path()).events
 
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=_calendar.start_date.isoformat(),
-    # Dagster's end_date is exclusive; the spec's is the last day with data.
-    end_date=(_calendar.end_date + dt.timedelta(days=1)).isoformat() if _calendar.end_date else None,
-)
+_end = (_calendar.end_date + dt.timedelta(days=1)).isoformat() if _calendar.end_date else None
+# Dagster's end_date is exclusive; the spec's is the last day with data.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=_calendar.start_date.isoformat(), end_date=_end)
+# Pretraining's calendar: weeks from Sunday to Saturday, each partition complete on its Saturday.
+weekly_partitions = dg.WeeklyPartitionsDefinition(start_date=_calendar.start_date.isoformat(), end_date=_end)
+
+
+def last_complete_week(day: dt.date) -> str:
+    """The key (its Sunday) of the newest week that ends on or before `day`."""
+    saturday = day - dt.timedelta(days=(day.weekday() - 5) % 7)
+    return (saturday - dt.timedelta(days=6)).isoformat()
 
 
 def partition_date(context: dg.AssetExecutionContext) -> dt.date:
-    return dt.date.fromisoformat(context.partition_key)
+    """The day of a daily partition; the last day (Saturday) of a weekly one."""
+    return (context.partition_time_window.end - dt.timedelta(days=1)).date()
 
 
 def partition_days(context: dg.AssetExecutionContext) -> list[dt.date]:

@@ -6,7 +6,7 @@ import dagster as dg
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import DatasetSpec
-from unirec_dagster.defs.dataset import daily_partitions
+from unirec_dagster.defs.dataset import daily_partitions, weekly_partitions
 from unirec_dagster.defs.resources import DatasetResource
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
 from unirec_dagster.slots import free_stuck_slots
@@ -28,19 +28,18 @@ nightly_recommendations_job = dg.define_asset_job(
     tags={"dagster/max_runtime": 3 * HOUR},
     description="Ingest yesterday, refresh the KG and text view, fine-tune, evaluate, write recommendations.")
 # What a new deployment runs once, for the day before its first night, after ingesting its history
-# (ingest_day over the past days): the catalogs, the text view, the graph and a first pretraining,
-# so that the first nightly run fine-tunes from a pretrained start.
+# (ingest_day over the past days): the catalogs, the text view and the graph; then weekly_pretraining
+# for the last complete week, so that the first nightly run fine-tunes from a pretrained start.
 deployment_start_job = dg.define_asset_job(
-    "deployment_start", partitions_def=daily_partitions, tags={"dagster/max_runtime": 6 * HOUR},
-    selection=dg.AssetSelection.assets("raw_items", "raw_users", "item_text_embeddings", "knowledge_graph",
-                                       "pretrained_encoder"),
-    description="Once, for the day before the first night: catalogs, text view, graph, first pretraining.")
+    "deployment_start", partitions_def=daily_partitions, tags={"dagster/max_runtime": HOUR},
+    selection=dg.AssetSelection.assets("raw_items", "raw_users", "item_text_embeddings", "knowledge_graph"),
+    description="Once, for the day before the first night: catalogs, text view, graph.")
 evaluation_job = dg.define_asset_job(
     "delayed_evaluation", selection=dg.AssetSelection.assets("model_evaluation"), partitions_def=daily_partitions,
     tags={"dagster/max_runtime": HOUR},
     description="Score a night's served table on its test window, once that window has happened.")
 weekly_pretraining_job = dg.define_asset_job(
-    "weekly_pretraining", selection=dg.AssetSelection.assets("pretrained_encoder"), partitions_def=daily_partitions,
+    "weekly_pretraining", selection=dg.AssetSelection.assets("pretrained_encoder"), partitions_def=weekly_partitions,
     tags={"dagster/max_runtime": 6 * HOUR},
     description="Multi-task pretraining of the graph encoder.")
 
@@ -79,11 +78,10 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, dataset: DatasetReso
     return nightly_request((now - dt.timedelta(days=1)).date(), now, dataset.load())
 
 
-@dg.schedule(job=weekly_pretraining_job, cron_schedule="0 1 * * 0",
-             description="Sundays 01:00: pretrain for the last complete day.")
-def weekly_pretraining_schedule(context: dg.ScheduleEvaluationContext):
-    day = (context.scheduled_execution_time - dt.timedelta(days=1)).date().isoformat()
-    return dg.RunRequest(run_key=day, partition_key=day)
+# Sundays 01:00, for the week that ended on Saturday (before that night's nightly run at 02:00).
+weekly_pretraining_schedule = dg.build_schedule_from_partitioned_job(
+    weekly_pretraining_job, hour_of_day=1, name="weekly_pretraining_schedule",
+    description="Sundays 01:00: pretrain on the week that just ended (Sunday to Saturday).")
 
 
 @dg.sensor(job=ingest_day_job, minimum_interval_seconds=300,

@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from unirec_dagster.defs.dataset import daily_partitions, partition_date
+from unirec_dagster.defs.dataset import daily_partitions, partition_date, weekly_partitions
 from unirec_dagster.defs.distributed import torchrun_finetuner, torchrun_pretrainer
 from unirec_dagster.defs.features import item_text_embeddings
 from unirec_dagster.defs.graph import knowledge_graph
@@ -72,10 +72,13 @@ class FinetuningConfig(FinetuneConfig, dg.Config):
     mf_ablation: bool = Field(False, description="Also train BPR-MF (no graph, no text, no pretraining).")
 
 
-@dg.asset(group_name="training", owners=OWNERS, kinds={"pytorch"}, partitions_def=daily_partitions,
-          deps=[knowledge_graph, item_text_embeddings], pool=WAREHOUSE_POOL, code_version="3", op_tags=GPU_STEP,
-          description="Self-supervised multi-task pretraining on the partition's validation KG snapshot (as of "
-                      "validation_days before the day), warm-started from an earlier partition (weekly schedule); "
+@dg.asset(group_name="training", owners=OWNERS, kinds={"pytorch"}, partitions_def=weekly_partitions,
+          deps=[dg.AssetDep(knowledge_graph, partition_mapping=dg.TimeWindowPartitionMapping(
+              allow_nonexistent_upstream_partitions=True)), item_text_embeddings],
+          pool=WAREHOUSE_POOL, code_version="3", op_tags=GPU_STEP,
+          description="Self-supervised multi-task pretraining, one partition a week (Sunday to Saturday), on the "
+                      "validation KG snapshot of the week's Saturday (as of validation_days before it), warm-started "
+                      "from an earlier week; "
                       "with world_size > 1 in torchrun workers under DistributedDataParallel, through Dagster Pipes.")
 def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingConfig, duckdb: DuckDBResource,
                        dataset: DatasetResource, model_store: ModelStoreResource,
@@ -106,9 +109,9 @@ def pretrained_encoder(context: dg.AssetExecutionContext, config: PretrainingCon
 
 @dg.asset(group_name="training", owners=OWNERS, kinds={"pytorch"}, partitions_def=daily_partitions,
           deps=[knowledge_graph, item_text_embeddings,
-                # weekly pretraining: the newest of the last four weeks' partitions is the parent
+                # weekly pretraining: the newest week of the last four, ended by the day, is the parent
                 dg.AssetDep(pretrained_encoder, partition_mapping=dg.TimeWindowPartitionMapping(
-                    start_offset=-(PRETRAINED_WINDOW_DAYS - 1), end_offset=0,
+                    start_offset=-(PRETRAINED_WINDOW_DAYS // 7), end_offset=0,
                     allow_nonexistent_upstream_partitions=True))],
           pool=WAREHOUSE_POOL, code_version="3", op_tags=GPU_STEP,
           check_specs=[dg.AssetCheckSpec(

@@ -87,8 +87,16 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
     """Pretrain on the KG as of run_date - validation_days (so fine-tuning's validation window stays
     unseen), warm-started from the newest pretrained checkpoint of an earlier partition.
     `pretrainer` trains: `pretrain` in this process, or a launcher of distributed workers.
-    `text_model` names the text view's model (None: the only one in the warehouse)."""
-    as_of = run_date - dt.timedelta(days=validation_days(conn, run_date))
+    `text_model` names the text view's model (None: the only one in the warehouse).
+
+    The weekly run for the week ending on Saturday S starts before that night's graph is built, so
+    the validation window is read from the newest snapshot up to S; the snapshot it trains on (as of
+    S - validation_days) is the served one of that earlier night."""
+    newest = rows(conn, "SELECT max(snapshot_date) FROM kg.snapshots WHERE snapshot_date <= $d", {"d": run_date})[0][0]
+    if newest is None:
+        raise LookupError(f"no KG snapshot up to {run_date} in the warehouse: materialize the knowledge_graph "
+                          f"partition {run_date} (or an earlier day) first")
+    as_of = run_date - dt.timedelta(days=validation_days(conn, newest))
     graph = load_graph(conn, as_of)
     text = text_view(conn, text_model) if config.encoder.use_text else None
     previous = store.latest(PRETRAINED, partition_before=run_date)
