@@ -1,5 +1,6 @@
-"""Three nights played as the daemon would, from a fresh instance: one on time, one late, one whose
-file never lands (`python -m unirec_dagster.replay`)."""
+"""Three nights played as the daemon would, from a fresh instance (`python -m unirec_dagster.replay`):
+a Friday whose file is late, a Saturday the shop is closed, and a Sunday whose file never lands;
+the weekly pretraining runs on its Sunday tick, before that night's graph exists."""
 
 import os
 import shutil
@@ -15,14 +16,14 @@ from unirec_dagster.warehouse import connect, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-NIGHTS = {"2011-01-04": ("2011-01-05T02:00:00+00:00", "arrived"),
-          "2011-01-05": ("2011-01-06T05:00:00+00:00", "arrived"),        # its file lands at 04:30
-          "2011-01-06": ("2011-01-07T06:00:00+00:00", "missing at the deadline")}
+NIGHTS = {"2011-01-07": ("2011-01-08T05:00:00+00:00", "arrived"),         # its file lands at 04:30
+          "2011-01-08": ("2011-01-09T02:00:00+00:00", "closed"),          # Saturday: no file, no wait
+          "2011-01-09": ("2011-01-10T06:00:00+00:00", "missing at the deadline")}
 
 
 def replay(env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unirec_dagster.replay", "--from", "2011-01-04", "--to", "2011-01-06",
-                           "--late", "2011-01-05", "--missing", "2011-01-06"],
+    return subprocess.run([sys.executable, "-m", "unirec_dagster.replay", "--from", "2011-01-07", "--to", "2011-01-09",
+                           "--late", "2011-01-07", "--missing", "2011-01-09"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
@@ -36,13 +37,17 @@ def test_replayed_nights_wait_for_a_late_file_and_name_a_missing_one(tmp_path, m
     first = replay(env)
     assert first.returncode == 0, first.stderr[-3000:]
     report = (home / "replay" / "report.md").read_text()
-    assert "| 2011-01-06 | never (--missing) | 01-07 06:00 (missing at the deadline) | SUCCESS |" in report
+    assert "| 2011-01-09 | never (--missing) | 01-10 06:00 (missing at the deadline) | SUCCESS |" in report
 
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         runs = replayed_runs(instance)
-        assert [(r.requested_by, r.job) for r in runs[:2]] == [("deployment start", "ingest_day"),
-                                                               ("deployment start", "deployment_start")]
+        assert [(r.requested_by, r.job, r.partition) for r in runs[:3]] == [
+            ("deployment start", "ingest_day", "2010-12-01..2011-01-06"),
+            ("deployment start", "deployment_start", "2011-01-01"),       # the last complete week's Saturday
+            ("deployment start", "weekly_pretraining", "2010-12-26")]     # and that week
+        [weekly] = [r for r in runs if r.requested_by == "schedule weekly_pretraining_schedule"]
+        assert (weekly.partition, weekly.tags["unirec/replay_tick"]) == ("2011-01-02", "2011-01-09T01:00:00+00:00")
         nightly = {r.partition: r for r in runs if r.job == "nightly_recommendations"}
         assert set(nightly) == set(NIGHTS) and all(r.status == "SUCCESS" for r in runs)
         for night, (tick, day_file) in NIGHTS.items():
@@ -50,8 +55,8 @@ def test_replayed_nights_wait_for_a_late_file_and_name_a_missing_one(tmp_path, m
             assert run.tags["dagster/schedule_name"] == "nightly_schedule" and run.tags["dagster/run_key"] == night
             assert (run.tags["unirec/replay_tick"], run.tags["unirec/day_file"]) == (tick, day_file)
             missing_named = [c for c in run.failed_checks if c.startswith("raw_events.files_arrived")]
-            assert bool(missing_named) == (night == "2011-01-06")
-        assert "2011-01-06" in nightly["2011-01-06"].failed_checks[0]
+            assert bool(missing_named) == (night == "2011-01-09")
+        assert "2011-01-09" in nightly["2011-01-09"].failed_checks[0]
 
         again = replay(env)  # played again: every run key is used already, nothing runs twice
         assert again.returncode == 0, again.stderr[-3000:]

@@ -89,14 +89,15 @@ def run_pretraining(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_date
     `pretrainer` trains: `pretrain` in this process, or a launcher of distributed workers.
     `text_model` names the text view's model (None: the only one in the warehouse).
 
-    The weekly run for the week ending on Saturday S starts before that night's graph is built, so
-    the validation window is read from the newest snapshot up to S; the snapshot it trains on (as of
-    S - validation_days) is the served one of that earlier night."""
+    The weekly run for the week ending on Saturday S starts at 01:00 on Sunday, before that night's
+    graph is built: it trains on the validation snapshot of the newest night built up to S (S itself
+    when its graph is there, else usually Friday's), which that night's knowledge_graph run wrote
+    beside its own, so it always exists; no later fine-tuning's validation window is seen."""
     newest = rows(conn, "SELECT max(snapshot_date) FROM kg.snapshots WHERE snapshot_date <= $d", {"d": run_date})[0][0]
     if newest is None:
         raise LookupError(f"no KG snapshot up to {run_date} in the warehouse: materialize the knowledge_graph "
                           f"partition {run_date} (or an earlier day) first")
-    as_of = run_date - dt.timedelta(days=validation_days(conn, newest))
+    as_of = newest - dt.timedelta(days=validation_days(conn, newest))
     graph = load_graph(conn, as_of)
     text = text_view(conn, text_model) if config.encoder.use_text else None
     previous = store.latest(PRETRAINED, partition_before=run_date)
