@@ -93,7 +93,8 @@ def replayed_runs(instance: dg.DagsterInstance, run_ids: list[str] | None = None
     """Every run a replay launched into this instance (or those of `run_ids`), in simulated order:
     the report is read from the instance, so a replay run again (which resumes) reports the whole range."""
     runs = []
-    for run in instance.get_runs(dg.RunsFilter(run_ids=run_ids) if run_ids else None):
+    # oldest first (get_runs lists the newest first), so runs of one tick keep the order they ran in
+    for run in reversed(instance.get_runs(dg.RunsFilter(run_ids=run_ids) if run_ids else None)):
         if REPLAY_TICK_TAG not in run.tags:
             continue
         tags = dict(run.tags)
@@ -109,7 +110,7 @@ def replayed_runs(instance: dg.DagsterInstance, run_ids: list[str] | None = None
             [f"{c.asset_key.to_user_string()}.{c.check_name}: {c.description or 'failed'}" for c in checks
              if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR],
             [c.check_name for c in checks if not c.passed and c.severity != dg.AssetCheckSeverity.ERROR], tags))
-    return sorted(runs, key=lambda r: (r.tick, r.seconds))
+    return sorted(runs, key=lambda r: r.tick)  # stable: the launch order within a tick
 
 
 class Replay:
