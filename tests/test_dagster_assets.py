@@ -30,6 +30,8 @@ def test_definitions_load():
     tables = {key.to_user_string(): graph.get(key).metadata.get("dagster/table_name") for key in graph.get_all_asset_keys()}
     assert tables["raw_events"] == "raw.events" and tables["recommendations"] == "serving.recommendations"
     assert all(graph.get(key).owners == ["team:recommendations"] for key in graph.get_all_asset_keys())
+    fresh = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).freshness_policy}
+    assert fresh == {"raw_events", "recommendations", "similar_items"}  # served every morning, or flagged
 
 
 def test_materialize_partition_range_and_catalog(tmp_path):

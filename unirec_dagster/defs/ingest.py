@@ -5,7 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from unirec_dagster.defs.dataset import daily_partitions, partition_days
 from unirec_dagster.defs.presentation import markdown_table
-from unirec_dagster.defs.resources import OWNERS, WAREHOUSE_POOL, DatasetResource, warehouse_table
+from unirec_dagster.defs.resources import OWNERS, WAREHOUSE_POOL, DatasetResource, served_by_morning, warehouse_table
 from unirec_dagster.ingest import build_catalog, ingest_days
 
 
@@ -26,6 +26,7 @@ event_files = dg.AssetSpec(
     kinds={"duckdb"},
     metadata=warehouse_table("raw.events"),
     deps=[event_files],
+    freshness_policy=served_by_morning(),  # yesterday is ingested by the nightly run
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=WAREHOUSE_POOL,

@@ -12,6 +12,7 @@ Tests swap the resources.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ from unirec_dagster.warehouse.db import connection_config
 # because only one process may hold a DuckDB file open for writing.
 WAREHOUSE_POOL = "duckdb_warehouse"
 OWNERS = ["team:recommendations"]  # shown on every asset page; the team a failing check pages
+
+
+def served_by_morning() -> dg.FreshnessPolicy:
+    """Freshness of what the nightly run serves: a new materialization every day between midnight
+    and two hours after the nightly deadline (UNIREC_NIGHTLY_DEADLINE_HOUR); shown on the asset
+    pages and evaluated by the daemon, which marks a night that was not served in time as failed."""
+    deadline = min(settings.nightly_deadline_hour() + 2, 23)
+    return dg.FreshnessPolicy.cron(deadline_cron=f"0 {deadline} * * *", lower_bound_delta=dt.timedelta(hours=deadline))
 
 
 def warehouse_table(name: str) -> dict:

@@ -12,7 +12,14 @@ from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events
 from unirec_dagster.defs.presentation import markdown_table
-from unirec_dagster.defs.resources import OWNERS, WAREHOUSE_POOL, DatasetResource, ModelStoreResource, warehouse_table
+from unirec_dagster.defs.resources import (
+    OWNERS,
+    WAREHOUSE_POOL,
+    DatasetResource,
+    ModelStoreResource,
+    served_by_morning,
+    warehouse_table,
+)
 from unirec_dagster.defs.training import finetuned_recommender
 from unirec_dagster.features import checkpoint_text_view
 from unirec_dagster.serving.policy import served_checkpoint, served_policy
@@ -51,6 +58,7 @@ def _model_partition(value: str | None):
 
 @dg.asset(group_name="serving", owners=OWNERS, kinds={"duckdb"},
           metadata=warehouse_table("serving.recommendations"), partitions_def=daily_partitions,
+          freshness_policy=served_by_morning(),
           deps=[finetuned_recommender, knowledge_graph, raw_events], pool=WAREHOUSE_POOL, code_version="3",
           check_specs=[dg.AssetCheckSpec("model_age", asset="recommendations",
                                          description="The partition's own fine-tuned model served (warns when "
@@ -100,6 +108,7 @@ def coverage(duckdb: DuckDBResource) -> dg.AssetCheckResult:
 
 @dg.asset(group_name="serving", owners=OWNERS, kinds={"duckdb"},
           metadata=warehouse_table("serving.similar_items"), partitions_def=daily_partitions,
+          freshness_policy=served_by_morning(),
           deps=[finetuned_recommender, knowledge_graph], pool=WAREHOUSE_POOL, code_version="3",
           description="serving.similar_items (one partition per run date; serving.latest_similar_items reads the "
                       "newest): cosine neighbours in the model's space; items without interactions are placed "
