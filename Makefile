@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DG := $(VENV)/bin/dg
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test test-fast ui-check lint bench dev mlflow clean
+.PHONY: setup run test test-fast ui-check lint bench dev mlflow clean serve
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -66,6 +66,10 @@ lint: setup
 
 bench: setup
 	$(PY) bench/ingest_year.py
+
+# The read API over the newest published night (127.0.0.1, UNIREC_API_PORT, default 8000).
+serve: setup
+	$(PY) -m unirec_dagster.api
 
 # dg dev reads the project from pyproject.toml; `dagster dev -w workspace.yaml` starts the same.
 dev: setup

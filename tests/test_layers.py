@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "unirec_dagster"
 BASE = {"warehouse", "settings", "progress"}   # "any of them ──> warehouse, settings, progress"
-COMMANDS = {"definitions", "show", "slots", "partitions", "synthetic", "replay"}  # command-line entry points
+COMMANDS = {"definitions", "show", "slots", "partitions", "synthetic", "replay", "api"}  # command-line entry points
 
 
 def readme_map() -> dict[str, set[str]]:

@@ -8,9 +8,11 @@ import dagster as dg
 import pytest
 import torch
 import yaml
+from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import warehouse_resources
+from unirec_dagster.api import create_app
 from unirec_dagster.datasets import load_spec
 from unirec_dagster.defs.evaluation import model_evaluation
 from unirec_dagster.defs.features import item_text_embeddings
@@ -24,7 +26,7 @@ from unirec_dagster.evaluation.steps import SERVED
 from unirec_dagster.history import never_recommended
 from unirec_dagster.ranking.classic import CLASSIC
 from unirec_dagster.serving.policy import served_checkpoint, served_policy
-from unirec_dagster.serving.recommend import ServingSettings, rank_users
+from unirec_dagster.serving.recommend import ServingSettings, published_dir, rank_users
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import connect, rows
 
@@ -117,6 +119,20 @@ def assert_tracked(pretraining: dg.ExecuteInProcessResult, result: dg.ExecuteInP
     assert any(k.startswith("test/all/") and k.endswith("recall_at_20") for k in evaluation)
 
 
+def assert_the_api_serves_the_published_night(warehouse) -> None:
+    """The read API, over what `recommendations` published, answers each user with the table's rows."""
+    client = TestClient(create_app(published_dir(warehouse), refresh_seconds=0))
+    conn = connect(warehouse, read_only=True)
+    user, *_ = rows(conn, "SELECT min(user_id) FROM serving.recommendations WHERE partition_date = $d", {"d": RUN_DATE})[0]
+    expected = [item for (item,) in rows(conn, """SELECT item_id FROM serving.recommendations
+                                                   WHERE partition_date = $d AND user_id = $u ORDER BY rank""",
+                                         {"d": RUN_DATE, "u": user})]
+    conn.close()
+    answer = client.get(f"/users/{user}/recommendations", params={"k": 100}).json()
+    assert answer["night"] == RUN_DATE.isoformat() and not answer["fallback"]
+    assert [i["item"] for i in answer["items"]] == expected and all(i["reason"] for i in answer["items"])
+
+
 def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
     """Shop b's ranker is hobbled: the gate must serve the strongest tuned peer instead, and say so."""
     models = tmp_path / "models"
@@ -140,6 +156,7 @@ def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
         assert base64.b64decode(image.split("base64,")[1].rstrip(")")).startswith(b"\x89PNG")
         served_policy = result.asset_materializations_for_node("recommendations")[0].metadata["policy"].value
         assert served_policy == finetuned["policy"].value == gate[0].metadata["policy"].value
+        assert_the_api_serves_the_published_night(warehouse)
         if name == "shop-b":
             assert not gate[0].passed and gate[0].severity == dg.AssetCheckSeverity.WARN
             assert served_policy == gate[0].metadata["baseline"].value in CLASSIC

@@ -83,3 +83,27 @@ def nightly_deadline_hour() -> int:
     if not value.isdigit() or not 3 <= int(value) <= 23:
         raise ValueError(f"{NIGHTLY_DEADLINE_ENV}={value!r}: give an hour from 3 to 23 (the nightly starts at 02:00)")
     return int(value)
+
+
+API_PORT_ENV = "UNIREC_API_PORT"
+API_REFRESH_ENV = "UNIREC_API_REFRESH_SECONDS"
+
+
+def api_port() -> int:
+    """The read API's port on 127.0.0.1 (UNIREC_API_PORT, default 8000)."""
+    value = os.environ.get(API_PORT_ENV) or "8000"
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ValueError(f"{API_PORT_ENV}={value!r}: give a port number from 1 to 65535")
+    return int(value)
+
+
+def api_refresh_seconds() -> float:
+    """How often the read API looks for a newer published night (UNIREC_API_REFRESH_SECONDS, default 30)."""
+    value = os.environ.get(API_REFRESH_ENV) or "30"
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"{API_REFRESH_ENV}={value!r}: give a positive number of seconds")
+    return seconds

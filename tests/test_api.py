@@ -1,0 +1,97 @@
+"""The read API over published nights (FastAPI's TestClient, real Parquet files written by DuckDB)."""
+
+import threading
+from pathlib import Path
+
+import duckdb
+import pytest
+from fastapi.testclient import TestClient
+
+from unirec_dagster.api import create_app
+
+
+def publish(folder: Path, night: str, lists: dict[str, list[str]], model: str = "finetuned-v1") -> Path:
+    """A night in the published layout (the columns publish_recommendations writes), renamed into place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values = [(night, user, item, rank, 1.0 / rank, f"because of {item}", model, "run", f"title {item}")
+              for user, items in lists.items() for rank, item in enumerate(items, 1)]
+    staging, final = folder / f".{night}.tmp", folder / f"{night}.parquet"
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE r (partition_date DATE, user_id VARCHAR, item_id VARCHAR, rank INTEGER, score DOUBLE, "
+                     "reason VARCHAR, model_version VARCHAR, run_id VARCHAR, title VARCHAR)")
+        conn.executemany("INSERT INTO r VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        conn.execute(f"COPY r TO '{staging}' (FORMAT parquet)")
+    staging.rename(final)
+    return final
+
+
+@pytest.fixture
+def served(tmp_path):
+    folder = tmp_path / "published"
+    publish(folder, "2011-01-14", {"u1": ["A", "B", "C"], "u2": ["B", "D"]})
+    app = create_app(folder, refresh_seconds=0)
+    return folder, app, TestClient(app)
+
+
+def test_a_users_list_in_rank_order_and_unknown_users_flagged(served):
+    _, _, client = served
+    answer = client.get("/users/u1/recommendations", params={"k": 2}).json()
+    assert answer["night"] == "2011-01-14" and answer["model_version"] == "finetuned-v1" and not answer["fallback"]
+    assert [(i["item"], i["rank"], i["title"], i["reason"]) for i in answer["items"]] == [
+        ("A", 1, "title A", "because of A"), ("B", 2, "title B", "because of B")]
+    stranger = client.get("/users/nobody/recommendations").json()
+    assert stranger["fallback"] and stranger["items"][0]["item"] == "B"  # first for u2, second for u1
+    health = client.get("/health").json()
+    assert health["night"] == "2011-01-14" and health["users"] == 2 and health["problem"] is None
+
+
+@pytest.mark.parametrize("path", [
+    "/users/" + "x" * 129 + "/recommendations",       # an id longer than any real one
+    "/users/u1/recommendations?k=0", "/users/u1/recommendations?k=101", "/users/u1/recommendations?k=-1",
+    "/users/u1/recommendations?k=99999999999999999999", "/users/u1/recommendations?k=ten",
+    "/users/%FF%FE/recommendations?k=%00", "/nothing/here", "/users/u1",
+])
+def test_bad_requests_get_a_4xx_with_a_message(served, path):
+    _, _, client = served
+    response = client.get(path)
+    assert 400 <= response.status_code < 500, (path, response.status_code)
+    assert response.json(), "a message, not an empty body"
+
+
+def test_a_newer_night_replaces_the_served_one_and_a_broken_one_does_not(served):
+    folder, app, client = served
+    publish(folder, "2011-01-15", {"u1": ["C", "A"]}, model="finetuned-v2")
+    app.state.nights.refresh()
+    answer = client.get("/users/u1/recommendations").json()
+    assert answer["night"] == "2011-01-15" and [i["item"] for i in answer["items"]] == ["C", "A"]
+    (folder / "2011-01-16.parquet").write_bytes(b"PAR1 half a file")  # a broken publication
+    app.state.nights.refresh()
+    assert client.get("/users/u1/recommendations").json()["night"] == "2011-01-15"
+    health = client.get("/health").json()
+    assert health["night"] == "2011-01-15" and "2011-01-16.parquet" in health["problem"] and "still serving" in health["problem"]
+
+
+def test_no_request_fails_while_nights_are_swapped(served):
+    folder, app, client = served
+    publish(folder, "2011-01-15", {"u1": ["C", "A"], "u2": ["D"]})
+    failures, answers, stop = [], set(), threading.Event()
+
+    def read():
+        while not stop.is_set():
+            response = client.get("/users/u1/recommendations")
+            if response.status_code != 200:
+                failures.append(response.status_code)
+            else:
+                answers.add(response.json()["night"])
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for night in ("2011-01-16", "2011-01-17", "2011-01-18"):
+        app.state.nights.refresh()
+        publish(folder, night, {"u1": ["A"]})
+    app.state.nights.refresh()
+    stop.set()
+    for reader in readers:
+        reader.join()
+    assert not failures and "2011-01-18" in answers
