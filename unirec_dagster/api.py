@@ -21,6 +21,7 @@ path) is a 4xx with a message.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import duckdb
 import uvicorn
 from fastapi import FastAPI, Query
 from fastapi import Path as PathParameter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from unirec_dagster import settings
 from unirec_dagster.serving.recommend import published_dir
@@ -47,19 +48,21 @@ class BrokenPublication(ValueError):
 
 @dataclass(frozen=True)
 class Night:
-    """One published night, ready to answer: every user's list in rank order."""
+    """One published night, ready to answer: every user's list in rank order, each item already
+    encoded as JSON (a request only joins the first k: no encoding per request)."""
 
     night: dt.date
     source: Path
     model_version: str
-    lists: dict[str, list[dict]]
-    most_recommended: list[dict]   # for users the night does not know
+    lists: dict[str, list[str]]
+    most_recommended: list[str]   # for users the night does not know
     loaded_at: float = field(default_factory=time.time)
 
-    def answer(self, user: str, k: int) -> dict:
+    def answer(self, user: str, k: int) -> bytes:
         items, fallback = (self.lists[user], False) if user in self.lists else (self.most_recommended, True)
-        return {"user": user, "night": self.night.isoformat(), "model_version": self.model_version,
-                "fallback": fallback, "items": items[:k]}
+        head = json.dumps({"user": user, "night": self.night.isoformat(), "model_version": self.model_version,
+                           "fallback": fallback})
+        return f'{head[:-1]}, "items": [{", ".join(items[:k])}]}}'.encode()
 
 
 def read_night(path: Path) -> Night:
@@ -76,17 +79,17 @@ def read_night(path: Path) -> Night:
         raise BrokenPublication(f"{path.name}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     if not found:
         raise BrokenPublication(f"{path.name}: no rows")
-    lists: dict[str, list[dict]] = {}
+    lists: dict[str, list[str]] = {}
     counts: dict[str, float] = {}
     titles: dict[str, str | None] = {}
     for _, user, item, rank, score, reason, _, title in found:
-        lists.setdefault(str(user), []).append(
-            {"item": str(item), "title": title, "rank": int(rank), "score": round(float(score), 6), "reason": reason})
+        lists.setdefault(str(user), []).append(json.dumps(
+            {"item": str(item), "title": title, "rank": int(rank), "score": round(float(score), 6), "reason": reason}))
         counts[str(item)] = counts.get(str(item), 0.0) + 1.0 / rank  # rank-weighted: top places count most
         titles[str(item)] = title
     popular = sorted(counts, key=lambda item: (-counts[item], item))[:FALLBACK_ITEMS]
-    most_recommended = [{"item": item, "title": titles[item], "rank": r, "score": round(counts[item], 6),
-                         "reason": "often recommended tonight"} for r, item in enumerate(popular, 1)]
+    most_recommended = [json.dumps({"item": item, "title": titles[item], "rank": r, "score": round(counts[item], 6),
+                                    "reason": "often recommended tonight"}) for r, item in enumerate(popular, 1)]
     return Night(found[0][0], path, str(found[0][6]), lists, most_recommended)
 
 
@@ -143,16 +146,17 @@ def create_app(folder: Path | None = None, refresh_seconds: float | None = None)
     if refresh_seconds > 0:
         store.watch(refresh_seconds)
 
+    # async: nothing here blocks (a dictionary lookup), so no thread pool hop per request
     @app.get("/users/{user}/recommendations")
-    def recommendations(user: str = PathParameter(min_length=1, max_length=MAX_ID_LENGTH),
-                        k: int = Query(10, ge=1, le=MAX_K)):
+    async def recommendations(user: str = PathParameter(min_length=1, max_length=MAX_ID_LENGTH),
+                              k: int = Query(10, ge=1, le=MAX_K)):
         night = store.current
         if night is None:
             return error(503, store.problem or "no night published yet")
-        return night.answer(user, k)
+        return Response(night.answer(user, k), media_type="application/json")
 
     @app.get("/health")
-    def health():
+    async def health():
         night = store.current
         if night is None:
             return error(503, store.problem or "no night published yet")

@@ -1,0 +1,137 @@
+"""Load test of the read API on loopback with wrk, beside the same reads answered by DuckDB per request.
+
+    .venv/bin/python bench/api_load.py --warehouse data/ci-warehouse.duckdb [--seconds 10]
+
+Both servers are uvicorn processes on 127.0.0.1 serving `GET /users/{user}/recommendations?k=10`
+for users drawn at random (wrk's Lua) from the newest night published beside the warehouse:
+- `api`: unirec_dagster.api, the night held in memory (what `make serve` runs);
+- `duckdb per request`: the same answer from a DuckDB query on the published Parquet file for
+  every request (one connection, a parameterised query), the way a site would read the file itself.
+wrk runs one thread at 1, 16 and 64 connections for `--seconds` each; throughput, p50 and p99
+latency as wrk reports them, and the count of non-2xx answers and socket errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from unirec_dagster.serving.recommend import published_dir  # noqa: E402
+
+DUCKDB_APP = '''
+import os
+import duckdb
+from fastapi import FastAPI, Query
+
+PATH = os.environ["BENCH_PARQUET"]
+conn = duckdb.connect()
+app = FastAPI()
+
+
+@app.get("/users/{user}/recommendations")
+def recommendations(user: str, k: int = Query(10, ge=1, le=100)):
+    cursor = conn.cursor()  # one per request: a DuckDB connection is not shared across threads
+    found = cursor.execute("SELECT item_id, title, rank, score, reason, model_version FROM read_parquet($p) "
+                           "WHERE user_id = $u ORDER BY rank LIMIT $k", {"p": PATH, "u": user, "k": k}).fetchall()
+    return {"user": user, "items": [{"item": i, "title": t, "rank": r, "score": s, "reason": why}
+                                    for i, t, r, s, why, _ in found]}
+'''
+
+LUA = '''
+users = {%s}
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/users/" .. users[math.random(#users)] .. "/recommendations?k=10")
+end
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(port: int, path: str) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    sys.exit(f"the server on port {port} did not answer {path}")
+
+
+def wrk(port: int, script: Path, connections: int, seconds: int) -> dict:
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+                           f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True)
+    out = done.stdout
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\b", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency("50%"),
+            "p99": latency("99%"), "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sum(map(int, sockets.groups())) if sockets else 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--warehouse", required=True, help="the warehouse whose published nights are served")
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    folder = published_dir(Path(args.warehouse))
+    nights = sorted(folder.glob("????-??-??.parquet"))
+    if not nights:
+        sys.exit(f"no published night in {folder}: materialize recommendations first")
+    night = nights[-1]
+    users = [u for (u,) in duckdb.sql(f"SELECT DISTINCT user_id FROM read_parquet('{night}')").fetchall()]
+    print(f"night {night.name}: {len(users):,} users; wrk 1 thread, {args.seconds} s per row; "
+          f"{os.cpu_count()} cores shared by server and wrk\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "users.lua"
+        script.write_text(LUA % ", ".join(f'"{u}"' for u in users))
+        (Path(tmp) / "duckdb_app.py").write_text(DUCKDB_APP)
+        servers = {
+            "api (night in memory)": ([sys.executable, "-m", "unirec_dagster.api"], "/health"),
+            "duckdb per request": ([sys.executable, "-m", "uvicorn", "duckdb_app:app", "--log-level", "warning"], None),
+        }
+        print("| server | connections | requests/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|---|")
+        for name, (command, health) in servers.items():
+            port = free_port()
+            env = {**os.environ, "UNIREC_DUCKDB_PATH": str(Path(args.warehouse).resolve()), "UNIREC_API_PORT": str(port),
+                   "BENCH_PARQUET": str(night), "PYTHONPATH": f"{tmp}:{ROOT}"}
+            if "uvicorn" in command:
+                command = [*command, "--port", str(port)]
+            server = subprocess.Popen(command, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until_up(port, health or f"/users/{users[0]}/recommendations")
+                for connections in (1, 16, 64):
+                    r = wrk(port, script, connections, args.seconds)
+                    print(f"| {name} | {connections} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                          f"{r['non_2xx']} | {r['socket_errors']} |", flush=True)
+            finally:
+                server.terminate()
+                server.wait()
+
+
+if __name__ == "__main__":
+    main()
