@@ -8,18 +8,22 @@ for users drawn at random (wrk's Lua) from the newest night published beside the
 - `duckdb per request`: the same answer from a DuckDB query on the published Parquet file for
   every request (one connection, a parameterised query), the way a site would read the file itself.
 wrk runs one thread at 1, 16 and 64 connections for `--seconds` each; throughput, p50 and p99
-latency as wrk reports them, and the count of non-2xx answers and socket errors.
+latency as wrk reports them, and the count of non-2xx answers and socket errors. A last row loads
+the API at 16 connections while another client posts 100 purchases a second to /events.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import re
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -93,6 +97,21 @@ def wrk(port: int, script: Path, connections: int, seconds: int) -> dict:
             "socket_errors": sum(map(int, sockets.groups())) if sockets else 0}
 
 
+def post_events(port: int, users: list[str], items: list[str], per_second: int, stop: threading.Event,
+                statuses: list[int]) -> None:
+    """Post one purchase every 1/per_second seconds until stopped; the status of each answer in `statuses`."""
+    chosen, period = random.Random(7), 1.0 / per_second
+    next_at = time.perf_counter()
+    while not stop.is_set():
+        body = json.dumps([{"user": chosen.choice(users), "item": chosen.choice(items)}]).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/events", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            statuses.append(answer.status)
+        next_at += period
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--warehouse", required=True, help="the warehouse whose published nights are served")
@@ -104,6 +123,7 @@ def main() -> None:
         sys.exit(f"no published night in {folder}: materialize recommendations first")
     night = nights[-1]
     users = [u for (u,) in duckdb.sql(f"SELECT DISTINCT user_id FROM read_parquet('{night}')").fetchall()]
+    items = [i for (i,) in duckdb.sql(f"SELECT DISTINCT item_id FROM read_parquet('{night}')").fetchall()]
     print(f"night {night.name}: {len(users):,} users; wrk 1 thread, {args.seconds} s per row; "
           f"{os.cpu_count()} cores shared by server and wrk\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +148,19 @@ def main() -> None:
                     r = wrk(port, script, connections, args.seconds)
                     print(f"| {name} | {connections} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                           f"{r['non_2xx']} | {r['socket_errors']} |", flush=True)
+                if health:  # the API: reads while purchases are posted
+                    stop, posted = threading.Event(), []
+                    posters = [threading.Thread(target=post_events, args=(port, users, items, 25, stop, posted))
+                               for _ in range(4)]  # 4 x 25/s: one client alone waits on each answer
+                    for poster in posters:
+                        poster.start()
+                    r = wrk(port, script, 16, args.seconds)
+                    stop.set()
+                    for poster in posters:
+                        poster.join()
+                    print(f"| {name}, {len(posted) / args.seconds:.0f} events/s posted meanwhile "
+                          f"({sum(s != 202 for s in posted)} refused) | 16 | {r['rps']:,.0f} | {r['p50']:.2f} | "
+                          f"{r['p99']:.2f} | {r['non_2xx']} | {r['socket_errors']} |", flush=True)
             finally:
                 server.terminate()
                 server.wait()

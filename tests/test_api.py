@@ -10,9 +10,18 @@ from fastapi.testclient import TestClient
 from unirec_dagster.api import create_app
 
 
-def publish(folder: Path, night: str, lists: dict[str, list[str]], model: str = "finetuned-v1") -> Path:
-    """A night in the published layout (the columns publish_recommendations writes), renamed into place."""
+def publish(folder: Path, night: str, lists: dict[str, list[str]], model: str = "finetuned-v1",
+            co_purchase: dict[str, list[tuple[str, float]]] | None = None) -> Path:
+    """A night in the published layout (the columns publish_recommendations writes), renamed into
+    place, its co-purchase neighbours first."""
     folder.mkdir(parents=True, exist_ok=True)
+    if co_purchase:
+        (folder.parent / "co_purchase").mkdir(exist_ok=True)
+        with duckdb.connect() as conn:
+            conn.execute("CREATE TABLE c (item_id VARCHAR, other_id VARCHAR, weight DOUBLE)")
+            conn.executemany("INSERT INTO c VALUES (?, ?, ?)",
+                             [(item, other, w) for item, others in co_purchase.items() for other, w in others])
+            conn.execute(f"COPY c TO '{folder.parent / 'co_purchase' / f'{night}.parquet'}' (FORMAT parquet)")
     values = [(night, user, item, rank, 1.0 / rank, f"because of {item}", model, "run", f"title {item}")
               for user, items in lists.items() for rank, item in enumerate(items, 1)]
     staging, final = folder / f".{night}.tmp", folder / f"{night}.parquet"
@@ -27,8 +36,9 @@ def publish(folder: Path, night: str, lists: dict[str, list[str]], model: str = 
 
 @pytest.fixture
 def served(tmp_path):
-    folder = tmp_path / "published"
-    publish(folder, "2011-01-14", {"u1": ["A", "B", "C"], "u2": ["B", "D"]})
+    folder = tmp_path / "w.serving" / "recommendations"
+    publish(folder, "2011-01-14", {"u1": ["A", "B", "C"], "u2": ["B", "D"]},
+            co_purchase={"A": [("D", 0.5), ("C", 0.2)], "B": [("A", 0.4)]})
     app = create_app(folder, refresh_seconds=0)
     return folder, app, TestClient(app)
 
@@ -50,10 +60,17 @@ def test_a_users_list_in_rank_order_and_unknown_users_flagged(served):
     "/users/u1/recommendations?k=0", "/users/u1/recommendations?k=101", "/users/u1/recommendations?k=-1",
     "/users/u1/recommendations?k=99999999999999999999", "/users/u1/recommendations?k=ten",
     "/users/%FF%FE/recommendations?k=%00", "/nothing/here", "/users/u1",
+    ("/events", None), ("/events", []), ("/events", [{"user": "u1"}]), ("/events", [{"user": "u1", "item": "A", "x": 1}]),
+    ("/events", [{"user": "u1" * 100, "item": "A"}]), ("/events", [{"user": "u1", "item": "A", "ts": "yesterday"}]),
+    ("/events", {"user": "u1", "item": "A"}), ("/events", b"\xff\xfe not json"),
 ])
 def test_bad_requests_get_a_4xx_with_a_message(served, path):
     _, _, client = served
-    response = client.get(path)
+    if isinstance(path, tuple):
+        body = path[1]
+        response = client.post(path[0], content=body) if isinstance(body, bytes) else client.post(path[0], json=body)
+    else:
+        response = client.get(path)
     assert 400 <= response.status_code < 500, (path, response.status_code)
     assert response.json(), "a message, not an empty body"
 
@@ -95,3 +112,23 @@ def test_no_request_fails_while_nights_are_swapped(served):
     for reader in readers:
         reader.join()
     assert not failures and "2011-01-18" in answers
+
+
+def test_a_purchase_posted_today_leaves_the_list_and_what_goes_with_it_moves_up(served, tmp_path):
+    folder, app, client = served
+    assert client.post("/events", json=[{"user": "u1", "item": "A", "ts": "2011-01-15T10:30:00"},
+                                        {"user": "u1", "item": "B", "ts": "2011-01-14T09:00:00"}]).json() == {"accepted": 2}
+    answer = client.get("/users/u1/recommendations").json()
+    # A is gone; D (bought with A, weight 0.5) joins the list first, C (0.2) moves up before B;
+    # the purchase of B happened before the night's cutoff, so the night already knew it
+    assert [i["item"] for i in answer["items"]] == ["D", "C", "B"] and answer["purchases_since_night"] == 1
+    assert answer["items"][0]["reason"] == "bought with A today" and answer["items"][0]["title"] == "title D"
+    assert [i["item"] for i in client.get("/users/u2/recommendations").json()["items"]] == ["B", "D"]
+
+    restarted = TestClient(create_app(folder, refresh_seconds=0))  # the journal keeps today's purchases
+    assert [i["item"] for i in restarted.get("/users/u1/recommendations").json()["items"]] == ["D", "C", "B"]
+
+    publish(folder, "2011-01-15", {"u1": ["B", "C"]})  # the night that covers the purchase
+    app.state.nights.refresh()
+    assert [i["item"] for i in client.get("/users/u1/recommendations").json()["items"]] == ["B", "C"]
+    assert not list((folder.parent / "intraday").glob("*.jsonl")), "journals of covered days are dropped"

@@ -6,6 +6,7 @@ page view (FastAPI, served by uvicorn).
     GET /users/{user}/recommendations?k=10   the user's list: items, titles, scores, reasons, the
                                              model version and the night; an unknown user gets the
                                              night's most recommended items, flagged `fallback`
+    POST /events                             purchases as they happen: [{"user", "item", "ts"?}, ...]
     GET /health                              the night served, its age, the last refresh's problem
 
 It reads the Parquet snapshot that `recommendations` publishes beside the warehouse
@@ -15,13 +16,21 @@ memory; every UNIREC_API_REFRESH_SECONDS (default 30) the folder is looked at ag
 read and checked completely before it replaces the current one in a single assignment (no request
 sees half a night), and a publication that cannot be read or is empty is reported on /health while
 the last good night stays served. Bad input (an id over 128 characters, k outside 1..100, an unknown
-path) is a 4xx with a message.
+path, an event without user or item) is a 4xx with a message.
+
+Fresh within minutes: a purchase posted to /events after the night's cutoff leaves the buyer's list
+on the next read, and the items bought with it (the night's co-purchase neighbours, published
+beside the lists) move up, no retraining. Posted events are kept in a journal beside the published
+nights (`<warehouse>.serving/intraday/<day>.jsonl`), so a restarted API keeps them, and dropped once
+a night that covers their day is served. They are never ingested: the shop's own daily file stays
+the record the nightly run reads, so nothing is counted twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,17 +38,21 @@ from pathlib import Path
 
 import duckdb
 import uvicorn
-from fastapi import FastAPI, Query
+from fastapi import Body, FastAPI, Query
 from fastapi import Path as PathParameter
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from unirec_dagster import settings
 from unirec_dagster.serving.recommend import published_dir
 
 MAX_ID_LENGTH = 128
 MAX_K = 100
+MAX_EVENTS = 1000  # per POST
 FALLBACK_ITEMS = MAX_K
 REQUIRED_COLUMNS = {"partition_date", "user_id", "item_id", "rank", "score", "reason", "model_version", "title"}
+Encoded = tuple[str, str]  # (item id, the item's JSON in a list)
 
 
 class BrokenPublication(ValueError):
@@ -54,15 +67,39 @@ class Night:
     night: dt.date
     source: Path
     model_version: str
-    lists: dict[str, list[str]]
-    most_recommended: list[str]   # for users the night does not know
+    lists: dict[str, list[Encoded]]
+    most_recommended: list[Encoded]                   # for users the night does not know
+    titles: dict[str, str | None]
+    co_purchased: dict[str, list[tuple[str, float]]]  # item -> [(an item bought with it, weight)]
     loaded_at: float = field(default_factory=time.time)
 
-    def answer(self, user: str, k: int) -> bytes:
+    @property
+    def cutoff(self) -> dt.datetime:
+        """The end of the night's data: purchases from here on are news to its lists."""
+        return dt.datetime.combine(self.night + dt.timedelta(days=1), dt.time())
+
+    def answer(self, user: str, k: int, bought_since: list[str]) -> bytes:
         items, fallback = (self.lists[user], False) if user in self.lists else (self.most_recommended, True)
+        if bought_since:
+            items = self.after_purchases(items, bought_since)
         head = json.dumps({"user": user, "night": self.night.isoformat(), "model_version": self.model_version,
-                           "fallback": fallback})
-        return f'{head[:-1]}, "items": [{", ".join(items[:k])}]}}'.encode()
+                           "fallback": fallback, "purchases_since_night": len(bought_since)})
+        return f'{head[:-1]}, "items": [{", ".join(encoded for _, encoded in items[:k])}]}}'.encode()
+
+    def after_purchases(self, items: list[Encoded], bought: list[str]) -> list[Encoded]:
+        """The list without what was bought since the night; the items co-purchased with those first
+        (by summed co-purchase weight; one not on the list joins it), then the rest in the night's order."""
+        gone = set(bought)
+        boost: dict[str, float] = {}
+        for item in bought:
+            for other, weight in self.co_purchased.get(item, ()):
+                if other not in gone:
+                    boost[other] = boost.get(other, 0.0) + weight
+        listed = dict(items)
+        moved = [(item, listed.get(item) or json.dumps(
+            {"item": item, "title": self.titles.get(item), "rank": 0, "score": round(boost[item], 6),
+             "reason": f"bought with {bought[-1]} today"})) for item in sorted(boost, key=lambda i: (-boost[i], i))]
+        return moved + [(item, encoded) for item, encoded in items if item not in gone and item not in boost]
 
 
 def read_night(path: Path) -> Night:
@@ -79,35 +116,109 @@ def read_night(path: Path) -> Night:
         raise BrokenPublication(f"{path.name}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     if not found:
         raise BrokenPublication(f"{path.name}: no rows")
-    lists: dict[str, list[str]] = {}
+    lists: dict[str, list[Encoded]] = {}
     counts: dict[str, float] = {}
     titles: dict[str, str | None] = {}
     for _, user, item, rank, score, reason, _, title in found:
-        lists.setdefault(str(user), []).append(json.dumps(
-            {"item": str(item), "title": title, "rank": int(rank), "score": round(float(score), 6), "reason": reason}))
+        lists.setdefault(str(user), []).append((str(item), json.dumps(
+            {"item": str(item), "title": title, "rank": int(rank), "score": round(float(score), 6), "reason": reason})))
         counts[str(item)] = counts.get(str(item), 0.0) + 1.0 / rank  # rank-weighted: top places count most
         titles[str(item)] = title
     popular = sorted(counts, key=lambda item: (-counts[item], item))[:FALLBACK_ITEMS]
-    most_recommended = [json.dumps({"item": item, "title": titles[item], "rank": r, "score": round(counts[item], 6),
-                                    "reason": "often recommended tonight"}) for r, item in enumerate(popular, 1)]
-    return Night(found[0][0], path, str(found[0][6]), lists, most_recommended)
+    most_recommended = [(item, json.dumps({"item": item, "title": titles[item], "rank": r,
+                                           "score": round(counts[item], 6), "reason": "often recommended tonight"}))
+                        for r, item in enumerate(popular, 1)]
+    return Night(found[0][0], path, str(found[0][6]), lists, most_recommended, titles,
+                 read_co_purchase(path.parent.parent / "co_purchase" / path.name))
 
 
-class NightStore:
-    """The night being served, replaced whole when a newer good one is published."""
+def read_co_purchase(path: Path) -> dict[str, list[tuple[str, float]]]:
+    """The night's co-purchase neighbours; none when the night was published without them."""
+    if not path.exists():
+        return {}
+    try:
+        with duckdb.connect() as conn:
+            found = conn.read_parquet(str(path)).project("item_id, other_id, weight").fetchall()
+    except duckdb.Error as exc:
+        raise BrokenPublication(f"{path.name} (co-purchase): not a readable Parquet file "
+                                f"({str(exc).splitlines()[0]})") from None
+    neighbours: dict[str, list[tuple[str, float]]] = {}
+    for item, other, weight in found:
+        neighbours.setdefault(str(item), []).append((str(other), float(weight)))
+    return neighbours
+
+
+class Purchase(BaseModel):
+    """A purchase as it happens; `ts` (UTC) defaults to the time it is posted."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    item: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    ts: dt.datetime | None = None
+
+
+class Intraday:
+    """Purchases posted since the served night, by user; a journal of one JSON line each per day."""
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.lock = threading.Lock()
+        self.bought: dict[str, list[tuple[dt.datetime, str]]] = {}
+        for journal in self._journals():
+            for line in journal.read_text().splitlines():
+                event = json.loads(line)
+                self.bought.setdefault(event["user"], []).append((dt.datetime.fromisoformat(event["ts"]), event["item"]))
+
+    def _journals(self) -> list[Path]:
+        return sorted(self.folder.glob("????-??-??.jsonl")) if self.folder.is_dir() else []
+
+    def record(self, purchases: list[Purchase], now: dt.datetime) -> int:
+        """Remember the purchases and append them to their days' journals (flushed to disk)."""
+        with self.lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            by_day: dict[Path, list[str]] = {}
+            for purchase in purchases:
+                when = purchase.ts or now
+                ts = when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo else when  # naive UTC, as the data
+                self.bought.setdefault(purchase.user, []).append((ts, purchase.item))
+                by_day.setdefault(self.folder / f"{ts.date().isoformat()}.jsonl", []).append(
+                    json.dumps({"user": purchase.user, "item": purchase.item, "ts": ts.isoformat()}))
+            for journal, lines in by_day.items():
+                with journal.open("a") as handle:
+                    handle.write("\n".join(lines) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        return len(purchases)
+
+    def since(self, user: str, cutoff: dt.datetime) -> list[str]:
+        """What `user` bought from `cutoff` on, oldest first."""
+        return [item for ts, item in sorted(self.bought.get(user, ())) if ts >= cutoff]
+
+    def forget_before(self, cutoff: dt.datetime) -> None:
+        """Once a night covering them is served: drop the purchases before its cutoff, and their journals."""
+        with self.lock:
+            self.bought = {user: kept for user, events in self.bought.items()
+                           if (kept := [(ts, item) for ts, item in events if ts >= cutoff])}
+            for journal in self._journals():
+                if dt.date.fromisoformat(journal.stem) < cutoff.date():
+                    journal.unlink(missing_ok=True)
+
+
+class NightStore:
+    """The night being served, replaced whole when a newer good one is published, and the
+    purchases posted since it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.intraday = Intraday(folder.parent / "intraday")
         self.current: Night | None = None
         self.problem: str | None = None
-        self.checked_at = 0.0
 
     def newest_file(self) -> Path | None:
         files = sorted(self.folder.glob("????-??-??.parquet")) if self.folder.is_dir() else []
         return files[-1] if files else None
 
     def refresh(self) -> None:
-        self.checked_at = time.time()
         newest = self.newest_file()
         if newest is None:
             self.problem = None if self.current else f"no published night in {self.folder}"
@@ -121,6 +232,7 @@ class NightStore:
             self.problem = f"{exc}; still serving {current.night if current else 'nothing'}"
             return
         self.current, self.problem = night, None  # one assignment: a request sees the old or the new night
+        self.intraday.forget_before(night.cutoff)
 
     def watch(self, every: float) -> threading.Thread:
         def loop():
@@ -146,14 +258,23 @@ def create_app(folder: Path | None = None, refresh_seconds: float | None = None)
     if refresh_seconds > 0:
         store.watch(refresh_seconds)
 
-    # async: nothing here blocks (a dictionary lookup), so no thread pool hop per request
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError) -> JSONResponse:
+        # names what is wrong and where, never echoing the input (it may not even be text)
+        return error(422, "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()))
+
+    # async: nothing here blocks (dictionary lookups), so no thread pool hop per request
     @app.get("/users/{user}/recommendations")
     async def recommendations(user: str = PathParameter(min_length=1, max_length=MAX_ID_LENGTH),
                               k: int = Query(10, ge=1, le=MAX_K)):
         night = store.current
         if night is None:
             return error(503, store.problem or "no night published yet")
-        return Response(night.answer(user, k), media_type="application/json")
+        return Response(night.answer(user, k, store.intraday.since(user, night.cutoff)), media_type="application/json")
+
+    @app.post("/events", status_code=202)
+    def events(purchases: list[Purchase] = Body(min_length=1, max_length=MAX_EVENTS)):
+        return {"accepted": store.intraday.record(purchases, dt.datetime.now(dt.UTC))}
 
     @app.get("/health")
     async def health():
@@ -162,7 +283,8 @@ def create_app(folder: Path | None = None, refresh_seconds: float | None = None)
             return error(503, store.problem or "no night published yet")
         return {"night": night.night.isoformat(), "model_version": night.model_version, "users": len(night.lists),
                 "age_hours": round((time.time() - night.source.stat().st_mtime) / 3600, 2),
-                "source": night.source.name, "problem": store.problem}
+                "source": night.source.name, "co_purchase": bool(night.co_purchased),
+                "users_with_purchases_since": len(store.intraday.bought), "problem": store.problem}
 
     return app
 

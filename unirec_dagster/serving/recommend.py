@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from unirec_dagster.datasets import DatasetSpec, VerbsSpec
 from unirec_dagster.graph import KnowledgeGraph, load_graph
+from unirec_dagster.graph.build import CO_OCCURS
 from unirec_dagster.history import never_recommended
 from unirec_dagster.model.checkpoint import Checkpoint
 from unirec_dagster.model.encoder import GraphEncoder, TextView, unseen_items
@@ -261,24 +262,34 @@ def _insert_fallback(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, run_dat
         FROM best QUALIFY rank <= {p.add(k, 'BIGINT')}""", p)
 
 
-def published_dir(warehouse: Path) -> Path:
-    """Where the serving partitions are published as Parquet, beside the warehouse file:
-    data/warehouse.duckdb -> data/warehouse.serving/recommendations/<date>.parquet."""
-    return Path(warehouse).with_suffix(".serving") / "recommendations"
+def published_dir(warehouse: Path, table: str = "recommendations") -> Path:
+    """Where a serving table's partitions are published as Parquet, beside the warehouse file:
+    data/warehouse.duckdb -> data/warehouse.serving/<table>/<date>.parquet."""
+    return Path(warehouse).with_suffix(".serving") / table
 
 
 def publish_recommendations(conn: duckdb.DuckDBPyConnection, run_date: dt.date, warehouse: Path) -> Path:
     """Write the partition, with item titles, to a Parquet file that readers use while a run holds
-    the warehouse (DuckDB lets one process open a file for writing and no one else meanwhile).
-    Written to a temporary name and renamed, so a reader sees a whole file or the previous one."""
-    folder = published_dir(warehouse)
+    the warehouse (DuckDB lets one process open a file for writing and no one else meanwhile),
+    and beside it the night's co-purchase neighbours (the KG's item_co_occurs of the same snapshot,
+    which the read API uses to move up what goes with a purchase made today). Each is written to a
+    temporary name and renamed, co-purchase first, so a reader that sees the night sees both."""
+    _publish(conn, """
+        SELECT h.natural_key AS item_id, t.natural_key AS other_id, tr.weight
+        FROM kg.triples tr JOIN kg.relations r USING (relation_id)
+        JOIN kg.entities h ON h.entity_id = tr.head_id JOIN kg.entities t ON t.entity_id = tr.tail_id
+        WHERE r.name = $relation AND tr.snapshot_date = $d ORDER BY item_id, weight DESC, other_id""",
+             {"d": run_date, "relation": CO_OCCURS}, run_date, published_dir(warehouse, "co_purchase"))
+    return _publish(conn, """
+        SELECT r.*, i.title FROM serving.recommendations r LEFT JOIN raw.items i USING (item_id)
+        WHERE r.partition_date = $d ORDER BY r.user_id, r.rank""", {"d": run_date}, run_date, published_dir(warehouse))
+
+
+def _publish(conn: duckdb.DuckDBPyConnection, query: str, params: dict, run_date: dt.date, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{run_date.isoformat()}.parquet"
     staging = folder / f".{final.name}.{os.getpid()}.tmp"
-    conn.execute(f"""
-        COPY (SELECT r.*, i.title FROM serving.recommendations r LEFT JOIN raw.items i USING (item_id)
-              WHERE r.partition_date = $d ORDER BY r.user_id, r.rank)
-        TO {quote_path(staging)} (FORMAT parquet)""", {"d": run_date})
+    conn.execute(f"COPY ({query}) TO {quote_path(staging)} (FORMAT parquet)", params)
     os.replace(staging, final)
     return final
 
