@@ -1,7 +1,8 @@
 """The read API: the newest published night's recommendations over HTTP, for a website to call per
 page view (FastAPI, served by uvicorn).
 
-    make serve        # = python -m unirec_dagster.api: 127.0.0.1, port UNIREC_API_PORT (default 8000)
+    make serve        # = python -m unirec_dagster.api: UNIREC_API_HOST (default 127.0.0.1), port
+                      #   UNIREC_API_PORT (default 8000); deploy/api.yaml runs it on Kubernetes
 
     GET /users/{user}/recommendations?k=10   the user's list: items, titles, scores, reasons, the
                                              model version and the night; an unknown user gets the
@@ -290,7 +291,7 @@ def create_app(folder: Path | None = None, refresh_seconds: float | None = None)
 
 
 def main() -> None:
-    uvicorn.run(create_app(), host="127.0.0.1", port=settings.api_port(), log_level="warning")
+    uvicorn.run(create_app(), host=settings.api_host(), port=settings.api_port(), log_level="warning")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,20 @@ def nightly_deadline_hour() -> int:
     return int(value)
 
 
+API_HOST_ENV = "UNIREC_API_HOST"
 API_PORT_ENV = "UNIREC_API_PORT"
+API_URL_ENV = "UNIREC_API_URL"
 API_REFRESH_ENV = "UNIREC_API_REFRESH_SECONDS"
+
+
+def api_host() -> str:
+    """The read API's address (UNIREC_API_HOST, default 127.0.0.1; 0.0.0.0 in a pod)."""
+    return os.environ.get(API_HOST_ENV) or "127.0.0.1"
+
+
+def api_url() -> str | None:
+    """Where the shop reaches the read API (UNIREC_API_URL), linked from the recommendations asset."""
+    return os.environ.get(API_URL_ENV) or None
 
 
 def api_port() -> int:

@@ -8,6 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from unirec_dagster import settings as app_settings
 from unirec_dagster.defs.dataset import daily_partitions, partition_date
 from unirec_dagster.defs.graph import knowledge_graph
 from unirec_dagster.defs.ingest import raw_events
@@ -86,6 +87,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         "model_version": checkpoint.version, "kg_snapshot": checkpoint.manifest["kg_snapshot"],
         "pretrained_parent": checkpoint.manifest["parent"] or "", "policy": served.name,
         "published": dg.MetadataValue.path(str(published)),
+        **({"api": dg.MetadataValue.url(f"{api.rstrip('/')}/health")} if (api := app_settings.api_url()) else {}),
         "preview": markdown_table(["user", "rank", "item", "title", "reason"], sample)})
     yield model_age_check("recommendations", run_date, checkpoint)
 
