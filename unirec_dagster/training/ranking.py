@@ -149,39 +149,62 @@ class _ExampleSet:
 NEW_ITEM_EVERY = (0, 20, 10, 5)   # the placements compared on validation (0: by probability alone)
 
 
+def _placed_top(ranker: np.ndarray, probability: torch.Tensor, new_rows: torch.Tensor, examples: _ExampleSet,
+                users: int, every: int, k: int) -> torch.Tensor:
+    """(users, k) lists of one copy of the window with new items placed as `every` says."""
+    rows_, items_ = torch.cat(examples.users), torch.cat(examples.items)
+    slots, main_ranks, new_ranks = new_item_slots(k, every, k)
+    if not slots:
+        return top_by_score(probability, rows_, items_, users, k)
+    main = top_by_score(torch.from_numpy(ranker)[~new_rows], rows_[~new_rows], items_[~new_rows], users, k - slots)
+    new = top_by_score(probability[new_rows], rows_[new_rows], items_[new_rows], users, slots)
+    return interleave(main, new, main_ranks, new_ranks)
+
+
 def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.ndarray, is_new: np.ndarray,
-                          first_extra: int, extra: _ExampleSet, holdout: HoldoutPairs, simulated: CutoffInputs,
+                          first_extra: int, real: _ExampleSet, holdout: HoldoutPairs, inputs: CutoffInputs,
+                          extra: _ExampleSet, simulated_holdout: HoldoutPairs, simulated: CutoffInputs,
                           log=None) -> int:
-    """Where new items go, chosen on the simulated copy of the validation window (where a tenth of
-    the bought items are new, so new items carry real purchases), every score out of fold: lists
-    ordered by purchase probability, or the likeliest new items forced into every n-th rank. The
-    choice with the best Recall@20 over all of the window's pairs wins; a tie keeps fewer new items."""
-    rows_, items_ = torch.cat(extra.users), torch.cat(extra.items)
-    new_rows = torch.from_numpy(is_new[first_extra:])
-    ranker = ranker_out_of_fold[first_extra:]
-    probability_ = placement.ranker_probability(ranker)
-    # the placement's out-of-fold scores cover the new rows of both copies, the simulated copy's last
-    out_of_fold = placement.out_of_fold
-    assert out_of_fold is not None, "a placement fitted here, not read from a checkpoint"
-    probability_[new_rows.numpy()] = out_of_fold[len(out_of_fold) - int(new_rows.sum()):]
-    probability = torch.from_numpy(probability_)
-    users, data, k = len(holdout.users), simulated.signals.data, max(KS)
-    figures, shown = {}, {}
+    """Where new items go, chosen on both copies of the validation window, every score out of fold:
+    the real copy, whose new items are the window's own launches (items first sold in it, known to
+    the catalog: a launch nobody has bought yet), and the simulated copy, where a tenth of the bought
+    items lost their history (catalog items of unknown demand). Lists ordered by purchase
+    probability, or the likeliest new items forced into every n-th rank: the choice with the best
+    Recall@20 over the pairs of both copies (each user counted once per copy) wins; a tie keeps
+    fewer new items. The simulated copy alone, popular items with their history hidden, said "by
+    probability" where the shop's real launches needed every 10th rank (BENCHMARKS.md)."""
+    # the placement's out-of-fold scores cover the new rows of both copies, the real copy's first
+    assert placement.out_of_fold is not None, "a placement fitted here, not read from a checkpoint"
+    probability_ = placement.ranker_probability(ranker_out_of_fold)
+    probability_[is_new] = placement.out_of_fold
+    probability, new_rows, k = torch.from_numpy(probability_), torch.from_numpy(is_new), max(KS)
+    copies = {"real": (real, holdout, inputs, slice(0, first_extra)),
+              "simulated": (extra, simulated_holdout, simulated, slice(first_extra, len(is_new)))}
+    figures: dict[int, float] = {}
+    per_copy: dict[int, dict[str, float]] = {}
+    shown: dict[int, float] = {}
     for every in NEW_ITEM_EVERY:
-        slots, main_ranks, new_ranks = new_item_slots(k, every, k)
-        if not slots:
-            top = top_by_score(probability, rows_, items_, users, k)
-        else:
-            main = top_by_score(torch.from_numpy(ranker)[~new_rows], rows_[~new_rows], items_[~new_rows], users, k - slots)
-            new = top_by_score(probability[new_rows], rows_[new_rows], items_[new_rows], users, slots)
-            top = interleave(main, new, main_ranks, new_ranks)
-        figures[every] = slice_metrics(top, holdout, data, slices=False)[0].metrics["recall@20"]
-        shown[every] = float((~data.interacted[top[:, :20].clamp(min=0)])[top[:, :20] >= 0].float().mean())
+        per_copy[every], weighted, users_counted = {}, 0.0, 0
+        for name, (examples, pairs, copy_inputs, rows) in copies.items():
+            users = len(pairs.users)
+            if not users or not examples.users:
+                continue
+            top = _placed_top(ranker_out_of_fold[rows], probability[rows], new_rows[rows], examples, users, every, k)
+            per_copy[every][name] = slice_metrics(top, pairs, copy_inputs.signals.data, slices=False)[0].metrics["recall@20"]
+            weighted += per_copy[every][name] * users
+            users_counted += users
+            if name == "simulated":
+                interacted = copy_inputs.signals.data.interacted
+                shown[every] = float((~interacted[top[:, :20].clamp(min=0)])[top[:, :20] >= 0].float().mean())
+        figures[every] = weighted / max(users_counted, 1)
     best = max(NEW_ITEM_EVERY, key=lambda e: (round(figures[e], 4), -(k // e) if e else 0))
     if log:
-        log("new-item placement on the simulated validation copy, Recall@20: "
-            + ", ".join(f"{'by probability' if e == 0 else f'every {e}th'} {r:.4f} ({shown[e]:.1%} new)"
-                        for e, r in figures.items())
+        log("new-item placement on the validation window, Recall@20 over both copies (real launches; simulated "
+            "new items): " + ", ".join(
+                f"{'by probability' if e == 0 else f'every {e}th'} {r:.4f} ("
+                + ", ".join(f"{name} {v:.4f}" for name, v in per_copy[e].items())
+                + (f"; {shown[e]:.1%} new in the simulated lists" if e in shown else "") + ")"
+                for e, r in figures.items())
             + f"; chosen: {'by probability' if best == 0 else f'every {best}th rank'}")
     return best
 
@@ -270,8 +293,8 @@ def fit_two_stage(inputs: CutoffInputs, holdout: HoldoutPairs, config: Candidate
                                            stage.feature_names, fit.out_of_fold[:len(labels_)], labels_,
                                            ranker_config, log=log)
         if placement is not None:
-            placement.every = choose_new_item_every(placement, fit.out_of_fold[:mine], is_new, len(labels_), extra,
-                                                    simulated_holdout, simulated, log=log)
+            placement.every = choose_new_item_every(placement, fit.out_of_fold[:mine], is_new, len(labels_), real,
+                                                    holdout, inputs, extra, simulated_holdout, simulated, log=log)
     top = top_by_score(torch.from_numpy(fit.out_of_fold[:len(labels_)]), torch.cat(real.users), torch.cat(real.items),
                        len(holdout.users), max(KS))
     validation = slice_metrics(top, holdout, inputs.signals.data, slices=False)[0].metrics
