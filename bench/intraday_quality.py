@@ -46,13 +46,15 @@ def main() -> None:
     parser.add_argument("--night", type=dt.date.fromisoformat, required=True)
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--spec", default=str(dataset_spec_path()))
+    parser.add_argument("--events", help="read the events from this warehouse instead (a copy with the same "
+                                         "raw.events, when a run holds the serving one)")
     args = parser.parse_args()
     night = read_night(published_dir(Path(args.warehouse)) / f"{args.night.isoformat()}.parquet")
     if not night.co_purchased:
         sys.exit("the night was published without co-purchase neighbours: re-materialize its recommendations")
     cutoff = night.cutoff
     positive = load_spec(Path(args.spec)).events.positive_event_type
-    conn = connect(Path(args.warehouse), read_only=True)
+    conn = connect(Path(args.events or args.warehouse), read_only=True)
     window = rows(conn, """SELECT user_id, item_id, ts FROM raw.events
                            WHERE event_type = $p AND ts >= $c AND ts < $e ORDER BY user_id, ts""",
                   {"p": positive, "c": cutoff, "e": cutoff + dt.timedelta(days=args.days)})
