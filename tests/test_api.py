@@ -34,11 +34,25 @@ def publish(folder: Path, night: str, lists: dict[str, list[str]], model: str = 
     return final
 
 
+def publish_similar(folder: Path, night: str, neighbours: dict[str, list[str]]) -> None:
+    """Similar items in the published layout (publish_similar_items' columns), beside the lists."""
+    target = folder.parent / "similar_items"
+    target.mkdir(exist_ok=True)
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE s (item_id VARCHAR, similar_item_id VARCHAR, rank INTEGER, score DOUBLE, "
+                     "model_version VARCHAR, title VARCHAR)")
+        conn.executemany("INSERT INTO s VALUES (?, ?, ?, ?, ?, ?)", [
+            (item, other, rank, 1.0 / rank, "finetuned-v1", f"title {other}")
+            for item, others in neighbours.items() for rank, other in enumerate(others, 1)])
+        conn.execute(f"COPY s TO '{target / f'{night}.parquet'}' (FORMAT parquet)")
+
+
 @pytest.fixture
 def served(tmp_path):
     folder = tmp_path / "w.serving" / "recommendations"
     publish(folder, "2011-01-14", {"u1": ["A", "B", "C"], "u2": ["B", "D"]},
             co_purchase={"A": [("C", 0.6), ("D", 0.5)], "B": [("A", 0.4)]})
+    publish_similar(folder, "2011-01-14", {"A": ["C", "B"], "B": ["A"]})
     app = create_app(folder, refresh_seconds=0)
     return folder, app, TestClient(app)
 
@@ -60,6 +74,7 @@ def test_a_users_list_in_rank_order_and_unknown_users_flagged(served):
     "/users/u1/recommendations?k=0", "/users/u1/recommendations?k=101", "/users/u1/recommendations?k=-1",
     "/users/u1/recommendations?k=99999999999999999999", "/users/u1/recommendations?k=ten",
     "/users/%FF%FE/recommendations?k=%00", "/nothing/here", "/users/u1",
+    "/items/nope/similar", "/items/A/similar?k=0", "/items/" + "y" * 129 + "/similar",
     ("/events", None), ("/events", []), ("/events", [{"user": "u1"}]), ("/events", [{"user": "u1", "item": "A", "x": 1}]),
     ("/events", [{"user": "u1" * 100, "item": "A"}]), ("/events", [{"user": "u1", "item": "A", "ts": "yesterday"}]),
     ("/events", {"user": "u1", "item": "A"}), ("/events", b"\xff\xfe not json"),
@@ -133,3 +148,15 @@ def test_a_purchase_posted_today_leaves_the_list_and_what_goes_with_it_moves_up(
     app.state.nights.refresh()
     assert [i["item"] for i in client.get("/users/u1/recommendations").json()["items"]] == ["B", "C"]
     assert not list((folder.parent / "intraday").glob("*.jsonl")), "journals of covered days are dropped"
+
+
+def test_similar_items_of_the_newest_publication(served):
+    folder, app, client = served
+    answer = client.get("/items/A/similar", params={"k": 5}).json()
+    assert answer["night"] == "2011-01-14" and [(i["item"], i["title"], i["rank"]) for i in answer["items"]] == [
+        ("C", "title C", 1), ("B", "title B", 2)]
+    assert client.get("/health").json()["similar_items"] == "2011-01-14"
+    (folder.parent / "similar_items" / "2011-01-15.parquet").write_bytes(b"not parquet")
+    app.state.nights.refresh()
+    assert client.get("/items/A/similar").json()["night"] == "2011-01-14"  # the last good one stays
+    assert "similar items" in client.get("/health").json()["problem"]

@@ -7,6 +7,7 @@ page view (FastAPI, served by uvicorn).
     GET /users/{user}/recommendations?k=10   the user's list: items, titles, scores, reasons, the
                                              model version and the night; an unknown user gets the
                                              night's most recommended items, flagged `fallback`
+    GET /items/{item}/similar?k=10           the items most like it (the model's space), with titles
     POST /events                             purchases as they happen: [{"user", "item", "ts"?}, ...]
     GET /health                              the night served, its age, the last refresh's problem
 
@@ -148,6 +149,46 @@ def read_co_purchase(path: Path) -> dict[str, list[tuple[str, float]]]:
     return neighbours
 
 
+@dataclass(frozen=True)
+class SimilarItems:
+    """One published run of similar items: each item's neighbours in rank order, encoded once."""
+
+    night: dt.date
+    source: Path
+    model_version: str
+    neighbours: dict[str, list[str]]
+    loaded_at: float = field(default_factory=time.time)
+
+    def answer(self, item: str, k: int) -> bytes:
+        head = json.dumps({"item": item, "night": self.night.isoformat(), "model_version": self.model_version})
+        return f'{head[:-1]}, "items": [{", ".join(self.neighbours[item][:k])}]}}'.encode()
+
+
+def read_similar_items(path: Path) -> SimilarItems:
+    try:
+        with duckdb.connect() as conn:
+            found = conn.read_parquet(str(path)).project("item_id, similar_item_id, rank, score, model_version, title") \
+                .order("item_id, rank").fetchall()
+    except duckdb.Error as exc:
+        raise BrokenPublication(f"{path.name} (similar items): not readable ({str(exc).splitlines()[0]})") from None
+    if not found:
+        raise BrokenPublication(f"{path.name} (similar items): no rows")
+    neighbours: dict[str, list[str]] = {}
+    for item, other, rank, score, _, title in found:
+        neighbours.setdefault(str(item), []).append(json.dumps(
+            {"item": str(other), "title": title, "rank": int(rank), "score": round(float(score), 6)}))
+    return SimilarItems(dt.date.fromisoformat(path.stem), path, str(found[0][4]), neighbours)
+
+
+def _newest(folder: Path) -> Path | None:
+    files = sorted(folder.glob("????-??-??.parquet")) if folder.is_dir() else []
+    return files[-1] if files else None
+
+
+def _unchanged(loaded: Night | SimilarItems | None, newest: Path) -> bool:
+    return loaded is not None and loaded.source == newest and newest.stat().st_mtime <= loaded.loaded_at
+
+
 class Purchase(BaseModel):
     """A purchase as it happens; `ts` (UTC) defaults to the time it is posted."""
 
@@ -212,19 +253,20 @@ class NightStore:
         self.folder = folder
         self.intraday = Intraday(folder.parent / "intraday")
         self.current: Night | None = None
+        self.similar: SimilarItems | None = None
         self.problem: str | None = None
 
-    def newest_file(self) -> Path | None:
-        files = sorted(self.folder.glob("????-??-??.parquet")) if self.folder.is_dir() else []
-        return files[-1] if files else None
-
     def refresh(self) -> None:
-        newest = self.newest_file()
+        self._refresh_night()
+        self._refresh_similar()  # after the night: a problem it finds is not cleared by a new night
+
+    def _refresh_night(self) -> None:
+        newest = _newest(self.folder)
         if newest is None:
             self.problem = None if self.current else f"no published night in {self.folder}"
             return
         current = self.current
-        if current and current.source == newest and newest.stat().st_mtime <= current.loaded_at:
+        if _unchanged(current, newest):
             return
         try:
             night = read_night(newest)
@@ -233,6 +275,16 @@ class NightStore:
             return
         self.current, self.problem = night, None  # one assignment: a request sees the old or the new night
         self.intraday.forget_before(night.cutoff)
+
+    def _refresh_similar(self) -> None:
+        """Similar items are published by their own asset, after the lists: watched on their own."""
+        newest = _newest(self.folder.parent / "similar_items")
+        if newest is None or _unchanged(self.similar, newest):
+            return
+        try:
+            self.similar = read_similar_items(newest)
+        except BrokenPublication as exc:
+            self.problem = f"{exc}; still serving {self.similar.night if self.similar else 'no'} similar items"
 
     def watch(self, every: float) -> threading.Thread:
         def loop():
@@ -272,6 +324,16 @@ def create_app(folder: Path | None = None, refresh_seconds: float | None = None)
             return error(503, store.problem or "no night published yet")
         return Response(night.answer(user, k, store.intraday.since(user, night.cutoff)), media_type="application/json")
 
+    @app.get("/items/{item}/similar")
+    async def similar(item: str = PathParameter(min_length=1, max_length=MAX_ID_LENGTH),
+                      k: int = Query(10, ge=1, le=MAX_K)):
+        published = store.similar
+        if published is None:
+            return error(503, "no similar items published yet")
+        if item not in published.neighbours:
+            return error(404, f"item {item!r} has no similar items in the night of {published.night}")
+        return Response(published.answer(item, k), media_type="application/json")
+
     @app.post("/events", status_code=202)
     def events(purchases: list[Purchase] = Body(min_length=1, max_length=MAX_EVENTS)):
         return {"accepted": store.intraday.record(purchases, dt.datetime.now(dt.UTC))}
@@ -284,6 +346,7 @@ def create_app(folder: Path | None = None, refresh_seconds: float | None = None)
         return {"night": night.night.isoformat(), "model_version": night.model_version, "users": len(night.lists),
                 "age_hours": round((time.time() - night.source.stat().st_mtime) / 3600, 2),
                 "source": night.source.name, "co_purchase": bool(night.co_purchased),
+                "similar_items": store.similar.night.isoformat() if store.similar else None,
                 "users_with_purchases_since": len(store.intraday.bought), "problem": store.problem}
 
     return app

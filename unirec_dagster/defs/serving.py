@@ -28,6 +28,7 @@ from unirec_dagster.serving.recommend import (
     ServingSettings,
     preview,
     publish_recommendations,
+    publish_similar_items,
     refresh_similar_items,
     users_short_of_k,
     write_recommendations,
@@ -121,5 +122,7 @@ def similar_items(context: dg.AssetExecutionContext, duckdb: DuckDBResource, dat
     with duckdb.get_connection() as conn:
         checkpoint = served_checkpoint(model_store.for_warehouse(conn, spec), run_date)
         written, items = refresh_similar_items(conn, spec, run_date, checkpoint, checkpoint_text_view(conn, checkpoint))
+        published = publish_similar_items(conn, run_date, Path(duckdb.database))
     return dg.MaterializeResult(metadata={"dagster/row_count": written, "items": items,
-                                          "model_version": checkpoint.version})
+                                          "model_version": checkpoint.version,
+                                          "published": dg.MetadataValue.path(str(published))})

@@ -285,6 +285,15 @@ def publish_recommendations(conn: duckdb.DuckDBPyConnection, run_date: dt.date, 
         WHERE r.partition_date = $d ORDER BY r.user_id, r.rank""", {"d": run_date}, run_date, published_dir(warehouse))
 
 
+def publish_similar_items(conn: duckdb.DuckDBPyConnection, run_date: dt.date, warehouse: Path) -> Path:
+    """The run date's similar items, with titles, as Parquet beside the warehouse (for the read API)."""
+    return _publish(conn, """
+        SELECT s.item_id, s.similar_item_id, s.rank, s.score, s.model_version, i.title
+        FROM serving.similar_items s LEFT JOIN raw.items i ON i.item_id = s.similar_item_id
+        WHERE s.run_date = $d ORDER BY s.item_id, s.rank""", {"d": run_date}, run_date,
+                    published_dir(warehouse, "similar_items"))
+
+
 def _publish(conn: duckdb.DuckDBPyConnection, query: str, params: dict, run_date: dt.date, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{run_date.isoformat()}.parquet"
