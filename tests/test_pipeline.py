@@ -120,17 +120,23 @@ def assert_tracked(pretraining: dg.ExecuteInProcessResult, result: dg.ExecuteInP
 
 
 def assert_the_api_serves_the_published_night(warehouse) -> None:
-    """The read API, over what `recommendations` published, answers each user with the table's rows."""
+    """The read API, over what `recommendations` and `similar_items` published, answers with the tables' rows."""
     client = TestClient(create_app(published_dir(warehouse), refresh_seconds=0))
     conn = connect(warehouse, read_only=True)
     user, *_ = rows(conn, "SELECT min(user_id) FROM serving.recommendations WHERE partition_date = $d", {"d": RUN_DATE})[0]
     expected = [item for (item,) in rows(conn, """SELECT item_id FROM serving.recommendations
                                                    WHERE partition_date = $d AND user_id = $u ORDER BY rank""",
                                          {"d": RUN_DATE, "u": user})]
+    item, *_ = rows(conn, "SELECT min(item_id) FROM serving.similar_items WHERE run_date = $d", {"d": RUN_DATE})[0]
+    neighbours = [other for (other,) in rows(conn, """SELECT similar_item_id FROM serving.similar_items
+                                                       WHERE run_date = $d AND item_id = $i ORDER BY rank""",
+                                             {"d": RUN_DATE, "i": item})]
     conn.close()
     answer = client.get(f"/users/{user}/recommendations", params={"k": 100}).json()
     assert answer["night"] == RUN_DATE.isoformat() and not answer["fallback"]
     assert [i["item"] for i in answer["items"]] == expected and all(i["reason"] for i in answer["items"])
+    similar = client.get(f"/items/{item}/similar", params={"k": 100}).json()
+    assert [i["item"] for i in similar["items"]] == neighbours[:100]
 
 
 def test_whole_graph_then_another_dataset_and_warehouse(tmp_path):
