@@ -53,7 +53,6 @@ MAX_ID_LENGTH = 128
 MAX_K = 100
 MAX_EVENTS = 1000  # per POST
 FALLBACK_ITEMS = MAX_K
-REQUIRED_COLUMNS = {"partition_date", "user_id", "item_id", "rank", "score", "reason", "model_version", "title"}
 Encoded = tuple[str, str]  # (item id, the item's JSON in a list)
 
 
@@ -103,20 +102,28 @@ class Night:
         return [kept[i] for i in order]
 
 
-def read_night(path: Path) -> Night:
-    """Read and check a published night completely; BrokenPublication says what is wrong."""
+def read_published(path: Path, columns: list[str], order: str, what: str, may_be_empty: bool = False) -> list[tuple]:
+    """The rows of a published Parquet file, checked: BrokenPublication names the file and what is
+    wrong (unreadable, a column missing, no rows unless `may_be_empty`)."""
     try:
         with duckdb.connect() as conn:
             relation = conn.read_parquet(str(path))
-            missing = REQUIRED_COLUMNS - set(relation.columns)
+            missing = set(columns) - set(relation.columns)
             if missing:
-                raise BrokenPublication(f"{path.name}: columns {sorted(missing)} missing")
-            found = relation.project("partition_date, user_id, item_id, rank, score, reason, model_version, title") \
-                .order("user_id, rank").fetchall()
+                raise BrokenPublication(f"{path.name} ({what}): columns {sorted(missing)} missing")
+            found = relation.project(", ".join(columns)).order(order).fetchall()
     except duckdb.Error as exc:
-        raise BrokenPublication(f"{path.name}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    if not found:
-        raise BrokenPublication(f"{path.name}: no rows")
+        raise BrokenPublication(f"{path.name} ({what}): not a readable Parquet file "
+                                f"({str(exc).splitlines()[0]})") from None
+    if not found and not may_be_empty:
+        raise BrokenPublication(f"{path.name} ({what}): no rows")
+    return found
+
+
+def read_night(path: Path) -> Night:
+    """Read and check a published night completely; BrokenPublication says what is wrong."""
+    found = read_published(path, ["partition_date", "user_id", "item_id", "rank", "score", "reason", "model_version",
+                                  "title"], "user_id, rank", "recommendations")
     lists: dict[str, list[Encoded]] = {}
     counts: dict[str, float] = {}
     titles: dict[str, str | None] = {}
@@ -137,12 +144,8 @@ def read_co_purchase(path: Path) -> dict[str, list[tuple[str, float]]]:
     """The night's co-purchase neighbours; none when the night was published without them."""
     if not path.exists():
         return {}
-    try:
-        with duckdb.connect() as conn:
-            found = conn.read_parquet(str(path)).project("item_id, other_id, weight").fetchall()
-    except duckdb.Error as exc:
-        raise BrokenPublication(f"{path.name} (co-purchase): not a readable Parquet file "
-                                f"({str(exc).splitlines()[0]})") from None
+    found = read_published(path, ["item_id", "other_id", "weight"], "item_id, weight DESC", "co-purchase",
+                           may_be_empty=True)  # a small shop's night may have no co-purchases
     neighbours: dict[str, list[tuple[str, float]]] = {}
     for item, other, weight in found:
         neighbours.setdefault(str(item), []).append((str(other), float(weight)))
@@ -165,14 +168,8 @@ class SimilarItems:
 
 
 def read_similar_items(path: Path) -> SimilarItems:
-    try:
-        with duckdb.connect() as conn:
-            found = conn.read_parquet(str(path)).project("item_id, similar_item_id, rank, score, model_version, title") \
-                .order("item_id, rank").fetchall()
-    except duckdb.Error as exc:
-        raise BrokenPublication(f"{path.name} (similar items): not readable ({str(exc).splitlines()[0]})") from None
-    if not found:
-        raise BrokenPublication(f"{path.name} (similar items): no rows")
+    found = read_published(path, ["item_id", "similar_item_id", "rank", "score", "model_version", "title"],
+                           "item_id, rank", "similar items")
     neighbours: dict[str, list[str]] = {}
     for item, other, rank, score, _, title in found:
         neighbours.setdefault(str(item), []).append(json.dumps(
