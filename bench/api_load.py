@@ -8,17 +8,21 @@ for users drawn at random (wrk's Lua) from the newest night published beside the
 - `duckdb per request`: the same answer from a DuckDB query on the published Parquet file for
   every request (one connection, a parameterised query), the way a site would read the file itself.
 wrk runs one thread at 1, 16 and 64 connections for `--seconds` each; throughput, p50 and p99
-latency as wrk reports them, and the count of non-2xx answers and socket errors. A last row loads
-the API at 16 connections while another client posts 100 purchases a second to /events.
+latency as wrk reports them, and the count of non-2xx answers and socket errors. Two more rows load
+the API at 16 connections: while clients post 100 purchases a second to /events, and while a newer
+night is published every 2 seconds (the API looks every second and swaps it in). The API serves a
+scratch copy of the night, so the bench writes nothing beside the measured warehouse.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,6 +116,24 @@ def post_events(port: int, users: list[str], items: list[str], per_second: int, 
         time.sleep(max(0.0, next_at - time.perf_counter()))
 
 
+def publish_newer_nights(folder: Path, night: Path, every: float, stop: threading.Event, published: list[str]) -> None:
+    """Publish copies of `night` under the following dates, one every `every` seconds, as the nightly
+    run does (a temporary name, then a rename)."""
+    day = dt.date.fromisoformat(night.stem)
+    while not stop.wait(every):
+        day += dt.timedelta(days=1)
+        staging = folder / f".{day}.tmp"
+        shutil.copyfile(night, staging)
+        os.replace(staging, folder / f"{day}.parquet")
+        published.append(day.isoformat())
+
+
+def served_file(port: int) -> str:
+    """The published file the API serves now (the copies keep the night's own date inside)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+        return json.loads(answer.read())["source"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--warehouse", required=True, help="the warehouse whose published nights are served")
@@ -130,6 +152,12 @@ def main() -> None:
         script = Path(tmp) / "users.lua"
         script.write_text(LUA % ", ".join(f'"{u}"' for u in users))
         (Path(tmp) / "duckdb_app.py").write_text(DUCKDB_APP)
+        scratch = Path(tmp) / "scratch.duckdb"  # never created: only its published folders are
+        for table in ("recommendations", "co_purchase"):
+            source = published_dir(Path(args.warehouse), table) / night.name
+            if source.exists():
+                published_dir(scratch, table).mkdir(parents=True)
+                shutil.copyfile(source, published_dir(scratch, table) / night.name)
         servers = {
             "api (night in memory)": ([sys.executable, "-m", "unirec_dagster.api"], "/health"),
             "duckdb per request": ([sys.executable, "-m", "uvicorn", "duckdb_app:app", "--log-level", "warning"], None),
@@ -137,8 +165,8 @@ def main() -> None:
         print("| server | connections | requests/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|---|")
         for name, (command, health) in servers.items():
             port = free_port()
-            env = {**os.environ, "UNIREC_DUCKDB_PATH": str(Path(args.warehouse).resolve()), "UNIREC_API_PORT": str(port),
-                   "BENCH_PARQUET": str(night), "PYTHONPATH": f"{tmp}:{ROOT}"}
+            env = {**os.environ, "UNIREC_DUCKDB_PATH": str(scratch), "UNIREC_API_PORT": str(port),
+                   "UNIREC_API_REFRESH_SECONDS": "1", "BENCH_PARQUET": str(night), "PYTHONPATH": f"{tmp}:{ROOT}"}
             if "uvicorn" in command:
                 command = [*command, "--port", str(port)]
             server = subprocess.Popen(command, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -161,6 +189,17 @@ def main() -> None:
                     print(f"| {name}, {len(posted) / args.seconds:.0f} events/s posted meanwhile "
                           f"({sum(s != 202 for s in posted)} refused) | 16 | {r['rps']:,.0f} | {r['p50']:.2f} | "
                           f"{r['p99']:.2f} | {r['non_2xx']} | {r['socket_errors']} |", flush=True)
+                    stop, nights = threading.Event(), []
+                    publisher = threading.Thread(target=publish_newer_nights,
+                                                 args=(published_dir(scratch), night, 2.0, stop, nights))
+                    publisher.start()
+                    r = wrk(port, script, 16, args.seconds)
+                    stop.set()
+                    publisher.join()
+                    time.sleep(1.5)  # one more look at the folder
+                    print(f"| {name}, a newer night published every 2 s ({len(nights)} published, serving "
+                          f"{served_file(port)} after) | 16 | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                          f"{r['non_2xx']} | {r['socket_errors']} |", flush=True)
             finally:
                 server.terminate()
                 server.wait()
