@@ -11,6 +11,8 @@ random purchase history (about 20 items per user), it times:
   the model, EASE^R, RP3beta, co-purchase, trending and new items, their features (with a 384-d
   text view and synthetic history statistics), the LightGBM ranker (fitted beforehand on 2,000
   users, not timed), reasons. Run on the 4,000-item case only, to keep the bench short.
+- `trees`: the same ranker's compiled trees alone, on the served path's own features of the first
+  10,000 users (built before the clock starts): the bound the rest of the two-stage path is judged by.
 - `baseline`: the naive way, one full users x items score matrix and one `torch.topk` over it,
   with the same exclusions. It needs users x items x 4 bytes at once, so on 100k x 50k it runs on
   the share of users that fits in `--baseline-gib` and its rate is reported for that share.
@@ -26,6 +28,7 @@ import datetime as dt
 import json
 import time
 
+import numpy as np
 import torch
 from measure import in_fresh_process, peak_rss_gib  # bench/measure.py, beside this script
 
@@ -43,6 +46,7 @@ from unirec_dagster.serving.recommend import rank_two_stage, score_users
 from unirec_dagster.training.ranking import fit_two_stage
 
 CASES = [(200_000, 4_000), (100_000, 50_000)]  # (users, items)
+TREES_USERS = 10_000  # users whose features the trees-alone row scores (their float64 features held at once)
 
 
 def synthetic(users: int, items: int, dim: int, per_user: int, seed: int = 0):
@@ -102,7 +106,7 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
     item_vectors = embeddings[data.items]
     exclude_rows, exclude_items = signals.exclusions(user_ids)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    scored = users
+    scored, extra = users, {}
     started = time.perf_counter()
     if method == "model":
         top_k(lambda r: embeddings[r] @ item_vectors.T, users, k, exclude_rows, exclude_items,
@@ -112,6 +116,14 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
         sync()
         started = time.perf_counter()
         rank_two_stage(stage, user_ids, k, Explainer(stage.inputs.signals, embeddings))
+    elif method == "trees":  # the ranker's compiled trees alone, on the served path's own features
+        stage = fitted_two_stage(synthetic_inputs(data, embeddings))
+        scored = min(users, TREES_USERS)
+        features = np.concatenate([e.features.numpy() for e in stage.examples(user_ids[:scored], torch.float64)])
+        stage.ranker.predict(features[:1000])   # compiled before the clock starts
+        started = time.perf_counter()
+        stage.ranker.predict(features)
+        extra = {"candidates_per_user": round(len(features) / scored), "rounds": stage.ranker.rounds}
     elif method == "blend":
         scorer = Scorer(signals, {"model": 0.4, "co_purchase": 0.3, "recent_popularity": 0.2, "popularity": 0.1},
                         embeddings)
@@ -126,7 +138,7 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
     seconds = time.perf_counter() - started
     return {"method": method, "users": users, "items": items, "scored_users": scored, "k": k, "device": device,
             "seconds": round(seconds, 2), "users_per_s": round(scored / seconds), "signals_setup_s": round(setup, 1),
-            "setup_peak_rss_gib": round(setup_peak, 2), "peak_rss_gib": round(peak_rss_gib(), 2)}
+            "setup_peak_rss_gib": round(setup_peak, 2), "peak_rss_gib": round(peak_rss_gib(), 2), **extra}
 
 
 def main() -> None:
@@ -147,14 +159,16 @@ def main() -> None:
     print("| users | items | method | users scored | seconds | users/s | peak RSS GiB (after setup) |")
     print("|---|---|---|---|---|---|---|")
     for users, items in [tuple(int(n) for n in case.split("x")) for case in args.cases.split(",")]:
-        for method in ("model", "blend", "two-stage", "baseline"):
-            if method == "two-stage" and items > 4_000:
+        for method in ("model", "blend", "two-stage", "trees", "baseline"):
+            if method in ("two-stage", "trees") and items > 4_000:
                 continue
             r = in_fresh_process(__file__, "--only", method, str(users), str(items), "--k", str(args.k), "--dim",
                                  str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib))
             if r is None:
                 print(f"| {users:,} | {items:,} | {method} | failed |||||", flush=True)
                 continue
+            if method == "trees":
+                method = f"trees alone ({r['rounds']} rounds, {r['candidates_per_user']} candidates a user)"
             print(f"| {users:,} | {items:,} | {method} | {r['scored_users']:,} | {r['seconds']} | {r['users_per_s']:,} | "
                   f"{r['peak_rss_gib']} ({r['setup_peak_rss_gib']}) |", flush=True)
 

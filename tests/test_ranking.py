@@ -12,12 +12,13 @@ from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import CutoffStats, TrainingData
 from unirec_dagster.ranking import signals as signals_module
 from unirec_dagster.ranking.baselines import MOST_POPULAR, RECENT_POPULAR
-from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs
+from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs, _first_allowed
 from unirec_dagster.ranking.classic import ease_weights
 from unirec_dagster.ranking.content import ItemContent
 from unirec_dagster.ranking.ranker import SMALL_DATA, CompiledTrees, Ranker, RankerConfig
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
+from unirec_dagster.ranking.topk import new_item_slots
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.classic import tune_classic
@@ -169,6 +170,60 @@ def test_new_item_every_puts_unsold_items_into_their_slots():
     is_new = ~interacted[forced]
     others = [r for r in range(20) if r not in (4, 9, 14, 19)]
     assert is_new[:, [4, 9, 14, 19]].all() and not is_new[:, others].any()
+
+
+def test_the_top_k_over_candidates_is_the_top_k_over_the_catalog():
+    """Serving takes each user's top K over their candidates only; a user with fewer candidates than
+    the list needs is ranked over the catalog. Both give what ranking every item would: candidates
+    by the ranker, the rest below them by recent popularity, with and without new-item slots."""
+    inputs, bought = planted_shop()
+    interacted = torch.ones(NUM_ITEMS, dtype=torch.bool)
+    interacted[:6] = False
+    data = inputs.signals.data
+    unsold = TrainingData(data.cutoff, data.items, data.train_users, data.train_items, data.train_last_days,
+                          data.train_counts, data.popularity, data.recent_popularity, data.positive_counts, interacted)
+    inputs = CutoffInputs(Signals(unsold), inputs.stats, inputs.content)
+    config = CandidateConfig(model=0, ease=25, rp3beta=0, co_purchase=10, trending=5, new_items=6)
+    fitted = fit_two_stage(inputs, holdout_of(torch.arange(0, 250), bought), config,
+                           RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=30, patience=10, threads=1))
+    stage, users = TwoStage(inputs, config, fitted.fit.ranker), torch.arange(250, NUM_USERS)
+    counts = torch.cat([torch.bincount(e.candidates.rows, minlength=len(e.users)) for e in stage.examples(users)])
+    assert (counts >= 20).all() and (counts < 30).any() and (counts >= 30).any()   # both ways are taken at k = 30
+    for k, every in ((20, 0), (30, 0), (20, 5), (30, 4)):
+        served = list(stage.top_k(users, k, new_item_every=every))
+        slots, main_ranks, new_ranks = new_item_slots(k, every, 6)
+        for block, examples in zip(served, stage.examples(users, dtype=torch.float64)):
+            predicted = stage.predict(examples)
+            lead = examples.candidates.lead({g: config.size(g) for g in examples.candidates.generators})
+            every_row = torch.arange(len(examples.users))
+            values, items, leads = stage._over_catalog(examples, every_row, predicted, lead, k,
+                                                       inputs.new_items, slots, main_ranks, new_ranks)
+            assert torch.equal(block.scores, values), (k, every)
+            # Tied scores (items whose features are the same here) may come in either order: within
+            # each part of a list (the new-item slots, the other ranks) the items above the part's
+            # lowest score are the same, and an item whose score no other has sits at the same rank.
+            for part in (main_ranks, new_ranks) if slots else (torch.arange(k),):
+                for row in range(len(items)):
+                    mine, theirs = block.scores[row, part], block.items[row, part]
+                    above = mine > mine.min()
+                    assert set(theirs[above].tolist()) == set(items[row, part][above].tolist()), (k, every, row)
+                    which = mine.unique(return_inverse=True)[1]
+                    alone = (torch.bincount(which) == 1)[which] & above
+                    assert torch.equal(theirs[alone], items[row, part][alone])
+                    assert torch.equal(block.lead[row, part][alone], leads[row, part][alone])
+
+
+def test_the_trending_list_is_each_users_top_k_of_the_shared_order():
+    g = torch.Generator().manual_seed(0)
+    trending = torch.randn(500, generator=g)
+    trending[::7] = float("-inf")                                       # items nobody may see as trending
+    excluded = torch.rand(300, 500, generator=g) < 0.3
+    excluded[0] = True                                                  # a user who bought everything
+    order = torch.argsort(trending, descending=True)
+    listed = _first_allowed(order[torch.isfinite(trending[order])], excluded, 100)
+    top = torch.topk(trending.expand(300, -1).masked_fill(excluded, float("-inf")), 100, dim=1)
+    assert torch.equal(listed, torch.where(torch.isfinite(top.values), top.indices, -1))
+    assert (listed[0] == -1).all()
 
 
 def test_simulated_new_items_teach_the_ranker_where_unsold_items_belong():

@@ -61,6 +61,9 @@ class CutoffInputs:
         self.new_items = torch.nonzero(~data.interacted).flatten()
         trending = torch.log1p(self.stats.items["adopters"]) + 1e-3 * torch.log1p(self.stats.items["buyers_30"])
         self.trending = trending.masked_fill(~data.interacted, float("-inf"))   # (I,) new items are not "trending"
+        # The trending list is the same for everyone: ordered once a night, not per block of users
+        order = torch.argsort(self.trending, descending=True, stable=True)
+        self.trending_order = order[torch.isfinite(self.trending[order])]
 
 
 @dataclass
@@ -89,6 +92,8 @@ class Candidates:
 
 
 def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor | None = None) -> Block:
+    """The block's dense signals. The generators' scores (`SCORED`) are standardised per user over
+    the catalog here, in place: the ranker reads them so, and a row's order is unchanged."""
     signals, content = inputs.signals, inputs.content
     history = signals.history_of(users)
     scores = {"ease": signals.ease_scores(users), "rp3beta": signals.rp3beta_scores(users),
@@ -96,6 +101,9 @@ def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor |
               "attribute_overlap": content.attribute_overlap(history)}
     if inputs.item_vectors is not None:
         scores["model"] = inputs.embeddings[users.to(inputs.embeddings.device)].float().cpu() @ inputs.item_vectors.T
+    for g in SCORED:
+        if g in scores:
+            standardize_(scores[g])
     excluded = history.to_dense() > 0
     if never is not None and len(never):
         excluded[:, never] = True
@@ -109,38 +117,61 @@ def active_generators(config: CandidateConfig, has_model: bool) -> list[str]:
 
 
 def generate(inputs: CutoffInputs, block: Block, config: CandidateConfig) -> Candidates:
-    """The union of every generator's top list for each user of the block."""
+    """The union of every generator's top list for each user of the block. The generators' score
+    blocks get the excluded items set to -inf in place (the features only read candidates)."""
     n, num_items = block.excluded.shape
     generators = active_generators(config, "model" in block.scores)
-    chosen = torch.zeros(n, num_items, dtype=torch.bool)
-    tops: dict[str, torch.Tensor] = {}
+    tops: dict[str, torch.Tensor] = {}   # generator -> (n, list size) candidate positions, -1 past the list's end
     for g in generators:
-        if g == "new_items" and not len(inputs.new_items):
-            tops[g] = torch.full((n, 0), -1, dtype=torch.long)
-            continue
+        size = min(config.size(g), num_items)
         if g == "new_items":
-            placed_by = block.scores.get("model", block.scores["text_similarity"])[:, inputs.new_items]
-            allowed = ~block.excluded[:, inputs.new_items]
-            size = min(config.new_items, len(inputs.new_items))
-            top = torch.topk(placed_by.masked_fill(~allowed, float("-inf")), size, dim=1)
-            index = inputs.new_items[top.indices]
+            tops[g] = _new_item_list(inputs, block, config.new_items)
+        elif g == "trending":
+            tops[g] = _first_allowed(inputs.trending_order, block.excluded, size)
         else:
-            source = (inputs.trending.expand(n, -1) if g == "trending" else block.scores[g])
-            top = torch.topk(source.masked_fill(block.excluded, float("-inf")), min(config.size(g), num_items), dim=1)
-            index = top.indices
-        valid = torch.isfinite(top.values)
-        tops[g] = torch.where(valid, index, -1)
-        chosen[torch.nonzero(valid, as_tuple=True)[0], index[valid]] = True
+            top = torch.topk(block.scores[g].masked_fill_(block.excluded, float("-inf")), size, dim=1)
+            tops[g] = torch.where(torch.isfinite(top.values), top.indices, -1)
+    listed = {g: torch.nonzero(top >= 0, as_tuple=True) for g, top in tops.items()}  # (rows, list places)
+    chosen = torch.zeros(n, num_items, dtype=torch.bool)
+    for g, (r, place) in listed.items():
+        chosen[r, tops[g][r, place]] = True
     rows, items = torch.nonzero(chosen, as_tuple=True)
+    # One dense map from (user, item) to the pair's index, read only where chosen: each generator's
+    # ranks are then scattered straight into the pairs' rank column.
+    pair_of = torch.empty(n, num_items, dtype=torch.int32)
+    pair_of[rows, items] = torch.arange(len(rows), dtype=torch.int32)
     ranks = torch.empty(len(rows), len(generators))
     for j, g in enumerate(generators):
-        size = tops[g].shape[1]
-        rank = torch.full((n, num_items), float(config.size(g) + 1))
-        listed = tops[g] >= 0
-        rank[torch.nonzero(listed, as_tuple=True)[0], tops[g][listed]] = \
-            torch.arange(1, size + 1, dtype=torch.float).expand(n, -1)[listed]
-        ranks[:, j] = rank[rows, items]
+        r, place = listed[g]
+        ranks[:, j] = float(config.size(g) + 1)
+        ranks[pair_of[r, tops[g][r, place]].long(), j] = (place + 1).float()
     return Candidates(rows, items, ranks, generators)
+
+
+def _new_item_list(inputs: CutoffInputs, block: Block, size: int) -> torch.Tensor:
+    """(n, size) catalog items nobody has bought yet, best placed for each user first: by the graph
+    model (their text and attributes), else by text similarity to the user's past items."""
+    n, new = block.excluded.shape[0], inputs.new_items
+    if not len(new) or not size:
+        return torch.full((n, 0), -1, dtype=torch.long)
+    placed_by = block.scores.get("model", block.scores["text_similarity"])[:, new]
+    top = torch.topk(placed_by.masked_fill(block.excluded[:, new], float("-inf")), min(size, len(new)), dim=1)
+    return torch.where(torch.isfinite(top.values), new[top.indices], -1)
+
+
+def _first_allowed(order: torch.Tensor, excluded: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size) the first `size` items of the shared list `order` that each row may be offered, -1
+    past its end: a slice of one ordered list instead of a top-K over the catalog per user."""
+    n = excluded.shape[0]
+    out = torch.full((n, size), -1, dtype=torch.long)
+    if not n or not len(order):
+        return out
+    head = order[:size + int(excluded.sum(1).max())]   # enough for the row with the most exclusions
+    allowed = ~excluded[:, head]
+    place = allowed.cumsum(1)
+    r, c = torch.nonzero(allowed & (place <= size), as_tuple=True)
+    out[r, place[r, c] - 1] = head[c]
+    return out
 
 
 def _log(x: torch.Tensor) -> torch.Tensor:
@@ -183,23 +214,36 @@ def user_features(inputs: CutoffInputs, users: torch.Tensor) -> torch.Tensor:
 
 
 def pair_features(inputs: CutoffInputs, block: Block, candidates: Candidates,
-                  items_table: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, features) float32 in the order of `feature_names`. Scores are standardised per user over
-    the catalog (a user's 2 against their own spread, not a raw dot product)."""
+                  items_table: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n, features) in the order of `feature_names`, in one matrix of `dtype` (float64 is what the
+    compiled trees read, so serving asks for it and no second copy is made). Scores are standardised per user over the
+    catalog (a user's 2 against their own spread, not a raw dot product), by `score_block`."""
     rows, items = candidates.rows, candidates.items
-    columns = []
-    for g in SCORED:
-        if g in block.scores:
-            columns.append(standardize_(block.scores[g].clone())[rows, items])
-    columns.append(candidates.ranks)
+    num_items = block.excluded.shape[1]
+    pair = rows * num_items + items          # the pairs' cells of the block's (users, items) tensors
     distinct = _log(inputs.stats.of_users("distinct_items", block.users)).clamp(min=1e-3)
     users_table = user_features(inputs, block.users)
     item_table = item_features(inputs) if items_table is None else items_table
     segment = inputs.stats.segment_of(block.users)
-    columns += [block.scores["text_similarity"][rows, items].unsqueeze(1),
-                (_log(block.scores["attribute_overlap"][rows, items]) / distinct[rows]).unsqueeze(1),
-                inputs.stats.segment_share[segment[rows], items].unsqueeze(1),
-                (item_table[items, ITEM_FEATURES.index("price")]
-                 - users_table[rows, USER_FEATURES.index("price")]).unsqueeze(1),
-                item_table[items], users_table[rows]]
-    return torch.cat([c if c.dim() == 2 else c.unsqueeze(1) for c in columns], 1).float()
+
+    def cell(scores: torch.Tensor) -> torch.Tensor:   # (n,) the pairs' values of a (users, items) block
+        return scores.view(-1)[pair] if scores.is_contiguous() else scores[rows, items]
+
+    parts = [cell(block.scores[g]) for g in SCORED if g in block.scores]
+    parts += [candidates.ranks, cell(block.scores["text_similarity"]),
+              _log(cell(block.scores["attribute_overlap"])) / distinct[rows],
+              inputs.stats.segment_share[segment[rows], items],
+              item_table[items, ITEM_FEATURES.index("price")] - users_table[rows, USER_FEATURES.index("price")],
+              item_table[items], users_table[rows]]
+    return _side_by_side(parts, dtype)
+
+
+def _side_by_side(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """(n, total width) of `dtype` from (n,) and (n, w) parts, in one allocation."""
+    parts = [part if part.dim() == 2 else part.unsqueeze(1) for part in parts]
+    out = torch.empty((parts[0].shape[0], sum(part.shape[1] for part in parts)), dtype=dtype)
+    at = 0
+    for part in parts:
+        out[:, at:at + part.shape[1]] = part
+        at += part.shape[1]
+    return out

@@ -97,6 +97,8 @@ class CompiledTrees:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         model, out = self._compiled(), np.empty(len(features))
+        if features.dtype == np.float64 and features.flags.c_contiguous:   # read as is
+            return model.predict(features, n_jobs=self.threads) if len(features) else out
         # One float64 buffer, filled chunk by chunk: a fresh array per chunk cost as much as the trees.
         buffer = torch.empty((min(self.ROWS, len(features)), features.shape[1]), dtype=torch.float64)
         for start in range(0, len(features), self.ROWS):
