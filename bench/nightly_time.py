@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from unirec_dagster.datasets import last_complete_week
+
 ROOT = Path(__file__).resolve().parent.parent
 NIGHTLY = "knowledge_graph,item_text_embeddings,finetuned_recommender,recommendations,model_evaluation,similar_items"
 
@@ -29,8 +31,6 @@ NIGHTLY = "knowledge_graph,item_text_embeddings,finetuned_recommender,recommenda
 def runs(run_date: str) -> list[tuple[str, str, str]]:
     """(name, selection, partition) of the weekly run (the graph of the week's Saturday, then the
     week's pretraining) and of the nightly run."""
-    from unirec_dagster.defs.dataset import last_complete_week
-
     week = last_complete_week(dt.date.fromisoformat(run_date))
     saturday = (dt.date.fromisoformat(week) + dt.timedelta(days=6)).isoformat()
     return [(f"weekly: knowledge_graph {saturday}", "knowledge_graph", saturday),

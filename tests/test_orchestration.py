@@ -5,8 +5,8 @@ import datetime as dt
 import dagster as dg
 
 from tests.conftest import SAMPLE_SPEC, SAMPLE_SPEC_PATH
+from unirec_dagster.datasets import last_complete_week
 from unirec_dagster.definitions import defs as code_location
-from unirec_dagster.defs.dataset import last_complete_week
 from unirec_dagster.defs.resources import DatasetResource
 from unirec_dagster.defs.schedules import (
     NIGHTLY_DEADLINE_HOUR,

@@ -11,7 +11,7 @@ import datetime as dt
 import sys
 
 from unirec_dagster import settings
-from unirec_dagster.datasets import load_spec
+from unirec_dagster.datasets import last_complete_week, load_spec
 from unirec_dagster.evaluation.split import TEST_WINDOW_DAYS
 
 
@@ -27,8 +27,6 @@ if __name__ == "__main__":
     if day is None:
         print(f"{first.isoformat()}...{last.isoformat()}")
     elif "--week" in args or "--week-end" in args:
-        from unirec_dagster.defs.dataset import last_complete_week  # Dagster's calendar, loaded only here
-
         week = dt.date.fromisoformat(last_complete_week(day))
         print((week + dt.timedelta(days=6) if "--week-end" in args else week).isoformat())
     else:

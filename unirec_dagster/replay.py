@@ -39,7 +39,7 @@ import yaml
 from dagster._utils.schedules import cron_string_iterator
 
 from unirec_dagster import settings
-from unirec_dagster.datasets import SpecError, load_spec
+from unirec_dagster.datasets import SpecError, last_complete_week, load_spec
 
 FILE_LANDS = dt.timedelta(minutes=30)     # after midnight, on the day after the file's day
 LATE_FILE_LANDS = dt.timedelta(hours=4, minutes=30)  # after the 02:00 tick, before the default deadline
@@ -129,12 +129,12 @@ class Replay:
     # -- the daemon's part ------------------------------------------------------------------
     def launch(self, job: str, request: dg.RunRequest, requested_by: tuple[str, str], tick: dt.datetime) -> None:
         kind, name = requested_by
-        tags = {**request.tags, REQUESTER_TAG.get(kind, "unirec/replay_step"): name,
-                REPLAY_TICK_TAG: tick.isoformat()}
+        requester = REQUESTER_TAG.get(kind, "unirec/replay_step")
+        tags = {**request.tags, requester: name, REPLAY_TICK_TAG: tick.isoformat()}
         if request.run_key:
             tags["dagster/run_key"] = request.run_key
             used = self.instance.get_runs(dg.RunsFilter(job_name=job, tags={
-                "dagster/run_key": request.run_key, REQUESTER_TAG.get(kind, "unirec/replay_step"): name}), limit=1)
+                "dagster/run_key": request.run_key, requester: name}), limit=1)
             if used:
                 return  # the daemon launches a run key once
         if request.partition_key:
@@ -168,8 +168,6 @@ class Replay:
     def start_deployment(self, first_night: dt.date) -> None:
         """What a new deployment runs once: its history ingested, then catalogs, text view and the
         graph of the last complete week's Saturday, and that week's pretraining."""
-        from unirec_dagster.defs.dataset import last_complete_week
-
         start, day_before = self.source.events.start_date, first_night - dt.timedelta(days=1)
         week = last_complete_week(day_before)
         saturday = (dt.date.fromisoformat(week) + dt.timedelta(days=6)).isoformat()

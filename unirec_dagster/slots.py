@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
+import sys
 from dataclasses import dataclass
 
 import dagster as dg
@@ -118,12 +120,21 @@ def free_stuck_slots(instance: dg.DagsterInstance, dry_run: bool = False, log=pr
     return stuck
 
 
+def is_a_step_worker(argv: list[str] | None = None) -> bool:
+    """Whether this process executes one step of a run that another process holds: a step process of
+    the multiprocess executor (a child of the run's process), or `dagster api execute_step`."""
+    args = sys.argv if argv is None else argv
+    return multiprocessing.parent_process() is not None or "execute_step" in args[1:3]
+
+
 def free_when_the_code_location_loads() -> None:
     """Free dead runs' places before this process's run can queue behind them: without the daemon
     (a `dagster asset materialize` in CI) nothing else would. Only for an instance of this machine
     (DAGSTER_HOME set, local run launcher); a failure here is logged, never a reason not to load."""
     if not os.environ.get("DAGSTER_HOME"):
         return  # an ephemeral instance: no earlier run can hold anything
+    if is_a_step_worker():
+        return  # the run's own process checked when it loaded: 0.9 s saved per step
     try:
         with dg.DagsterInstance.get() as instance:
             if runs_on_this_machine(instance):

@@ -1,6 +1,6 @@
 """Dataset specs and the readers that turn source files into string records."""
 
 from unirec_dagster.datasets.readers import RawRecords, Reject, read_records
-from unirec_dagster.datasets.spec import DatasetSpec, SpecError, VerbsSpec, load_spec
+from unirec_dagster.datasets.spec import DatasetSpec, SpecError, VerbsSpec, last_complete_week, load_spec
 
-__all__ = ["DatasetSpec", "RawRecords", "Reject", "SpecError", "VerbsSpec", "load_spec", "read_records"]
+__all__ = ["DatasetSpec", "RawRecords", "Reject", "SpecError", "VerbsSpec", "last_complete_week", "load_spec", "read_records"]

@@ -295,6 +295,13 @@ class EventsSpec(SourceFile):
 SPEC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+def last_complete_week(day: dt.date) -> str:
+    """The key (its Sunday) of the newest week, Sunday to Saturday, that ends on or before `day`:
+    pretraining's weekly partition for the nights from that Saturday on."""
+    saturday = day - dt.timedelta(days=(day.weekday() - 5) % 7)
+    return (saturday - dt.timedelta(days=6)).isoformat()
+
+
 class DatasetSpec(_Strict):
     name: str = Field(description="Names the dataset's model folder: letters, digits, '.', '_', '-'.")
     description: str = ""

@@ -21,12 +21,6 @@ daily_partitions = dg.DailyPartitionsDefinition(start_date=_calendar.start_date.
 weekly_partitions = dg.WeeklyPartitionsDefinition(start_date=_calendar.start_date.isoformat(), end_date=_end)
 
 
-def last_complete_week(day: dt.date) -> str:
-    """The key (its Sunday) of the newest week that ends on or before `day`."""
-    saturday = day - dt.timedelta(days=(day.weekday() - 5) % 7)
-    return (saturday - dt.timedelta(days=6)).isoformat()
-
-
 def partition_date(context: dg.AssetExecutionContext) -> dt.date:
     """The day of a daily partition; the last day (Saturday) of a weekly one."""
     return (context.partition_time_window.end - dt.timedelta(days=1)).date()
