@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -102,16 +103,19 @@ def wrk(port: int, script: Path, connections: int, seconds: int) -> dict:
 
 
 def post_events(port: int, users: list[str], items: list[str], per_second: int, stop: threading.Event,
-                statuses: list[int]) -> None:
-    """Post one purchase every 1/per_second seconds until stopped; the status of each answer in `statuses`."""
+                statuses: list[int], seconds: list[float]) -> None:
+    """Post one purchase every 1/per_second seconds until stopped; the status of each answer in
+    `statuses`, how long it took in `seconds`."""
     chosen, period = random.Random(7), 1.0 / per_second
     next_at = time.perf_counter()
     while not stop.is_set():
         body = json.dumps([{"user": chosen.choice(users), "item": chosen.choice(items)}]).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/events", data=body,
                                          headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
         with urllib.request.urlopen(request, timeout=5) as answer:
             statuses.append(answer.status)
+        seconds.append(time.perf_counter() - started)
         next_at += period
         time.sleep(max(0.0, next_at - time.perf_counter()))
 
@@ -177,8 +181,8 @@ def main() -> None:
                     print(f"| {name} | {connections} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                           f"{r['non_2xx']} | {r['socket_errors']} |", flush=True)
                 if health:  # the API: reads while purchases are posted
-                    stop, posted = threading.Event(), []
-                    posters = [threading.Thread(target=post_events, args=(port, users, items, 25, stop, posted))
+                    stop, posted, took = threading.Event(), [], []
+                    posters = [threading.Thread(target=post_events, args=(port, users, items, 25, stop, posted, took))
                                for _ in range(4)]  # 4 x 25/s: one client alone waits on each answer
                     for poster in posters:
                         poster.start()
@@ -186,8 +190,10 @@ def main() -> None:
                     stop.set()
                     for poster in posters:
                         poster.join()
+                    post_ms = np.percentile(np.array(took) * 1000, [50, 99]) if took else [float("nan")] * 2
                     print(f"| {name}, {len(posted) / args.seconds:.0f} events/s posted meanwhile "
-                          f"({sum(s != 202 for s in posted)} refused) | 16 | {r['rps']:,.0f} | {r['p50']:.2f} | "
+                          f"({sum(s != 202 for s in posted)} refused; POST itself p50 {post_ms[0]:.2f} ms, "
+                          f"p99 {post_ms[1]:.2f} ms) | 16 | {r['rps']:,.0f} | {r['p50']:.2f} | "
                           f"{r['p99']:.2f} | {r['non_2xx']} | {r['socket_errors']} |", flush=True)
                     stop, nights = threading.Event(), []
                     publisher = threading.Thread(target=publish_newer_nights,

@@ -1,5 +1,6 @@
 """The read API over published nights (FastAPI's TestClient, real Parquet files written by DuckDB)."""
 
+import datetime as dt
 import threading
 from pathlib import Path
 
@@ -7,7 +8,11 @@ import duckdb
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import write_spec, write_text
 from unirec_dagster.api import create_app
+from unirec_dagster.datasets import load_spec
+from unirec_dagster.ingest import ingest_days
+from unirec_dagster.warehouse import connect, rows
 
 
 def publish(folder: Path, night: str, lists: dict[str, list[str]], model: str = "finetuned-v1",
@@ -160,3 +165,34 @@ def test_similar_items_of_the_newest_publication(served):
     app.state.nights.refresh()
     assert client.get("/items/A/similar").json()["night"] == "2011-01-14"  # the last good one stays
     assert "similar items" in client.get("/health").json()["problem"]
+
+
+def test_purchases_posted_during_the_day_and_then_its_file_are_the_file_alone(tmp_path):
+    """The API's intraday journal is for serving only: ingesting the day's file after purchases were
+    posted gives the warehouse the file alone would, so nothing is counted twice (or lost)."""
+    write_text(tmp_path / "2011-01-15.csv", """
+        user,item,ts
+        u1,A,2011-01-15 10:30:00
+        u2,C,2011-01-15 11:00:00
+        """)
+    spec = load_spec(write_spec(tmp_path, {"start_date": "2011-01-15"}))
+    events = "SELECT user_id, item_id, ts, event_type FROM raw.events ORDER BY ALL"
+
+    alone = connect(tmp_path / "alone.duckdb")
+    ingest_days(alone, spec, [dt.date(2011, 1, 15)])
+    expected = rows(alone, events)
+    alone.close()
+    assert len(expected) == 2
+
+    warehouse = tmp_path / "served.duckdb"
+    folder = warehouse.with_suffix(".serving") / "recommendations"
+    publish(folder, "2011-01-14", {"u1": ["A", "B"], "u2": ["C", "D"]})
+    client = TestClient(create_app(folder, refresh_seconds=0))
+    assert client.post("/events", json=[{"user": "u1", "item": "A", "ts": "2011-01-15T10:30:00"},
+                                        {"user": "u2", "item": "C", "ts": "2011-01-15T11:00:00"},
+                                        {"user": "u3", "item": "B", "ts": "2011-01-15T12:00:00"}]).json() == {"accepted": 3}
+    assert list((warehouse.with_suffix(".serving") / "intraday").glob("*.jsonl")), "the posts are journaled"
+    served = connect(warehouse)
+    ingest_days(served, spec, [dt.date(2011, 1, 15)])
+    assert rows(served, events) == expected
+    served.close()
