@@ -15,8 +15,9 @@ executed through the instance, awaited, with the run config it carries, the tags
 add (`dagster/schedule_name` or `dagster/sensor_name`, `dagster/run_key`, the partition), the job's
 own executor and the `duckdb_warehouse` pool; a run key already used is skipped, as the daemon
 does, so a replay that is run again resumes. What is not replayed: the queued run coordinator's
-dequeuing and the run launcher's process (runs execute as `dagster job execute` would), and sensor
-cursors live for the replay only.
+dequeuing and the run launcher's process (runs execute as `dagster job execute` would). The sensors'
+cursors are kept in `<workdir>/cursors.json` (the daemon keeps them in its instance), so a replay run
+again resumes with them.
 
 It ends with a report (printed, and written to `<workdir>/report.md`): per night, when it was
 served and why then, each check that failed, and the served and strongest-peer test figures once
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -114,11 +116,16 @@ def replayed_runs(instance: dg.DagsterInstance, run_ids: list[str] | None = None
 
 
 class Replay:
-    def __init__(self, instance: dg.DagsterInstance, definitions: dg.Definitions, source, copy, log=print):
+    def __init__(self, instance: dg.DagsterInstance, definitions: dg.Definitions, source, copy, log=print,
+                 cursor_file: Path | None = None):
         self.instance, self.source, self.copy, self.log = instance, source, copy, log
         self.repository = definitions.get_repository_def()
         self.resources = definitions.resources or {}
-        self.cursors: dict[str, str | None] = {}
+        # The sensors' cursors, kept in a file beside the landed files as the daemon keeps them in
+        # its instance: a replay run again resumes with them.
+        self.cursor_file = cursor_file
+        self.cursors: dict[str, str | None] = (
+            json.loads(cursor_file.read_text()) if cursor_file is not None and cursor_file.exists() else {})
 
     # -- the world --------------------------------------------------------------------------
     def land(self, day: dt.date, at: dt.datetime) -> None:
@@ -161,7 +168,10 @@ class Replay:
             sensor_context = dg.build_sensor_context(self.instance, cursor=self.cursors.get(sensor.name),
                                                      repository_def=self.repository, resources=self.resources)
             data = sensor.evaluate_tick(sensor_context)
-            self.cursors[sensor.name] = data.cursor
+            if data.cursor != self.cursors.get(sensor.name):
+                self.cursors[sensor.name] = data.cursor
+                if self.cursor_file is not None:
+                    self.cursor_file.write_text(json.dumps(self.cursors, indent=1, sort_keys=True))
             for request in data.run_requests or []:  # a sensor without a job never requests a run
                 self.launch(request.job_name or str(sensor.job_name), request, ("sensor", sensor.name), now)
 
@@ -292,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     late, missing = set(args.late), set(args.missing)
     with dg.DagsterInstance.get() as instance:
-        replay = Replay(instance, defs(), source, load_spec(copy_path))
+        replay = Replay(instance, defs(), source, load_spec(copy_path), cursor_file=workdir / "cursors.json")
         replay.start_deployment(args.first)
         replay.play(args.first, args.last, late, missing)
         text = report(instance, source, args.first, args.last, late, missing)
