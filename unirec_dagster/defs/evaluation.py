@@ -94,7 +94,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         yield dg.AssetCheckResult(check_name="served_vs_peer", passed=True, severity=dg.AssetCheckSeverity.WARN,
                                   description="no test figures yet: nothing to compare")
         return
-    # numbers (not tables) so Dagster's Plots tab draws them over partitions
+    # numbers (not tables) so Dagster's metadata plots draw them night after night
     for metric in ("recall", "ndcg"):
         served, peer = result.value(SERVED, metric), result.value(result.peer, metric) if result.peer else None
         metadata[f"served_{metric}@20"] = served
