@@ -154,14 +154,19 @@ def test_ranker_learns_a_preference_the_blend_cannot_use():
     assert refit.fit.ranker.to_text() == fitted.fit.ranker.to_text()
 
 
-def test_new_item_every_puts_unsold_items_into_their_slots():
+def shop_with_unsold_items(unsold: int = 6) -> tuple[CutoffInputs, torch.Tensor, torch.Tensor]:
+    """The planted shop whose first `unsold` items nobody has bought: (inputs, bought, interacted)."""
     inputs, bought = planted_shop()
     interacted = torch.ones(NUM_ITEMS, dtype=torch.bool)
-    interacted[:6] = False                                             # six items nobody has bought
+    interacted[:unsold] = False
     data = inputs.signals.data
-    unsold = TrainingData(data.cutoff, data.items, data.train_users, data.train_items, data.train_last_days,
-                          data.train_counts, data.popularity, data.recent_popularity, data.positive_counts, interacted)
-    inputs = CutoffInputs(Signals(unsold), inputs.stats, inputs.content)
+    without = TrainingData(data.cutoff, data.items, data.train_users, data.train_items, data.train_last_days,
+                           data.train_counts, data.popularity, data.recent_popularity, data.positive_counts, interacted)
+    return CutoffInputs(Signals(without), inputs.stats, inputs.content), bought, interacted
+
+
+def test_new_item_every_puts_unsold_items_into_their_slots():
+    inputs, bought, interacted = shop_with_unsold_items()
     config = CandidateConfig(model=0, ease=30, rp3beta=0, co_purchase=0, trending=0, new_items=6)
     fitted = fit_two_stage(inputs, holdout_of(torch.arange(0, 250), bought), config,
                            RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=30, patience=10, threads=1))
@@ -176,13 +181,7 @@ def test_the_top_k_over_candidates_is_the_top_k_over_the_catalog():
     """Serving takes each user's top K over their candidates only; a user with fewer candidates than
     the list needs is ranked over the catalog. Both give what ranking every item would: candidates
     by the ranker, the rest below them by recent popularity, with and without new-item slots."""
-    inputs, bought = planted_shop()
-    interacted = torch.ones(NUM_ITEMS, dtype=torch.bool)
-    interacted[:6] = False
-    data = inputs.signals.data
-    unsold = TrainingData(data.cutoff, data.items, data.train_users, data.train_items, data.train_last_days,
-                          data.train_counts, data.popularity, data.recent_popularity, data.positive_counts, interacted)
-    inputs = CutoffInputs(Signals(unsold), inputs.stats, inputs.content)
+    inputs, bought, _ = shop_with_unsold_items()
     config = CandidateConfig(model=0, ease=25, rp3beta=0, co_purchase=10, trending=5, new_items=6)
     fitted = fit_two_stage(inputs, holdout_of(torch.arange(0, 250), bought), config,
                            RankerConfig(folds=3, min_data_in_leaf=10, max_rounds=30, patience=10, threads=1))
