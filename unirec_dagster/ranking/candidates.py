@@ -168,7 +168,7 @@ def _first_allowed(order: torch.Tensor, excluded: torch.Tensor, size: int) -> to
         return out
     head = order[:size + int(excluded.sum(1).max())]   # enough for the row with the most exclusions
     allowed = ~excluded[:, head]
-    place = allowed.cumsum(1)
+    place = allowed.cumsum(1, dtype=torch.int32)
     r, c = torch.nonzero(allowed & (place <= size), as_tuple=True)
     out[r, place[r, c] - 1] = head[c]
     return out
