@@ -109,14 +109,14 @@ class TwoStage:
             n, cand = len(examples.users), examples.candidates
             predicted = self.predict(examples)
             lead = cand.lead({g: self.config.size(g) for g in cand.generators})
-            padded, first, counts = _by_user(cand.rows, predicted, n)
+            column, first, counts = _by_user(cand.rows, n)
+            padded = torch.full((n, int(counts.max()) if len(cand.rows) else 0), float("-inf"))
+            padded[cand.rows, column] = predicted
             k_ = min(k, self.inputs.signals.data.num_items)
-            top_values = torch.empty((n, k_))
-            top_pairs = torch.zeros((n, k_), dtype=torch.long)       # index into the candidates
-            enough = torch.zeros(n, dtype=torch.bool)
             if padded.shape[1] >= k_:
                 if slots:
-                    is_new = _by_user(cand.rows, (~interacted[cand.items]).float(), n)[0] > 0
+                    is_new = torch.zeros(padded.shape, dtype=torch.bool)
+                    is_new[cand.rows, column] = ~interacted[cand.items]
                     best_new = torch.topk(padded.masked_fill(~is_new, float("-inf")), slots, dim=1)
                     rest = torch.topk(padded.masked_fill(is_new, float("-inf")), k_ - slots, dim=1)
                     top_values = interleave(rest.values, best_new.values, main_ranks, new_ranks)
@@ -125,8 +125,12 @@ class TwoStage:
                 else:
                     top_values, places = torch.topk(padded, k_, dim=1)
                     enough = counts >= k_
-                top_pairs = (first.unsqueeze(1) + places).clamp(max=max(len(cand.rows) - 1, 0))
-            top_items, top_lead = cand.items[top_pairs], lead[top_pairs]
+                # a short row's places past its own pairs are replaced below; clamped to stay in range
+                top_pairs = (first.unsqueeze(1) + places).clamp(max=len(cand.rows) - 1)
+                top_items, top_lead = cand.items[top_pairs], lead[top_pairs]
+            else:  # nobody in the block has K candidates (a small catalog): every row over the catalog
+                top_values, enough = torch.empty((n, k_)), torch.zeros(n, dtype=torch.bool)
+                top_items, top_lead = torch.empty((n, k_), dtype=torch.long), torch.empty((n, k_), dtype=torch.long)
             if not enough.all():
                 short = torch.nonzero(~enough).flatten()
                 values, items, leads = self._over_catalog(examples, short, predicted, lead, k_, new, slots,
@@ -164,11 +168,9 @@ class TwoStage:
         return top_values, top_items, lead_of.gather(1, top_items).long()
 
 
-def _by_user(rows: torch.Tensor, values: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`values` of pairs sorted by user row as (n, most pairs of a user), -inf where a user has
-    fewer; with each user's first pair index and pair count."""
+def _by_user(rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each pair of `rows` (sorted by user row) sits when each user's pairs form a row of an
+    (n, most pairs of a user) tensor: its column, with each user's first pair index and pair count."""
     counts = torch.bincount(rows, minlength=n)
     first = torch.cumsum(counts, 0) - counts
-    out = torch.full((n, int(counts.max()) if len(rows) else 0), float("-inf"))
-    out[rows, torch.arange(len(rows)) - first[rows]] = values.float()
-    return out, first, counts
+    return torch.arange(len(rows)) - first[rows], first, counts
