@@ -2,6 +2,7 @@
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -128,6 +129,9 @@ def test_no_request_fails_while_nights_are_swapped(served):
         app.state.nights.refresh()
         publish(folder, night, {"u1": ["A"]})
     app.state.nights.refresh()
+    deadline = time.monotonic() + 30  # the readers go on until one of them has read the newest night
+    while "2011-01-18" not in answers and time.monotonic() < deadline:
+        time.sleep(0.01)
     stop.set()
     for reader in readers:
         reader.join()
