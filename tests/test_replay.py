@@ -2,6 +2,7 @@
 a Friday whose file is late, a Saturday the shop is closed, and a Sunday whose file never lands;
 the weekly pretraining runs on its Sunday tick, before that night's graph exists."""
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -11,7 +12,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from unirec_dagster.replay import replayed_runs
+from unirec_dagster import settings
+from unirec_dagster.datasets import load_spec
+from unirec_dagster.definitions import defs
+from unirec_dagster.replay import Replay, replayed_runs
 from unirec_dagster.warehouse import connect, rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,3 +70,17 @@ def test_replayed_nights_wait_for_a_late_file_and_name_a_missing_one(tmp_path, m
     served = rows(conn, "SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM serving.recommendations ORDER BY 1")
     conn.close()
     assert [night for (night,) in served] == sorted(NIGHTS)
+
+
+def test_a_run_left_unfinished_by_a_stopped_replay_is_failed_and_its_key_not_requested_again(tmp_path):
+    spec = load_spec(settings.DEFAULT_DATASET)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        tags = {"dagster/run_key": "2011-01-07", "dagster/schedule_name": "nightly_schedule"}
+        cut_off = instance.create_run_for_job(defs().resolve_job_def("nightly_recommendations"), tags=tags,
+                                              status=dg.DagsterRunStatus.STARTED)
+        said = []
+        replay = Replay(instance, defs(), spec, spec, log=said.append)
+        replay.launch("nightly_recommendations", dg.RunRequest(run_key="2011-01-07", partition_key="2011-01-07"),
+                      ("schedule", "nightly_schedule"), dt.datetime(2011, 1, 8, 2, tzinfo=dt.UTC))
+        assert instance.get_run_by_id(cut_off.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert len(instance.get_runs()) == 1 and "left unfinished by a stopped replay" in said[0]
