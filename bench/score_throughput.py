@@ -11,6 +11,9 @@ random purchase history (about 20 items per user), it times:
   the model, EASE^R, RP3beta, co-purchase, trending and new items, their features (with a 384-d
   text view and synthetic history statistics), the LightGBM ranker (fitted beforehand on 2,000
   users, not timed), reasons. Run on the 4,000-item case only, to keep the bench short.
+- `two-stage, N shards`: the same, the users split over N forked worker processes of one thread
+  each (`serving.shards`, `ServingSettings.shards`); peak RSS is the parent's, and the largest
+  shard's is given beside it (the shards share the parent's pages until they write them).
 - `trees`: the same ranker's compiled trees alone, on the served path's own features of the first
   10,000 users (built before the clock starts): the bound the rest of the two-stage path is judged by.
 - `baseline`: the naive way, one full users x items score matrix and one `torch.topk` over it,
@@ -18,6 +21,7 @@ random purchase history (about 20 items per user), it times:
   the share of users that fits in `--baseline-gib` and its rate is reported for that share.
 
     .venv/bin/python bench/score_throughput.py
+    .venv/bin/python bench/score_throughput.py --shards 1,2,4,8   # shard scaling, on a machine with the cores
     .venv/bin/python bench/score_throughput.py --device cuda   # when a GPU is lent
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import resource
 import time
 
 import numpy as np
@@ -43,6 +48,7 @@ from unirec_dagster.ranking.topk import block_rows, top_k
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.serving.reasons import Explainer
 from unirec_dagster.serving.recommend import rank_two_stage, score_users
+from unirec_dagster.serving.shards import rank_in_shards
 from unirec_dagster.training.ranking import fit_two_stage
 
 CASES = [(200_000, 4_000), (100_000, 50_000)]  # (users, items)
@@ -95,7 +101,8 @@ def fitted_two_stage(inputs: CutoffInputs, seed: int = 0) -> TwoStage:
     return TwoStage(inputs, CandidateConfig(), fit.fit.ranker)
 
 
-def run_case(method: str, users: int, items: int, k: int, dim: int, device: str, baseline_gib: float) -> dict:
+def run_case(method: str, users: int, items: int, k: int, dim: int, device: str, baseline_gib: float,
+             shards: int = 1) -> dict:
     embeddings, data = synthetic(users, items, dim, per_user=20)
     embeddings = embeddings.to(device)
     setup_started = time.perf_counter()
@@ -115,7 +122,10 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
         stage = fitted_two_stage(synthetic_inputs(data, embeddings))
         sync()
         started = time.perf_counter()
-        rank_two_stage(stage, user_ids, k, Explainer(stage.inputs.signals, embeddings))
+        explainer = Explainer(stage.inputs.signals, embeddings)
+        rank_in_shards(lambda part: rank_two_stage(stage, part, k, explainer), user_ids, shards)
+        if shards > 1:  # Linux reports kilobytes: the largest shard's peak
+            extra = {"largest_shard_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2)}
     elif method == "trees":  # the ranker's compiled trees alone, on the served path's own features
         stage = fitted_two_stage(synthetic_inputs(data, embeddings))
         scored = min(users, TREES_USERS)
@@ -149,28 +159,36 @@ def main() -> None:
     parser.add_argument("--baseline-gib", type=float, default=4.0, help="Memory the naive full matrix may take.")
     parser.add_argument("--cases", default=",".join(f"{u}x{i}" for u, i in CASES),
                         help="USERSxITEMS,...: which cases to run (default: all)")
+    parser.add_argument("--shards", default="1,2", help="N,...: shard counts the two-stage row runs with (default: 1,2)")
     parser.add_argument("--only", nargs=3, metavar=("METHOD", "USERS", "ITEMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         method, users, items = args.only[0], int(args.only[1]), int(args.only[2])
-        print(json.dumps(run_case(method, users, items, args.k, args.dim, args.device, args.baseline_gib)))
+        print(json.dumps(run_case(method, users, items, args.k, args.dim, args.device, args.baseline_gib,
+                                  int(args.shards))))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, K={args.k}, dim={args.dim}")
     print("| users | items | method | users scored | seconds | users/s | peak RSS GiB (after setup) |")
     print("|---|---|---|---|---|---|---|")
     for users, items in [tuple(int(n) for n in case.split("x")) for case in args.cases.split(",")]:
-        for method in ("model", "blend", "two-stage", "trees", "baseline"):
+        runs = [(m, 1) for m in ("model", "blend")] + [("two-stage", int(n)) for n in args.shards.split(",")] + \
+            [(m, 1) for m in ("trees", "baseline")]
+        for method, shards in runs:
             if method in ("two-stage", "trees") and items > 4_000:
                 continue
             r = in_fresh_process(__file__, "--only", method, str(users), str(items), "--k", str(args.k), "--dim",
-                                 str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib))
+                                 str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib),
+                                 "--shards", str(shards))
+            if method == "two-stage" and shards > 1:
+                method = f"two-stage, {shards} shards"
             if r is None:
                 print(f"| {users:,} | {items:,} | {method} | failed |||||", flush=True)
                 continue
             if method == "trees":
                 method = f"trees alone ({r['rounds']} rounds, {r['candidates_per_user']} candidates a user)"
+            shard_rss = f"; largest shard {r['largest_shard_rss_gib']}" if "largest_shard_rss_gib" in r else ""
             print(f"| {users:,} | {items:,} | {method} | {r['scored_users']:,} | {r['seconds']} | {r['users_per_s']:,} | "
-                  f"{r['peak_rss_gib']} ({r['setup_peak_rss_gib']}) |", flush=True)
+                  f"{r['peak_rss_gib']} ({r['setup_peak_rss_gib']}){shard_rss} |", flush=True)
 
 
 if __name__ == "__main__":

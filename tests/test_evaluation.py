@@ -2,6 +2,8 @@
 
 import datetime as dt
 import math
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -36,6 +38,7 @@ from unirec_dagster.ranking.classic import EASE_RECENT
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
 from unirec_dagster.ranking.two_stage import TWO_STAGE
+from unirec_dagster.serving import recommend
 from unirec_dagster.serving.reasons import POSITIVE, Explainer
 from unirec_dagster.serving.recommend import (
     ServingSettings,
@@ -44,6 +47,7 @@ from unirec_dagster.serving.recommend import (
     write_recommendations,
     write_similar_items,
 )
+from unirec_dagster.serving.shards import ShardFailed
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.fit import negative_candidates
 from unirec_dagster.training.gate import GateResult
@@ -396,6 +400,31 @@ def test_a_catalog_item_nobody_bought_is_an_entity_with_text_and_can_be_recommen
     with torch.no_grad():
         model.embedding.weight[entity["Z"]] += 100.0
     assert torch.allclose(model(propagation), before)
+
+
+def test_shards_write_the_rows_of_one_process_and_a_killed_shard_leaves_the_night_as_it_was(conn, shop, monkeypatch):
+    run_date = dt.date(2024, 1, 3)
+    data = load_training(conn, shop, run_date + dt.timedelta(days=1))
+    scorer = Scorer(Signals(data), {"co_purchase": 0.5, "popularity": 0.5})
+    served = """SELECT user_id, item_id, rank, score, reason, model_version FROM serving.recommendations
+                WHERE partition_date = $d ORDER BY user_id, rank"""
+    write_recommendations(conn, shop, run_date, scorer, "v1", "run", ServingSettings(k=3))
+    one_process = rows(conn, served, {"d": run_date})
+    parent, last_user, rank_users = os.getpid(), int(data.train_users.max()), recommend.rank_users
+
+    def killed_in_its_shard(policy, users, *args):
+        if os.getpid() != parent and last_user in users.tolist():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return rank_users(policy, users, *args)
+
+    monkeypatch.setattr(recommend, "rank_users", killed_in_its_shard)
+    killed = r"1 of 3 shards failed, nothing written: shard-2 \(process \d+\) was killed by SIGKILL"
+    with pytest.raises(ShardFailed, match=killed):
+        write_recommendations(conn, shop, run_date, scorer, "v2", "run", ServingSettings(k=3, shards=3))
+    assert rows(conn, served, {"d": run_date}) == one_process
+    monkeypatch.undo()
+    write_recommendations(conn, shop, run_date, scorer, "v1", "run", ServingSettings(k=3, shards=3))
+    assert rows(conn, served, {"d": run_date}) == one_process and len({r[0] for r in one_process}) >= 3
 
 
 def test_show_reads_the_published_partition_while_a_run_writes(conn, shop, tmp_path, capsys):

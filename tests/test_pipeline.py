@@ -27,6 +27,7 @@ from unirec_dagster.history import never_recommended
 from unirec_dagster.ranking.classic import CLASSIC
 from unirec_dagster.serving.policy import served_checkpoint, served_policy
 from unirec_dagster.serving.recommend import ServingSettings, published_dir, rank_users
+from unirec_dagster.serving.shards import rank_in_shards
 from unirec_dagster.synthetic import generate, write_dataset
 from unirec_dagster.warehouse import connect, rows
 
@@ -89,10 +90,15 @@ def assert_served_as_ranked_by_the_policy(warehouse, spec_path, models, policy_n
     assert policy.name == policy_name
     data = policy.blend.signals.data
     users = torch.unique(data.train_users)
-    expected = rank_users(policy.ranking, users, ServingSettings(), None, never_recommended(conn, spec, data.items))
+    never = never_recommended(conn, spec, data.items)
+    expected = rank_users(policy.ranking, users, ServingSettings(), None, never)
     served, unserved = served_ranking(conn, RUN_DATE, users, data)
     conn.close()
     assert unserved == 0 and torch.equal(served, expected.items)
+    sharded = rank_in_shards(lambda part: rank_users(policy.ranking, part, ServingSettings(), None, never), users, 2)
+    assert torch.equal(sharded.items, expected.items) and torch.allclose(sharded.scores, expected.scores)
+    reasons = [[top.templates[r] for r in row] for top in (sharded, expected) for row in top.reasons.tolist()]
+    assert reasons[:len(users)] == reasons[len(users):]
 
 
 def assert_tracked(pretraining: dg.ExecuteInProcessResult, result: dg.ExecuteInProcessResult, uri: str,

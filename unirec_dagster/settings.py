@@ -23,6 +23,7 @@ DEVICE_ENV = "UNIREC_DEVICE"
 TEXT_MODEL_ENV = "UNIREC_TEXT_MODEL"
 MLFLOW_URI_ENV = "UNIREC_MLFLOW_URI"            # a tracking server, or another store
 TRACKING_ENV = "UNIREC_TRACKING"                # "off" turns experiment tracking off
+SERVING_SHARDS_ENV = "UNIREC_SERVING_SHARDS"    # worker processes the nightly ranking is split over
 # DuckDB would otherwise take 80% of RAM; beyond this it spills to disk next to the database.
 DEFAULT_DUCKDB_MEMORY_LIMIT = "3GB"
 
@@ -119,3 +120,11 @@ def api_refresh_seconds() -> float:
     if seconds <= 0:
         raise ValueError(f"{API_REFRESH_ENV}={value!r}: give a positive number of seconds")
     return seconds
+
+
+def serving_shards() -> int:
+    """Worker processes the nightly recommendations rank their users in (UNIREC_SERVING_SHARDS, default 1)."""
+    value = os.environ.get(SERVING_SHARDS_ENV) or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{SERVING_SHARDS_ENV}={value!r}: expected a whole number of processes, 1 or more")
+    return int(value)

@@ -81,10 +81,10 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationCon
         sample = preview(conn, run_date)
         published = publish_recommendations(conn, run_date, Path(duckdb.database))
     context.log.info(f"{stats.users:,} users ({stats.fallback_users:,} fallback), {stats.rows:,} rows, "
-                     f"{stats.users_per_second:,.0f} users/s")
+                     f"{stats.users_per_second:,.0f} users/s, {settings.shards} shard(s)")
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": stats.rows, "users": stats.users, "model_users": stats.model_users,
-        "fallback_users": stats.fallback_users, "users_per_second": stats.users_per_second,
+        "fallback_users": stats.fallback_users, "users_per_second": stats.users_per_second, "shards": settings.shards,
         "model_version": checkpoint.version, "kg_snapshot": checkpoint.manifest["kg_snapshot"],
         "pretrained_parent": checkpoint.manifest["parent"] or "", "policy": served.name,
         "published": dg.MetadataValue.path(str(published)),

@@ -81,8 +81,8 @@ class CompiledTrees:
 
     def __init__(self, booster: lgb.Booster, threads: int = 0):
         self.booster = booster
-        # the booster's own setting, else as many as the rest of the serving uses
-        self.threads = threads or int(booster.params.get("num_threads", 0) or 0) or torch.get_num_threads()
+        # the booster's own setting, else (0) as many as the rest of the serving uses when it predicts
+        self.threads = threads or int(booster.params.get("num_threads", 0) or 0)
         self.model: lleaves.Model | None = None
 
     def _compiled(self) -> lleaves.Model:
@@ -98,13 +98,13 @@ class CompiledTrees:
     def predict(self, features: np.ndarray) -> np.ndarray:
         model, out = self._compiled(), np.empty(len(features))
         if features.dtype == np.float64 and features.flags.c_contiguous:   # read as is
-            return model.predict(features, n_jobs=self.threads) if len(features) else out
+            return model.predict(features, n_jobs=self.threads or torch.get_num_threads()) if len(features) else out
         # One float64 buffer, filled chunk by chunk: a fresh array per chunk cost as much as the trees.
         buffer = torch.empty((min(self.ROWS, len(features)), features.shape[1]), dtype=torch.float64)
         for start in range(0, len(features), self.ROWS):
             part = features[start:start + self.ROWS]
             chunk = buffer[:len(part)].copy_(torch.from_numpy(part))
-            out[start:start + len(part)] = model.predict(chunk.numpy(), n_jobs=self.threads)
+            out[start:start + len(part)] = model.predict(chunk.numpy(), n_jobs=self.threads or torch.get_num_threads())
         return out
 
 

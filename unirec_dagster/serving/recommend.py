@@ -32,6 +32,8 @@ from unirec_dagster.ranking.scoring import Scorer, total
 from unirec_dagster.ranking.topk import block_rows, interleave, new_item_slots, top_k, top_k_blocks
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.serving.reasons import Explainer
+from unirec_dagster.serving.shards import ScoredUsers, rank_in_shards
+from unirec_dagster.settings import serving_shards
 from unirec_dagster.warehouse import Params, ensure_schema, quote_path, rows, transaction
 
 
@@ -49,6 +51,10 @@ class ServingSettings(BaseModel):
                                 "list (ranks n, 2n, ...) goes to the user's best-scored item that nobody has "
                                 "interacted with yet, when there are such items. 0 (the default): the ranker "
                                 "places new items where it learned they belong.")
+    shards: int = Field(default_factory=serving_shards, ge=1, description="Worker processes the "
+                        "users are split over, each ranking its share on one thread (forked from the serving "
+                        "process; joined in order, so the rows are the same). 1: one process with all threads. "
+                        "Default: UNIREC_SERVING_SHARDS, else 1.")
 
 
 @dataclass
@@ -59,20 +65,6 @@ class ServingStats:
     rows: int
     seconds: float
     users_per_second: float
-
-
-@dataclass
-class ScoredUsers:
-    """A top-K per user, each tensor (users, k): scores, candidate positions, and the reason as a
-    template id of `templates` with its anchor (candidate position, -1 for none) and shared value
-    (entity id, -1 for none)."""
-
-    scores: torch.Tensor
-    items: torch.Tensor
-    reasons: torch.Tensor
-    anchors: torch.Tensor
-    values: torch.Tensor
-    templates: list[str]
 
 
 def score_users(scorer: Scorer, users: torch.Tensor, k: int, exclude_purchased: bool, explainer: Explainer,
@@ -182,7 +174,9 @@ def write_recommendations(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, ru
     recent = torch.from_numpy(users.column("recent").to_numpy(zero_copy_only=False).astype(bool))
     modelled = (data.positive_events_of(user_ids) >= settings.min_history) & recent
     scored_users = user_ids[modelled]
-    top = rank_users(policy, scored_users, settings, graph, never_recommended(conn, spec, data.items), spec.events.verbs)
+    never = never_recommended(conn, spec, data.items)
+    top = rank_in_shards(lambda part: rank_users(policy, part, settings, graph, never, spec.events.verbs),
+                         scored_users, settings.shards)
     anchors = torch.where(top.anchors >= 0, data.items[top.anchors.clamp(min=0)], -1)
     table = _ranked_table(scored_users, top.scores, data.items[top.items],
                           reason=np.array(top.templates, dtype=object)[top.reasons.numpy()],
