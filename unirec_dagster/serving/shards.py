@@ -15,6 +15,7 @@ as many shards as cores. One shard (the default) ranks in this process with all 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 COLUMNS = ("scores", "items", "reasons", "anchors", "values")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass
@@ -53,6 +55,9 @@ def rank_in_shards(rank: Callable[[torch.Tensor], ScoredUsers], users: torch.Ten
     joined in order; with one shard (or fewer users than shards), in this process."""
     if shards <= 1 or len(users) < shards:
         return rank(users)
+    if torch.cuda.is_initialized():
+        raise ValueError(f"shards={shards}: this process has used CUDA, which a forked process cannot use; "
+                         "rank with shards=1 on a GPU (it is one device already)")
     with tempfile.TemporaryDirectory(prefix="unirec-shards-") as folder:
         outputs = [Path(folder) / f"shard-{i}" for i in range(shards)]
         children = {}
@@ -70,6 +75,7 @@ def rank_in_shards(rank: Callable[[torch.Tensor], ScoredUsers], users: torch.Ten
 def _rank_shard(rank: Callable[[torch.Tensor], ScoredUsers], users: torch.Tensor, output: Path) -> None:
     code = 1
     try:
+        _die_with_parent()
         torch.set_num_threads(1)
         top = rank(users)
         save_file({name: getattr(top, name).contiguous() for name in COLUMNS}, f"{output}.part")
@@ -80,6 +86,14 @@ def _rank_shard(rank: Callable[[torch.Tensor], ScoredUsers], users: torch.Tensor
         Path(f"{output}.error").write_text(traceback.format_exc())
     finally:
         os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """Linux: a shard is killed when its step's process dies, instead of ranking on for nobody."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the shard ends when its share is ranked
+        pass
 
 
 def _wait(pid: int, output: Path) -> str | None:
