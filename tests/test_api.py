@@ -169,6 +169,12 @@ def test_similar_items_of_the_newest_publication(served):
     app.state.nights.refresh()
     assert client.get("/items/A/similar").json()["night"] == "2011-01-14"  # the last good one stays
     assert "similar items" in client.get("/health").json()["problem"]
+    (folder / "2011-01-16.parquet").write_bytes(b"PAR1 half a file")  # a broken night beside it
+    publish_similar(folder, "2011-01-16", {"A": ["B"]})
+    app.state.nights.refresh()
+    health = client.get("/health").json()   # the good similar items clear their own problem, not the night's
+    assert health["similar_items"] == "2011-01-16" and "similar items" not in health["problem"]
+    assert "2011-01-16.parquet" in health["problem"] and "still serving 2011-01-14" in health["problem"]
 
 
 def test_purchases_posted_during_the_day_and_then_its_file_are_the_file_alone(tmp_path):

@@ -251,16 +251,23 @@ class NightStore:
         self.intraday = Intraday(folder.parent / "intraday")
         self.current: Night | None = None
         self.similar: SimilarItems | None = None
-        self.problem: str | None = None
+        # Each publication's last problem, kept apart: a good similar-items file does not clear a
+        # broken night's problem, nor a good night a broken similar-items file's.
+        self.night_problem: str | None = None
+        self.similar_problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return "; ".join(p for p in (self.night_problem, self.similar_problem) if p) or None
 
     def refresh(self) -> None:
         self._refresh_night()
-        self._refresh_similar()  # after the night: a problem it finds is not cleared by a new night
+        self._refresh_similar()
 
     def _refresh_night(self) -> None:
         newest = _newest(self.folder)
         if newest is None:
-            self.problem = None if self.current else f"no published night in {self.folder}"
+            self.night_problem = None if self.current else f"no published night in {self.folder}"
             return
         current = self.current
         if _unchanged(current, newest):
@@ -268,9 +275,9 @@ class NightStore:
         try:
             night = read_night(newest)
         except BrokenPublication as exc:
-            self.problem = f"{exc}; still serving {current.night if current else 'nothing'}"
+            self.night_problem = f"{exc}; still serving {current.night if current else 'nothing'}"
             return
-        self.current, self.problem = night, None  # one assignment: a request sees the old or the new night
+        self.current, self.night_problem = night, None  # one assignment: a request sees the old or the new night
         self.intraday.forget_before(night.cutoff)
 
     def _refresh_similar(self) -> None:
@@ -279,9 +286,9 @@ class NightStore:
         if newest is None or _unchanged(self.similar, newest):
             return
         try:
-            self.similar = read_similar_items(newest)
+            self.similar, self.similar_problem = read_similar_items(newest), None
         except BrokenPublication as exc:
-            self.problem = f"{exc}; still serving {self.similar.night if self.similar else 'no'} similar items"
+            self.similar_problem = f"{exc}; still serving {self.similar.night if self.similar else 'no'} similar items"
 
     def watch(self, every: float) -> threading.Thread:
         def loop():
