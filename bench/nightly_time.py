@@ -4,7 +4,10 @@ holds the whole dataset (the raw_events backfill and the catalogs), as an operat
     weekly:  dagster asset materialize --select knowledge_graph --partition S (the Saturday ending the
              last week before D), then --select pretrained_encoder --partition W (that week's Sunday)
     nightly: dagster asset materialize --select knowledge_graph,item_text_embeddings,
-             finetuned_recommender,recommendations,model_evaluation,similar_items --partition D
+             finetuned_recommender,recommendations,similar_items --partition D
+             (the nightly job's assets; the raw ones are in the copy already)
+    delayed: dagster asset materialize --select model_evaluation --partition D, as the
+             delayed_evaluation sensor runs it once D's test window is ingested (a run of its own)
 
     .venv/bin/python bench/nightly_time.py --warehouse data/retail.duckdb --run-date 2011-11-24
 """
@@ -25,17 +28,18 @@ from pathlib import Path
 from unirec_dagster.datasets import last_complete_week
 
 ROOT = Path(__file__).resolve().parent.parent
-NIGHTLY = "knowledge_graph,item_text_embeddings,finetuned_recommender,recommendations,model_evaluation,similar_items"
+NIGHTLY = "knowledge_graph,item_text_embeddings,finetuned_recommender,recommendations,similar_items"
 
 
 def runs(run_date: str) -> list[tuple[str, str, str]]:
     """(name, selection, partition) of the weekly run (the graph of the week's Saturday, then the
-    week's pretraining) and of the nightly run."""
+    week's pretraining), of the nightly run, and of the night's delayed evaluation."""
     week = last_complete_week(dt.date.fromisoformat(run_date))
     saturday = (dt.date.fromisoformat(week) + dt.timedelta(days=6)).isoformat()
     return [(f"weekly: knowledge_graph {saturday}", "knowledge_graph", saturday),
             (f"weekly: pretrained_encoder {week}", "pretrained_encoder", week),
-            (f"nightly ({NIGHTLY.replace(',', ', ')}) {run_date}", NIGHTLY, run_date)]
+            (f"nightly ({NIGHTLY.replace(',', ', ')}) {run_date}", NIGHTLY, run_date),
+            (f"delayed evaluation: model_evaluation {run_date}", "model_evaluation", run_date)]
 
 
 def main() -> None:
