@@ -31,6 +31,7 @@ def replay(env: dict) -> subprocess.CompletedProcess:
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.timeout(2 * 1200 + 60)  # two replays, each bounded by its subprocess timeout (about 2.5 min alone)
 def test_replayed_nights_wait_for_a_late_file_and_name_a_missing_one(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
