@@ -42,14 +42,12 @@ from dagster._utils.schedules import cron_string_iterator
 
 from unirec_dagster import settings
 from unirec_dagster.datasets import SpecError, last_complete_week, load_spec
+from unirec_dagster.slots import ENDED
 
 FILE_LANDS = dt.timedelta(minutes=30)     # after midnight, on the day after the file's day
 LATE_FILE_LANDS = dt.timedelta(hours=4, minutes=30)  # after the 02:00 tick, before the default deadline
 SENSOR_EVERY = dt.timedelta(hours=1)
 REQUESTER_TAG = {"schedule": "dagster/schedule_name", "sensor": "dagster/sensor_name"}
-# A run in these states when its key comes up again was cut off with a stopped replay (each run is awaited).
-UNFINISHED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED)
 REPLAY_TICK_TAG = "unirec/replay_tick"  # the simulated time a replayed run was requested at
 
 
@@ -145,8 +143,9 @@ class Replay:
             tags["dagster/run_key"] = request.run_key
             used = self.instance.get_runs(dg.RunsFilter(job_name=job, tags={
                 "dagster/run_key": request.run_key, requester: name}), limit=1)
-            if used and used[0].status in UNFINISHED:
-                # Cut off with a stopped replay: failed, as run monitoring fails a dead run. Like the
+            if used and used[0].status not in ENDED:
+                # Each run is awaited, so one not ended when its key comes up again was cut off with a
+                # stopped replay: failed, as run monitoring fails a dead run. Like the
                 # daemon, the replay does not request its key again; re-execute it from the UI.
                 self.instance.report_run_failed(used[0], "the replay was stopped during this run")
                 self.log(f"{tick:%Y-%m-%d %H:%M} {job} {used[0].run_id}: left unfinished by a stopped replay, "
