@@ -23,7 +23,15 @@ from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.classic import tune_classic
 from unirec_dagster.training.gate import judge_on_validation
-from unirec_dagster.training.ranking import EarlierWindow, _in_columns, fit_two_stage, simulate_new_items
+from unirec_dagster.training.ranking import (
+    EarlierWindow,
+    _ExampleSet,
+    _in_columns,
+    fit_two_stage,
+    hidden_purchases,
+    pick_placement,
+    simulate_new_items,
+)
 
 NUM_USERS, NUM_ITEMS, FIRST_ITEM = 400, 60, 1000
 UNSOLD = 15  # catalog items nobody buys before or in the window (the simulated new items test)
@@ -264,6 +272,44 @@ def test_simulated_new_items_teach_the_ranker_where_unsold_items_belong():
     # them depends on how many of those there are (0.2..0.8 of the pairs in the top 10 over planted
     # seeds 0-3); the taught one, by their price alone (0.89..1.0 over the same seeds).
     assert taught_hits > 0.85 and taught_hits - plain_hits > 0.15, (taught_hits, plain_hits)
+
+
+def test_the_simulated_copy_offers_no_hidden_item_to_its_earlier_buyers():
+    """A real new item has no earlier buyers (EVALUATION.md): in the simulated copy a hidden item
+    is offered to everyone except the users who bought it before the cutoff."""
+    inputs, bought = planted_shop()
+    simulated, hidden = simulate_new_items(inputs, 0.3, seed=0)
+    data = inputs.signals.data
+    left_out = hidden_purchases(data, hidden)
+    was_hidden = torch.isin(data.train_items, hidden)
+    assert len(left_out) == len(torch.unique(data.train_users[was_hidden] * NUM_ITEMS + data.train_items[was_hidden]))
+    config = CandidateConfig(model=0, ease=NUM_ITEMS, rp3beta=0, co_purchase=0, trending=0, new_items=NUM_ITEMS)
+    users = torch.arange(0, 250)
+    stage = TwoStage(simulated, config)
+
+    def offered(examples: _ExampleSet) -> torch.Tensor:
+        return users[torch.cat(examples.users)] * NUM_ITEMS + torch.cat(examples.items)
+
+    everyone = offered(_ExampleSet().add(stage, holdout_of(users, bought)))
+    kept = offered(_ExampleSet().add(stage, holdout_of(users, bought), left_out))
+    mine = left_out[torch.isin(left_out // NUM_ITEMS, users)]
+    assert torch.isin(mine, everyone).all(), "without it, earlier buyers are offered their hidden items"
+    assert not torch.isin(kept, left_out).any()
+    assert len(kept) == len(everyone) - len(mine)
+
+
+def test_new_items_take_fixed_slots_only_where_that_beats_ordering_by_probability_beyond_noise():
+    g = torch.Generator().manual_seed(0)
+    by_probability = (torch.rand(600, generator=g) < 0.3).float()
+    noise = by_probability.clone()   # the same figures, shuffled among 100 users: equal means, noisy pairs
+    moved = torch.randperm(600, generator=g)[:100]
+    noise[moved] = by_probability[moved[torch.randperm(100, generator=g)]]
+    assert not torch.equal(noise, by_probability)
+    chosen, _, intervals = pick_placement({0: by_probability, 20: noise, 10: noise.flip(0)}, 50)
+    assert chosen == 0 and all(low <= 0 for low, _ in intervals.values())
+    clearly = torch.maximum(by_probability, (torch.rand(600, generator=g) < 0.2).float())   # more hits, never fewer
+    chosen, figures, intervals = pick_placement({0: by_probability, 20: noise, 10: clearly, 5: clearly}, 50)
+    assert chosen == 10 and intervals[10][0] > 0 and figures[10] == figures[5], "a tie keeps fewer new items"
 
 
 def popularity_shop(num_users: int = 400, seed: int = 0) -> tuple[CutoffInputs, torch.Tensor]:

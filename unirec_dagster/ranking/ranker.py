@@ -148,17 +148,20 @@ class RankerFit:
 
 
 def fit_ranker(features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray, feature_names: list[str],
-               config: RankerConfig = RankerConfig(), log=None, group_keys: np.ndarray | None = None) -> RankerFit:
+               config: RankerConfig = RankerConfig(), log=None, group_keys: np.ndarray | None = None,
+               train_groups: np.ndarray | None = None) -> RankerFit:
     """`features` (n, F) rows grouped by user in order, `group_sizes` (groups,) their counts, `labels`
     (n,) 1 for a pair the user bought in the window. Users without any positive candidate carry no
     LambdaRank gradient: they are left out of training, and scored out of fold like the others.
     `group_keys` (groups,) says which user each group is when a user appears in several groups
-    (as is, and with some items' history hidden): a user's groups always share a fold."""
+    (as is, and with some items' history hidden): a user's groups always share a fold.
+    `train_groups` (groups,) bool: the groups that train; the others are only scored out of fold."""
     if len(feature_names) != features.shape[1]:
         raise ValueError(f"{features.shape[1]} feature columns but {len(feature_names)} names")
     starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
     positives = np.add.reduceat(labels, starts) if len(labels) else np.zeros(0)
-    useful = np.nonzero((group_sizes > 0) & (positives > 0))[0]
+    trains = np.ones(len(group_sizes), dtype=bool) if train_groups is None else np.asarray(train_groups, dtype=bool)
+    useful = np.nonzero((group_sizes > 0) & (positives > 0) & trains)[0]
     keys = np.arange(len(group_sizes)) if group_keys is None else np.asarray(group_keys)
     useful_keys = np.unique(keys[useful])
     if len(useful_keys) < config.folds:

@@ -44,6 +44,12 @@ class Examples:
     def group_sizes(self) -> np.ndarray:
         return torch.bincount(self.candidates.rows, minlength=len(self.users)).numpy()
 
+    def only(self, keep: torch.Tensor) -> Examples:
+        """The same block with the candidates where `keep` (n,) holds."""
+        c = self.candidates
+        return Examples(self.users, Candidates(c.rows[keep], c.items[keep], c.ranks[keep], c.generators),
+                        self.features[keep], self.excluded)
+
 
 @dataclass
 class RankedBlock:

@@ -51,6 +51,7 @@ from unirec_dagster.training.ranking import (
     RankingSettings,
     TwoStageFit,
     fit_two_stage,
+    hidden_purchases,
     simulate_new_items,
 )
 from unirec_dagster.warehouse import rows
@@ -169,7 +170,7 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
     known = validation.known
     inputs = cutoff_inputs(conn, spec, known.signals, known.graph if settings.use_attributes else None,
                            fitted.validation_embeddings if settings.use_model else None, text, classic.params, stats)
-    simulated, simulated_holdout = None, None
+    simulated, simulated_holdout, left_out = None, None, None
     if settings.simulated_new_items > 0:
         model = fitted.validation_model
 
@@ -179,12 +180,16 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
 
         simulated, hidden = simulate_new_items(inputs, settings.simulated_new_items, settings.ranker.seed,
                                                embed if model is not None else None)
-        # Their earlier buyers are hidden too: buying one again is a pair to predict, as for any item
-        # without a history (the validation users as they are).
-        rebought = load_holdout(conn, spec, known.data, validation.cutoff, forgotten=known.data.items[hidden])
-        simulated_holdout = rebought.subset(_share_of(validation.holdout.users, rebought.users,
-                                                      settings.simulated_users, settings.ranker.seed),
-                                            torch.ones(len(rebought.pair_items), dtype=torch.bool))
+        # A real new item has no earlier buyers: a hidden item is not offered to the users who bought
+        # it, and the window's pairs are the real ones. (With `simulated_repeat_buyers` those users
+        # forget it, and buying it again is a pair.)
+        if settings.simulated_repeat_buyers:
+            window = load_holdout(conn, spec, known.data, validation.cutoff, forgotten=known.data.items[hidden])
+        else:
+            window, left_out = validation.holdout, hidden_purchases(known.data, hidden)
+        simulated_holdout = window.subset(_share_of(validation.holdout.users, window.users,
+                                                    settings.simulated_users, settings.ranker.seed),
+                                          torch.ones(len(window.pair_items), dtype=torch.bool))
 
     def excluded(data: TrainingData, end: dt.date) -> torch.Tensor:
         return excluded_from_examples(conn, spec, data, end, settings.exclude_unsold)
@@ -198,7 +203,9 @@ def fit_ranking(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, validation: 
     try:
         return fit_two_stage(inputs, validation.holdout, settings.candidates, settings.ranker,
                              never=excluded(known.data, validation.cutoff), log=log, simulated=simulated,
-                             simulated_holdout=simulated_holdout, earlier=earlier), ""
+                             simulated_holdout=simulated_holdout, earlier=earlier,
+                             simulated_trains_ranker=settings.simulated_trains_ranker,
+                             simulated_left_out=left_out), ""
     except TooFewExamples as error:
         if log:
             log(f"no two-stage ranker: {error}")
