@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--exclude-unsold", action="store_true",
                         help="RankingSettings.exclude_unsold: catalog items unsold by the cutoff left out of the "
                              "ranker's examples (off by default, as the pipeline runs)")
+    parser.add_argument("--ranking", default="{}", help="more RankingSettings as JSON, e.g. "
+                        "'{\"simulated_repeat_buyers\": true}'")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     run_date = dt.date.fromisoformat(args.run_date)
@@ -90,7 +92,8 @@ def main() -> None:
         run_pretraining(conn, spec, run_date, PretrainConfig(epochs=args.pretrain_epochs), store, log=print)
         fitted = run_finetuning(conn, spec, run_date, FinetuneConfig(), store, from_scratch=True, log=print,
                                 ranking=RankingSettings(simulated_new_items=args.simulated_new_items,
-                                                        exclude_unsold=args.exclude_unsold))
+                                                        exclude_unsold=args.exclude_unsold,
+                                                        **json.loads(args.ranking)))
         text = text_view(conn)
         policy = served_policy(conn, spec, fitted.checkpoint, run_date, text)
         scratch = served_policy(conn, spec, fitted.ablations[FROM_SCRATCH], run_date, text)

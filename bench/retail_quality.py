@@ -57,14 +57,19 @@ ABLATIONS = {
     "ranker without KG attribute overlap": ({"use_attributes": False}, FINETUNED),
     "ranker from 2 validation windows": ({"windows": 2}, FINETUNED),
     "ranker from 3 validation windows": ({"windows": 3}, FINETUNED),
+    "ranker refitted as served": ({}, FINETUNED),
+    "ranker without the simulated copy (it trains the new-item placement only)":
+        ({"simulated_trains_ranker": False}, FINETUNED),
+    "ranker whose simulated copy counts repeat buyers (before)": ({"simulated_repeat_buyers": True}, FINETUNED),
 }
 
 
-def ablation_metrics(conn, spec, result, run_date: dt.date, holdout, change: dict, model: str) -> dict:
-    """Refit the ranker of the night with one input removed; score it in process on the test window."""
+def ablation_metrics(conn, spec, result, run_date: dt.date, holdout, change: dict, model: str, seed: int) -> dict:
+    """Refit the ranker of the night with one input changed; score it (with its new-item placement) in
+    process on the test window."""
     change = dict(change)
     text = text_view(conn) if change.pop("text", True) else None
-    settings = RankingSettings(**change)
+    settings = RankingSettings(ranker=RankerConfig(seed=seed), **change)
     fitted = result.fitted[model]
     started = time.perf_counter()
     two_stage, _ = fit_ranking(conn, spec, result.validation, fitted, text, result.classic, settings, log=print)
@@ -72,7 +77,8 @@ def ablation_metrics(conn, spec, result, run_date: dt.date, holdout, change: dic
     final = fitted.train
     inputs = cutoff_inputs(conn, spec, final.signals, final.graph if settings.use_attributes else None,
                            fitted.embeddings if settings.use_model else None, text, result.classic.params)
-    stage = TwoStage(inputs, settings.candidates, two_stage.fit.ranker, never_recommended(conn, spec, final.data.items))
+    stage = TwoStage(inputs, settings.candidates, two_stage.fit.ranker, never_recommended(conn, spec, final.data.items),
+                     two_stage.placement)
     return {**{r.slice: r.metrics for r in evaluate_policy(stage, holdout)},
             "validation": two_stage.validation, "fit_seconds": round(seconds, 1)}
 
@@ -99,7 +105,7 @@ def one_seed(conn, spec, run_date: dt.date, seed: int, window_days: int, pretrai
             holdout = load_holdout(conn, spec, result.fitted[FINETUNED].train.data,
                                    run_date + dt.timedelta(days=1 + window_days))
             for label, (change, model) in ablations.items():
-                extra[label] = ablation_metrics(conn, spec, result, run_date, holdout, change, model)
+                extra[label] = ablation_metrics(conn, spec, result, run_date, holdout, change, model, seed)
                 print(f"{label}: {extra[label]['all']}", flush=True)
     m = result.checkpoint.manifest
     ranking_about = m["ranking"] or {}
