@@ -49,8 +49,8 @@ def load_holdout(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, data: Train
                  window_end: dt.date, forgotten: torch.Tensor | None = None) -> HoldoutPairs:
     """The window [data.cutoff, window_end), with items placed in `data`'s candidate list. The
     earlier purchases of `forgotten` items (entity ids: items whose history is hidden, as in item
-    dropout) do not count: buying one again in the window is a pair, as it is for the protocol's
-    hidden items."""
+    dropout) do not count: buying one again in the window is a pair (`simulated_repeat_buyers`;
+    EVALUATION.md's strict protocol no longer counts those)."""
     conn.register("holdout_items", pa.table({"entity_id": data.items.numpy(),
                                              "position": np.arange(data.num_items, dtype=np.int64)}))
     forgotten_ = forgotten if forgotten is not None else torch.empty(0, dtype=torch.long)
