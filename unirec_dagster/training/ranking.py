@@ -212,7 +212,7 @@ def choose_new_item_every(placement: NewItemPlacement, ranker_out_of_fold: np.nd
     over the users of both copies (each user counted once per copy) by more than noise: the lower
     end of a 90% paired bootstrap interval above zero, as the quality gate asks of the ranker. Of the
     rules that do, the best wins; a tie keeps fewer new items. Choosing by the mean alone picked
-    slots on differences of a thousandth that the test window did not repeat (BENCHMARKS.md)."""
+    slots on differences of a thousandth (BENCHMARKS.md)."""
     # the placement's out-of-fold scores cover the new rows of both copies, the real copy's first
     assert placement.out_of_fold is not None, "a placement fitted here, not read from a checkpoint"
     probability_ = placement.ranker_probability(ranker_out_of_fold)
