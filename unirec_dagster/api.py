@@ -53,7 +53,6 @@ MAX_ID_LENGTH = 128
 MAX_K = 100
 MAX_EVENTS = 1000  # per POST
 FALLBACK_ITEMS = MAX_K
-CHUNK_ROWS = 200  # rows of a publication turned into Python objects at a time
 Encoded = tuple[str, str]  # (item id, the item's JSON in a list)
 
 
@@ -103,22 +102,16 @@ class Night:
         return [kept[i] for i in order]
 
 
-def read_published(path: Path, columns: list[str], order: str, what: str, may_be_empty: bool = False,
-                   query: str | None = None) -> list[tuple]:
+def read_published(path: Path, columns: list[str], order: str, what: str, may_be_empty: bool = False) -> list[tuple]:
     """The rows of a published Parquet file, checked: BrokenPublication names the file and what is
-    wrong (unreadable, a column missing, no rows unless `may_be_empty`). `query` reads them as the
-    view `published` instead (its work done in DuckDB, which leaves the GIL to the requests)."""
+    wrong (unreadable, a column missing, no rows unless `may_be_empty`)."""
     try:
         with duckdb.connect() as conn:
             relation = conn.read_parquet(str(path))
             missing = set(columns) - set(relation.columns)
             if missing:
                 raise BrokenPublication(f"{path.name} ({what}): columns {sorted(missing)} missing")
-            relation.project(", ".join(columns)).create_view("published")
-            result = conn.execute(query or f"FROM published ORDER BY {order}")
-            found = []
-            while chunk := result.fetchmany(CHUNK_ROWS):  # the GIL goes back to the requests between chunks
-                found.extend(chunk)
+            found = relation.project(", ".join(columns)).order(order).fetchall()
     except duckdb.Error as exc:
         raise BrokenPublication(f"{path.name} ({what}): not a readable Parquet file "
                                 f"({str(exc).splitlines()[0]})") from None
@@ -127,30 +120,23 @@ def read_published(path: Path, columns: list[str], order: str, what: str, may_be
     return found
 
 
-# Each user's list in rank order, every item already encoded as JSON, and the night's most recommended
-# items (rank-weighted: top places count most), built by DuckDB: encoding them row by row in Python
-# held the GIL for about a second a night, which requests felt as p99 spikes during a swap.
-NIGHT_LISTS = """
-    SELECT user_id::VARCHAR, any_value(partition_date), any_value(model_version)::VARCHAR,
-           list(item_id::VARCHAR ORDER BY rank),
-           list(to_json({'item': item_id::VARCHAR, 'title': title::VARCHAR, 'rank': rank::INTEGER,
-                         'score': round(score::DOUBLE, 6), 'reason': reason::VARCHAR})::VARCHAR ORDER BY rank)
-    FROM published GROUP BY user_id ORDER BY user_id"""
-MOST_RECOMMENDED = f"""
-    SELECT item_id::VARCHAR, any_value(title)::VARCHAR, sum(1.0 / rank)::DOUBLE AS weight FROM published
-    GROUP BY item_id ORDER BY weight DESC, item_id LIMIT {FALLBACK_ITEMS}"""
-
-
 def read_night(path: Path) -> Night:
     """Read and check a published night completely; BrokenPublication says what is wrong."""
-    columns = ["partition_date", "user_id", "item_id", "rank", "score", "reason", "model_version", "title"]
-    found = read_published(path, columns, "user_id, rank", "recommendations", query=NIGHT_LISTS)
-    lists = {user: list(zip(items, encoded)) for user, _, _, items, encoded in found}
-    popular = read_published(path, columns, "", "recommendations", query=MOST_RECOMMENDED)
-    most_recommended = [(item, json.dumps({"item": item, "title": title, "rank": r, "score": round(weight, 6),
-                                           "reason": "often recommended tonight"}))
-                        for r, (item, title, weight) in enumerate(popular, 1)]
-    return Night(found[0][1], path, found[0][2], lists, most_recommended,
+    found = read_published(path, ["partition_date", "user_id", "item_id", "rank", "score", "reason", "model_version",
+                                  "title"], "user_id, rank", "recommendations")
+    lists: dict[str, list[Encoded]] = {}
+    counts: dict[str, float] = {}
+    titles: dict[str, str | None] = {}
+    for _, user, item, rank, score, reason, _, title in found:
+        lists.setdefault(str(user), []).append((str(item), json.dumps(
+            {"item": str(item), "title": title, "rank": int(rank), "score": round(float(score), 6), "reason": reason})))
+        counts[str(item)] = counts.get(str(item), 0.0) + 1.0 / rank  # rank-weighted: top places count most
+        titles[str(item)] = title
+    popular = sorted(counts, key=lambda item: (-counts[item], item))[:FALLBACK_ITEMS]
+    most_recommended = [(item, json.dumps({"item": item, "title": titles[item], "rank": r,
+                                           "score": round(counts[item], 6), "reason": "often recommended tonight"}))
+                        for r, item in enumerate(popular, 1)]
+    return Night(found[0][0], path, str(found[0][6]), lists, most_recommended,
                  read_co_purchase(path.parent.parent / "co_purchase" / path.name))
 
 
