@@ -96,8 +96,8 @@ def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor |
     the catalog here, in place: the ranker reads them so, and a row's order is unchanged."""
     signals, content = inputs.signals, inputs.content
     history = signals.history_of(users)
-    scores = {"ease": signals.ease_scores(users), "rp3beta": signals.rp3beta_scores(users),
-              "co_purchase": signals.knn_scores(users), "text_similarity": content.text_similarity(history),
+    scores = {"ease": signals.ease_scores(users, history), "rp3beta": signals.rp3beta_scores(users, history),
+              "co_purchase": signals.knn_scores(users, history), "text_similarity": content.text_similarity(history),
               "attribute_overlap": content.attribute_overlap(history)}
     if inputs.item_vectors is not None:
         scores["model"] = inputs.embeddings[users.to(inputs.embeddings.device)].float().cpu() @ inputs.item_vectors.T
@@ -131,20 +131,26 @@ def generate(inputs: CutoffInputs, block: Block, config: CandidateConfig) -> Can
         else:
             top = torch.topk(block.scores[g].masked_fill_(block.excluded, float("-inf")), size, dim=1)
             tops[g] = torch.where(torch.isfinite(top.values), top.indices, -1)
-    listed = {g: torch.nonzero(top >= 0, as_tuple=True) for g, top in tops.items()}  # (rows, list places)
-    chosen = torch.zeros(n, num_items, dtype=torch.bool)
-    for g, (r, place) in listed.items():
-        chosen[r, tops[g][r, place]] = True
+    # Each list's places past its end (-1) point at one spare column, past the catalog: the union
+    # and the rank columns are then gathers and scatters along rows, not pairs of index tensors.
+    spare = num_items
+    places = {g: torch.where(top >= 0, top, spare) for g, top in tops.items()}
+    chosen = torch.zeros(n, num_items + 1, dtype=torch.bool)
+    for at in places.values():
+        chosen.scatter_(1, at, True)
+    chosen[:, spare] = False
     rows, items = torch.nonzero(chosen, as_tuple=True)
-    # One dense map from (user, item) to the pair's index, read only where chosen: each generator's
-    # ranks are then scattered straight into the pairs' rank column.
-    pair_of = torch.empty(n, num_items, dtype=torch.int32)
-    pair_of[rows, items] = torch.arange(len(rows), dtype=torch.int32)
-    ranks = torch.empty(len(rows), len(generators))
+    # One dense map from (user, item) to the pair's index (-1 for none), read where the lists point:
+    # each generator's ranks are then scattered straight into the pairs' rank column.
+    pair_of = torch.full((n, num_items + 1), -1, dtype=torch.int32)
+    pair_of.view(-1)[rows * (num_items + 1) + items] = torch.arange(len(rows), dtype=torch.int32)
+    ranks = torch.empty(len(generators), len(rows))   # filled a generator at a time, returned (pairs, generators)
     for j, g in enumerate(generators):
-        r, place = listed[g]
-        ranks[:, j] = float(config.size(g) + 1)
-        ranks[pair_of[r, tops[g][r, place]].long(), j] = (place + 1).float()
+        pair = pair_of.gather(1, places[g])
+        listed = pair >= 0
+        ranks[j] = float(config.size(g) + 1)
+        ranks[j, pair[listed].long()] = torch.arange(1, pair.shape[1] + 1, dtype=torch.float32).expand_as(pair)[listed]
+    ranks = ranks.T.contiguous()
     return Candidates(rows, items, ranks, generators)
 
 

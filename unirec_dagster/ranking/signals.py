@@ -87,10 +87,13 @@ class Signals:
     def _similarity(self) -> torch.Tensor:
         return _for_scoring(self.similarity)
 
-    def ease_scores(self, users: torch.Tensor) -> torch.Tensor:
+    # The scores below take the users' `history_of` when the caller has it already: a block of
+    # users scored by every signal then gathers its history once.
+
+    def ease_scores(self, users: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """(len(users), items): EASE^R's scores of every candidate (0 for items outside its columns)."""
         columns, weights = self._ease
-        history = self.history_of(users)
+        history = self.history_of(users) if history is None else history
         if len(columns) < self.data.num_items:
             history = history.index_select(1, columns)
             out = torch.zeros(len(users), self.data.num_items)
@@ -98,9 +101,9 @@ class Signals:
             return out
         return torch.sparse.mm(history, weights)
 
-    def rp3beta_scores(self, users: torch.Tensor) -> torch.Tensor:
+    def rp3beta_scores(self, users: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """(len(users), items): RP3beta's scores of every candidate."""
-        return _scores(self.history_of(users), self._rp3beta)
+        return _scores(self.history_of(users) if history is None else history, self._rp3beta)
 
     def history_of(self, users: torch.Tensor) -> torch.Tensor:
         """(len(users), items) sparse purchase history; empty rows for users without one."""
@@ -111,9 +114,9 @@ class Signals:
         r, c = picked.indices()
         return _sparse(rows_of_known[r], c, picked.values(), (len(users), self.data.num_items))
 
-    def knn_scores(self, users: torch.Tensor) -> torch.Tensor:
+    def knn_scores(self, users: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """(len(users), items): sum of the similarities of each item to the user's purchases."""
-        return _scores(self.history_of(users), self._similarity)
+        return _scores(self.history_of(users) if history is None else history, self._similarity)
 
     def co_purchase(self, anchors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Co-purchase similarity of item positions `anchors` to `items`, elementwise (0 where none)."""
