@@ -61,6 +61,9 @@ ABLATIONS = {
     "ranker without the simulated copy (it trains the new-item placement only)":
         ({"simulated_trains_ranker": False}, FINETUNED),
     "ranker whose simulated copy counts repeat buyers (before)": ({"simulated_repeat_buyers": True}, FINETUNED),
+    # half of every list but the new items': half the candidates a user, what serving pays for (issue 31)
+    "ranker over half the candidates": ({"candidates": {"model": 100, "ease": 100, "rp3beta": 75, "co_purchase": 50,
+                                                        "trending": 50, "new_items": 20}}, FINETUNED),
 }
 
 
