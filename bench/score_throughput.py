@@ -22,6 +22,8 @@ random purchase history (about 20 items per user), it times:
 
     .venv/bin/python bench/score_throughput.py
     .venv/bin/python bench/score_throughput.py --shards 1,2,4,8   # shard scaling, on a machine with the cores
+    .venv/bin/python bench/score_throughput.py --cases 200000x4000 --candidates '{"model": 100, "ease": 100}'
+        # the two-stage and trees rows again over shorter candidate lists
     .venv/bin/python bench/score_throughput.py --device cuda   # when a GPU is lent
 """
 
@@ -88,8 +90,8 @@ def synthetic_inputs(data: TrainingData, embeddings: torch.Tensor, seed: int = 0
     return CutoffInputs(Signals(data), stats, content, embeddings)
 
 
-def fitted_two_stage(inputs: CutoffInputs, seed: int = 0) -> TwoStage:
-    """A ranker fitted on 2,000 users whose window purchases are drawn by popularity."""
+def fitted_two_stage(inputs: CutoffInputs, seed: int = 0, config: CandidateConfig = CandidateConfig()) -> TwoStage:
+    """A ranker fitted on 2,000 users whose window purchases are drawn by popularity, over `config`'s lists."""
     g = torch.Generator().manual_seed(seed)
     data = inputs.signals.data
     users = torch.arange(2_000)
@@ -97,12 +99,12 @@ def fitted_two_stage(inputs: CutoffInputs, seed: int = 0) -> TwoStage:
     pair_items = torch.multinomial(data.popularity + 1, len(pair_users), replacement=True, generator=g)
     holdout = HoldoutPairs(users, pair_users, pair_items, torch.full((len(users),), 3),
                            torch.zeros(len(pair_users), dtype=torch.bool))
-    fit = fit_two_stage(inputs, holdout, CandidateConfig(), RankerConfig(max_rounds=100, patience=100))
-    return TwoStage(inputs, CandidateConfig(), fit.fit.ranker)
+    fit = fit_two_stage(inputs, holdout, config, RankerConfig(max_rounds=100, patience=100))
+    return TwoStage(inputs, config, fit.fit.ranker)
 
 
 def run_case(method: str, users: int, items: int, k: int, dim: int, device: str, baseline_gib: float,
-             shards: int = 1) -> dict:
+             shards: int = 1, candidates: CandidateConfig = CandidateConfig()) -> dict:
     embeddings, data = synthetic(users, items, dim, per_user=20)
     embeddings = embeddings.to(device)
     setup_started = time.perf_counter()
@@ -119,7 +121,7 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
         top_k(lambda r: embeddings[r] @ item_vectors.T, users, k, exclude_rows, exclude_items,
               chunk=block_rows(items))
     elif method == "two-stage":
-        stage = fitted_two_stage(synthetic_inputs(data, embeddings))
+        stage = fitted_two_stage(synthetic_inputs(data, embeddings), config=candidates)
         sync()
         started = time.perf_counter()
         explainer = Explainer(stage.inputs.signals, embeddings)
@@ -127,7 +129,7 @@ def run_case(method: str, users: int, items: int, k: int, dim: int, device: str,
         if shards > 1:  # Linux reports kilobytes: the largest shard's peak
             extra = {"largest_shard_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2)}
     elif method == "trees":  # the ranker's compiled trees alone, on the served path's own features
-        stage = fitted_two_stage(synthetic_inputs(data, embeddings))
+        stage = fitted_two_stage(synthetic_inputs(data, embeddings), config=candidates)
         scored = min(users, TREES_USERS)
         features = np.concatenate([e.features.numpy() for e in stage.examples(user_ids[:scored], torch.float64)])
         stage.ranker.predict(features[:1000])   # compiled before the clock starts
@@ -160,25 +162,30 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(f"{u}x{i}" for u, i in CASES),
                         help="USERSxITEMS,...: which cases to run (default: all)")
     parser.add_argument("--shards", default="1,2", help="N,...: shard counts the two-stage row runs with (default: 1,2)")
+    parser.add_argument("--candidates", default="",
+                        help='JSON of candidate list sizes (CandidateConfig), e.g. \'{"model": 100}\': the two-stage '
+                             'and trees rows are run again over these lists, beside the default ones')
     parser.add_argument("--only", nargs=3, metavar=("METHOD", "USERS", "ITEMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         method, users, items = args.only[0], int(args.only[1]), int(args.only[2])
         print(json.dumps(run_case(method, users, items, args.k, args.dim, args.device, args.baseline_gib,
-                                  int(args.shards))))
+                                  int(args.shards), CandidateConfig(**json.loads(args.candidates or "{}")))))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, K={args.k}, dim={args.dim}")
     print("| users | items | method | users scored | seconds | users/s | peak RSS GiB (after setup) |")
     print("|---|---|---|---|---|---|---|")
     for users, items in [tuple(int(n) for n in case.split("x")) for case in args.cases.split(",")]:
-        runs = [(m, 1) for m in ("model", "blend")] + [("two-stage", int(n)) for n in args.shards.split(",")] + \
-            [(m, 1) for m in ("trees", "baseline")]
-        for method, shards in runs:
+        runs = [(m, 1, "") for m in ("model", "blend")] + \
+            [("two-stage", int(n), "") for n in args.shards.split(",")] + [("trees", 1, "")]
+        if args.candidates:
+            runs += [("two-stage", 1, args.candidates), ("trees", 1, args.candidates)]
+        for method, shards, lists in runs + [("baseline", 1, "")]:
             if method in ("two-stage", "trees") and items > 4_000:
                 continue
             r = in_fresh_process(__file__, "--only", method, str(users), str(items), "--k", str(args.k), "--dim",
                                  str(args.dim), "--device", args.device, "--baseline-gib", str(args.baseline_gib),
-                                 "--shards", str(shards))
+                                 "--shards", str(shards), *(["--candidates", lists] if lists else []))
             if method == "two-stage" and shards > 1:
                 method = f"two-stage, {shards} shards"
             if r is None:
@@ -186,6 +193,8 @@ def main() -> None:
                 continue
             if method == "trees":
                 method = f"trees alone ({r['rounds']} rounds, {r['candidates_per_user']} candidates a user)"
+            if lists:
+                method += f", lists {lists}"
             shard_rss = f"; largest shard {r['largest_shard_rss_gib']}" if "largest_shard_rss_gib" in r else ""
             print(f"| {users:,} | {items:,} | {method} | {r['scored_users']:,} | {r['seconds']} | {r['users_per_s']:,} | "
                   f"{r['peak_rss_gib']} ({r['setup_peak_rss_gib']}){shard_rss} |", flush=True)

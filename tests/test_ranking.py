@@ -10,6 +10,7 @@ import torch
 from unirec_dagster.evaluation.evaluate import evaluate, slice_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import CutoffStats, TrainingData
+from unirec_dagster.ranking import candidates as candidates_module
 from unirec_dagster.ranking import signals as signals_module
 from unirec_dagster.ranking.baselines import MOST_POPULAR, RECENT_POPULAR
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs, _first_allowed
@@ -18,7 +19,7 @@ from unirec_dagster.ranking.content import ItemContent
 from unirec_dagster.ranking.ranker import SMALL_DATA, CompiledTrees, Ranker, RankerConfig
 from unirec_dagster.ranking.scoring import Scorer
 from unirec_dagster.ranking.signals import Signals
-from unirec_dagster.ranking.topk import new_item_slots
+from unirec_dagster.ranking.topk import new_item_slots, top_places
 from unirec_dagster.ranking.two_stage import TwoStage
 from unirec_dagster.training.blend import fit_blend
 from unirec_dagster.training.classic import tune_classic
@@ -220,6 +221,18 @@ def test_the_top_k_over_candidates_is_the_top_k_over_the_catalog():
                     assert torch.equal(block.lead[row, part][alone], leads[row, part][alone])
 
 
+def test_the_features_do_not_depend_on_how_many_pairs_are_written_at_a_time(monkeypatch):
+    inputs, _, _ = shop_with_unsold_items()
+    stage = TwoStage(inputs, CandidateConfig(model=0, ease=25, rp3beta=10, co_purchase=10, trending=5, new_items=6))
+    users = torch.arange(100)
+    whole = [e.features for e in stage.examples(users, dtype=torch.float64)]
+    monkeypatch.setattr(candidates_module, "FEATURE_ROWS", 7)   # a block's pairs in many short pieces
+    pieces = [e.features for e in stage.examples(users, dtype=torch.float64)]
+    assert sum(len(f) for f in whole) > 7 * 100
+    assert all(torch.equal(a, b) for a, b in zip(whole, pieces, strict=True))
+    assert torch.isfinite(torch.cat(whole)).all() and len(stage.feature_names) == whole[0].shape[1]
+
+
 def test_the_trending_list_is_each_users_top_k_of_the_shared_order():
     g = torch.Generator().manual_seed(0)
     trending = torch.randn(500, generator=g)
@@ -231,6 +244,21 @@ def test_the_trending_list_is_each_users_top_k_of_the_shared_order():
     top = torch.topk(trending.expand(300, -1).masked_fill(excluded, float("-inf")), 100, dim=1)
     assert torch.equal(listed, torch.where(torch.isfinite(top.values), top.indices, -1))
     assert (listed[0] == -1).all()
+
+
+def test_the_top_k_on_integer_keys_is_the_top_k_of_the_floats():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(200, 300, generator=g) * torch.logspace(-30, 30, 300)   # tiny and huge, both signs
+    scores[torch.rand(200, 300, generator=g) < 0.2] = float("-inf")             # excluded items
+    scores[:, :5] = 0.0
+    scores[0] = float("-inf")                                                    # a user who may be offered nothing
+    scores[1, 1:] = float("-inf")                                                # and one with a single item
+    top = torch.topk(scores, 50, dim=1)
+    places = top_places(scores, 50)
+    listed = torch.isfinite(top.values)
+    assert torch.equal(places >= 0, listed)
+    assert torch.equal(scores.gather(1, places.clamp(min=0))[listed], top.values[listed])   # the same values, in order
+    assert (places[0] == -1).all() and places[1, 0] == 0 and (places[1, 1:] == -1).all()
 
 
 def test_simulated_new_items_teach_the_ranker_where_unsold_items_belong():

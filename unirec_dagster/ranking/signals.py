@@ -121,8 +121,8 @@ class Signals:
     def co_purchase(self, anchors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Co-purchase similarity of item positions `anchors` to `items`, elementwise (0 where none)."""
         weights = self._similarity
-        if weights.layout == torch.strided:
-            return weights[anchors, items]
+        if weights.layout == torch.strided:   # one flat gather: 2-D advanced indexing is several times slower
+            return weights.view(-1)[anchors * weights.shape[1] + items]
         keys, values = self._similarity_pairs
         wanted = anchors * self.data.num_items + items
         if not len(keys):

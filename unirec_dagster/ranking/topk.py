@@ -50,6 +50,22 @@ def top_k(score_block: ScoreBlock, num_users: int, k: int, exclude_users: torch.
     return torch.cat([b[1].cpu() for b in blocks]), torch.cat([b[2].cpu() for b in blocks])
 
 
+def top_places(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(rows, k) the columns of each row's k largest `scores` (float32, no NaN), best first, -1 past
+    a row's finite scores. The top-K runs on int32 keys that order as the floats do (the sign bit
+    flips the rest of a negative float's bits): on the CPU, torch.topk over int32 is about 1.2-1.6x
+    as fast as over float32, and the four candidate lists of a block are a sixth of its time."""
+    bits = scores.view(torch.int32)
+    keys = bits >> 31                  # -1 for a negative float, else 0
+    keys &= 0x7FFFFFFF
+    keys ^= bits
+    top = torch.topk(keys, k, dim=1)
+    return torch.where(top.values > _NEG_INF_KEY, top.indices, -1)
+
+
+_NEG_INF_KEY = int(torch.tensor([float("-inf")]).view(torch.int32)) ^ 0x7FFFFFFF   # -inf's key
+
+
 def new_item_slots(k: int, every: int, available: int) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(slots, the other ranks, the slots' ranks) of a top `k` whose every `every`-th rank (n, 2n,
     ...; 0-based n-1, 2n-1, ...) goes to a new item, as far as `available` new items go."""

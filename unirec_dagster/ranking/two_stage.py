@@ -117,7 +117,7 @@ class TwoStage:
             lead = cand.lead({g: self.config.size(g) for g in cand.generators})
             column, first, counts = _by_user(cand.rows, n)
             padded = torch.full((n, int(counts.max()) if len(cand.rows) else 0), float("-inf"))
-            padded[cand.rows, column] = predicted
+            padded.view(-1)[cand.rows * padded.shape[1] + column] = predicted
             k_ = min(k, self.inputs.signals.data.num_items)
             if padded.shape[1] >= k_:
                 if slots:
