@@ -10,7 +10,6 @@ import torch
 from unirec_dagster.evaluation.evaluate import evaluate, slice_metrics
 from unirec_dagster.evaluation.split import HoldoutPairs
 from unirec_dagster.history import CutoffStats, TrainingData
-from unirec_dagster.ranking import candidates as candidates_module
 from unirec_dagster.ranking import signals as signals_module
 from unirec_dagster.ranking.baselines import MOST_POPULAR, RECENT_POPULAR
 from unirec_dagster.ranking.candidates import CandidateConfig, CutoffInputs, _first_allowed
@@ -219,18 +218,6 @@ def test_the_top_k_over_candidates_is_the_top_k_over_the_catalog():
                     alone = (torch.bincount(which) == 1)[which] & above
                     assert torch.equal(theirs[alone], items[row, part][alone])
                     assert torch.equal(block.lead[row, part][alone], leads[row, part][alone])
-
-
-def test_the_features_do_not_depend_on_how_many_pairs_are_written_at_a_time(monkeypatch):
-    inputs, _, _ = shop_with_unsold_items()
-    stage = TwoStage(inputs, CandidateConfig(model=0, ease=25, rp3beta=10, co_purchase=10, trending=5, new_items=6))
-    users = torch.arange(100)
-    whole = [e.features for e in stage.examples(users, dtype=torch.float64)]
-    monkeypatch.setattr(candidates_module, "FEATURE_ROWS", 7)   # a block's pairs in many short pieces
-    pieces = [e.features for e in stage.examples(users, dtype=torch.float64)]
-    assert sum(len(f) for f in whole) > 7 * 100
-    assert all(torch.equal(a, b) for a, b in zip(whole, pieces, strict=True))
-    assert torch.isfinite(torch.cat(whole)).all() and len(stage.feature_names) == whole[0].shape[1]
 
 
 def test_the_trending_list_is_each_users_top_k_of_the_shared_order():
