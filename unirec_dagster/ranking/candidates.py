@@ -161,8 +161,8 @@ def _new_item_list(inputs: CutoffInputs, block: Block, size: int) -> torch.Tenso
     if not len(new) or not size:
         return torch.full((n, 0), -1, dtype=torch.long)
     placed_by = block.scores.get("model", block.scores["text_similarity"])[:, new]
-    top = torch.topk(placed_by.masked_fill(block.excluded[:, new], float("-inf")), min(size, len(new)), dim=1)
-    return torch.where(torch.isfinite(top.values), new[top.indices], -1)
+    top = top_places(placed_by.masked_fill(block.excluded[:, new], float("-inf")), min(size, len(new)))
+    return torch.where(top >= 0, new[top.clamp(min=0)], -1)
 
 
 def _first_allowed(order: torch.Tensor, excluded: torch.Tensor, size: int) -> torch.Tensor:
