@@ -311,6 +311,15 @@ def test_the_simulated_copy_offers_no_hidden_item_to_its_earlier_buyers():
     assert torch.isin(mine, everyone).all(), "without it, earlier buyers are offered their hidden items"
     assert not torch.isin(kept, left_out).any()
     assert len(kept) == len(everyone) - len(mine)
+    # Withheld before the generators, not filtered after them: every list keeps its length
+    short = TwoStage(simulated, CandidateConfig(model=0, ease=10, rp3beta=0, co_purchase=0, trending=0, new_items=5))
+    assert torch.isin(offered(_ExampleSet().add(short, holdout_of(users, bought))), left_out).sum() >= 20
+    for examples in short.examples(users, withheld=left_out):
+        c = examples.candidates
+        for g in ("ease", "new_items"):
+            listed = c.ranks[:, c.generators.index(g)] <= short.config.size(g)
+            assert (torch.bincount(c.rows[listed], minlength=len(examples.users)) == short.config.size(g)).all(), g
+    assert not torch.isin(offered(_ExampleSet().add(short, holdout_of(users, bought), left_out)), left_out).any()
 
 
 def test_new_items_take_fixed_slots_only_where_that_beats_ordering_by_probability_beyond_noise():

@@ -92,9 +92,12 @@ class Candidates:
         return relative.argmin(1)
 
 
-def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor | None = None) -> Block:
+def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor | None = None,
+                withheld: torch.Tensor | None = None) -> Block:
     """The block's dense signals. The generators' scores (`SCORED`) are standardised per user over
-    the catalog here, in place: the ranker reads them so, and a row's order is unchanged."""
+    the catalog here, in place: the ranker reads them so, and a row's order is unchanged. `never`
+    (item positions) is offered to nobody, `withheld` (sorted keys user entity id x items + item
+    position) to its user only: excluded before the generators, their lists keep their length."""
     signals, content = inputs.signals, inputs.content
     history = signals.history_of(users)
     scores = {"ease": signals.ease_scores(users, history), "rp3beta": signals.rp3beta_scores(users, history),
@@ -108,7 +111,19 @@ def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor |
     excluded = history.to_dense() > 0
     if never is not None and len(never):
         excluded[:, never] = True
+    if withheld is not None and len(withheld):
+        excluded.view(-1)[_cells_of(users, withheld, excluded.shape[1])] = True
     return Block(users, scores, excluded)
+
+
+def _cells_of(users: torch.Tensor, keys: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Flat (row x items + item) cells of a block of `users` for the `keys` (user entity id x items +
+    item position) that belong to its users."""
+    owners = keys // num_items
+    mine = torch.isin(owners, users)
+    sorted_users, order = users.sort()
+    rows = order[torch.searchsorted(sorted_users, owners[mine])]
+    return rows * num_items + keys[mine] % num_items
 
 
 def active_generators(config: CandidateConfig, has_model: bool) -> list[str]:

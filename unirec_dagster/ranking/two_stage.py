@@ -44,12 +44,6 @@ class Examples:
     def group_sizes(self) -> np.ndarray:
         return torch.bincount(self.candidates.rows, minlength=len(self.users)).numpy()
 
-    def only(self, keep: torch.Tensor) -> Examples:
-        """The same block with the candidates where `keep` (n,) holds."""
-        c = self.candidates
-        return Examples(self.users, Candidates(c.rows[keep], c.items[keep], c.ranks[keep], c.generators),
-                        self.features[keep], self.excluded)
-
 
 @dataclass
 class RankedBlock:
@@ -74,11 +68,13 @@ class TwoStage:
     def feature_names(self) -> list[str]:
         return feature_names(self.config, self.inputs.item_vectors is not None)
 
-    def examples(self, users: torch.Tensor, dtype: torch.dtype = torch.float32) -> Iterator[Examples]:
-        """Candidates and features of `users`, block by block (features in `dtype`)."""
+    def examples(self, users: torch.Tensor, dtype: torch.dtype = torch.float32,
+                 withheld: torch.Tensor | None = None) -> Iterator[Examples]:
+        """Candidates and features of `users`, block by block (features in `dtype`); `withheld`
+        (user entity id x items + item position) are pairs not offered (see `score_block`)."""
         chunk = block_rows(self.inputs.signals.data.num_items)
         for start in range(0, len(users), chunk):
-            block = score_block(self.inputs, users[start:start + chunk], self.never)
+            block = score_block(self.inputs, users[start:start + chunk], self.never, withheld)
             candidates = generate(self.inputs, block, self.config)
             yield Examples(block.users, candidates,
                            pair_features(self.inputs, block, candidates, self.items_table, dtype), block.excluded)

@@ -157,10 +157,7 @@ class _ExampleSet:
         """The examples of `holdout`'s users; `left_out` (user entity id x items + item position) are
         pairs that are not offered (see `hidden_purchases`)."""
         num_items, firsts = stage.inputs.signals.data.num_items, 0
-        for examples in stage.examples(holdout.users):
-            if left_out is not None and len(left_out):
-                keys = examples.users[examples.candidates.rows] * num_items + examples.candidates.items
-                examples = examples.only(~torch.isin(keys, left_out))
+        for examples in stage.examples(holdout.users, withheld=left_out):
             y = _labels(examples, holdout, firsts, num_items)
             for j, g in enumerate(examples.candidates.generators):
                 self.hits[g] = self.hits.get(g, 0.0) + float(y[examples.candidates.ranks[:, j] <= stage.config.size(g)].sum())
