@@ -1,7 +1,8 @@
 """The code location: every Dagster object found under unirec_dagster/defs/.
 
 With UNIREC_EXECUTOR=k8s_job (deploy/), each step runs in its own Kubernetes pod sized by its op
-tags (the training steps ask for a GPU); otherwise Dagster's default executor runs the steps here.
+tags (the training steps ask for a GPU); otherwise Dagster's multiprocess executor runs the steps
+here, each in a process forked from a server that imported the code once per run.
 
 Loading it also frees the pool places of runs killed on this machine (unirec_dagster.slots), so a
 `dagster asset materialize` never waits on a dead run, with or without the daemon; and a command
@@ -9,6 +10,7 @@ that fails to load it on a bad dataset spec prints the spec's message alone, not
 """
 
 import os
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -39,6 +41,19 @@ def _report_spec_errors_as_one_message(hook=sys.excepthook):
 sys.excepthook = _report_spec_errors_as_one_message()
 
 
+def _defs_modules() -> list[str]:
+    from unirec_dagster import defs as package
+
+    return [f"{package.__name__}.{module.name}" for module in pkgutil.iter_modules(package.__path__)]
+
+
+# A spawned step process imports torch, LightGBM, transformers and the assets again: some 4 s of each
+# of a night's seven steps (BENCHMARKS.md). Forked from a server that imported them once, a step
+# starts in well under a second. The server only imports (no torch threads, no CUDA): safe to fork.
+LOCAL_EXECUTOR = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": _defs_modules()}}}, name="multiprocess_forkserver")
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     free_when_the_code_location_loads()
@@ -47,4 +62,4 @@ def defs() -> dg.Definitions:
         from dagster_k8s import k8s_job_executor  # installed in the deploy image only
 
         return dg.Definitions.merge(found, dg.Definitions(executor=k8s_job_executor))
-    return found
+    return dg.Definitions.merge(found, dg.Definitions(executor=LOCAL_EXECUTOR))
