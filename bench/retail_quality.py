@@ -13,7 +13,7 @@ pretrained one's; without the text view's features; without KG attribute overlap
 process on the same test window.
 
     .venv/bin/python bench/retail_quality.py --run-dates 2011-11-10:14,2011-11-24:15 --seeds 0,1,2 --ablation-seeds 0
-    .venv/bin/python bench/retail_quality.py --run-dates 2011-11-24:15 --ablation-seeds 0 --ablations windows
+    .venv/bin/python bench/retail_quality.py --run-dates 2011-11-24:15 --ablation-seeds 0 --ablations window
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ ABLATIONS = {
     "ranker over the from-scratch model (no pretraining)": ({}, FROM_SCRATCH),
     "ranker without the text view's features": ({"text": False}, FINETUNED),
     "ranker without KG attribute overlap": ({"use_attributes": False}, FINETUNED),
-    "ranker from 2 validation windows": ({"windows": 2}, FINETUNED),
+    "ranker from 1 validation window": ({"windows": 1}, FINETUNED),
     "ranker from 3 validation windows": ({"windows": 3}, FINETUNED),
     "ranker refitted as served": ({}, FINETUNED),
     "ranker without the simulated copy (it trains the new-item placement only)":
