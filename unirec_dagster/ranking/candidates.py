@@ -96,7 +96,7 @@ def score_block(inputs: CutoffInputs, users: torch.Tensor, never: torch.Tensor |
                 withheld: torch.Tensor | None = None) -> Block:
     """The block's dense signals. The generators' scores (`SCORED`) are standardised per user over
     the catalog here, in place: the ranker reads them so, and a row's order is unchanged. `never`
-    (item positions) is offered to nobody, `withheld` (sorted keys user entity id x items + item
+    (item positions) is offered to nobody, `withheld` (keys user entity id x items + item
     position) to its user only: excluded before the generators, their lists keep their length."""
     signals, content = inputs.signals, inputs.content
     history = signals.history_of(users)
